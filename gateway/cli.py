@@ -1,0 +1,94 @@
+"""``switchyard``: serve, check-config (and, with budgets, teams and keys)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+from gateway.config import Settings, load_settings
+from gateway.errors import ConfigError
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+
+
+def _load(path: str | None) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as e:
+        print(f"switchyard: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    settings = _load(args.config)
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if overrides:
+        settings = settings.model_copy(update={"server": settings.server.model_copy(update=overrides)})
+    _setup_logging(settings.log_level)
+    import uvicorn
+
+    from gateway.http.app import create_app
+
+    try:
+        app = create_app(settings)
+    except ConfigError as e:
+        print(f"switchyard: {e}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=settings.server.host, port=settings.server.port, loop="uvloop",
+                http="httptools", log_level=settings.log_level, access_log=args.access_log,
+                timeout_graceful_shutdown=10)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Exactly the start-up validation, without starting anything."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    settings = _load(args.config)
+    from gateway.http.app import build_backends, build_registry_for
+
+    try:
+        build_backends(settings, build_registry_for(settings))
+    except ConfigError as e:
+        print(f"switchyard: {e}", file=sys.stderr)
+        return 2
+    names = ", ".join(b.name for b in settings.backends)
+    print(f"{args.config}: OK ({len(settings.backends)} backends: {names}; "
+          f"{len(settings.routes)} routes)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="switchyard", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="start the gateway")
+    s.add_argument("--config", "-c", help="YAML config file (default: the embedded default)")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--access-log", action="store_true")
+    s.set_defaults(fn=cmd_serve)
+    c = sub.add_parser("check-config", help="validate a config file and report every error")
+    c.add_argument("config")
+    c.set_defaults(fn=cmd_check_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

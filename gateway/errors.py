@@ -1,0 +1,163 @@
+"""One error hierarchy. Each class carries its HTTP status, OpenAI ``type`` and ``code``.
+
+The body is always ``{"error": {"message", "type", "param", "code"}}``; the status comes
+from the class, never from message text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SwitchyardError(Exception):
+    """Base class: an error a client may see. Subclasses set the class attributes."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str = "internal_error"
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(SwitchyardError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class AuthenticationFailed(SwitchyardError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(SwitchyardError):
+    status = 403
+    type = "permission_error"
+    code = "model_not_allowed"
+
+
+class NotFound(SwitchyardError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class Conflict(SwitchyardError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class PayloadTooLarge(SwitchyardError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(SwitchyardError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+        self.headers.setdefault("retry-after", str(max(1, int(retry_after + 0.999))))
+
+
+class BudgetExceeded(SwitchyardError):
+    """429 the official SDK does not retry: ``x-should-retry: false``."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "team_budget_exceeded"
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.headers.setdefault("x-should-retry", "false")
+
+
+class BackendError(SwitchyardError):
+    """The backend answered with an error or garbage (502)."""
+
+    status = 502
+    type = "api_error"
+    code = "backend_error"
+    retryable = True
+
+
+class BackendUnavailable(SwitchyardError):
+    """No backend can take the request now (503)."""
+
+    status = 503
+    type = "api_error"
+    code = "backend_unavailable"
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        if retry_after is not None:
+            self.headers.setdefault("retry-after", str(max(1, int(retry_after + 0.999))))
+
+
+class Overloaded(BackendUnavailable):
+    code = "backend_overloaded"
+
+
+class BackendTimeout(SwitchyardError):
+    status = 504
+    type = "api_error"
+    code = "backend_timeout"
+    retryable = True
+
+
+class ServiceUnavailable(SwitchyardError):
+    """The gateway itself cannot serve (state store down, fail-closed; not ready)."""
+
+    status = 503
+    type = "api_error"
+    code = "service_unavailable"
+
+
+class InternalError(SwitchyardError):
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+
+class ConfigError(Exception):
+    """Start-up configuration is wrong. ``errors`` holds one ``(path, message)`` per problem."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        self.errors = errors
+        lines = "\n".join(f"  {path}: {msg}" for path, msg in errors)
+        super().__init__(f"{len(errors)} configuration error(s):\n{lines}")

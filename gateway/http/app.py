@@ -1,0 +1,190 @@
+"""``create_app(settings)``: builds its own plugin manager, backends, router and pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.backend import BackendContext
+from gateway.config import BackendConfig, Settings, validation_errors
+from gateway.errors import ConfigError, NotFound, SwitchyardError
+from gateway.http import routes as r
+from gateway.interfaces import Backend
+from gateway.ledger import Ledger
+from gateway.metrics import Metrics
+from gateway.pipeline.context import RequestContext
+from gateway.pipeline.routing import Router, build_targets
+from gateway.pipeline.service import Gateway
+from gateway.registry import Registry, build_registry
+from gateway.telemetry import Tracker
+
+log = logging.getLogger("switchyard")
+
+
+@dataclass
+class Built:
+    registry: Registry
+    backends: dict[str, Backend]
+    context: BackendContext
+
+
+def build_registry_for(settings: Settings, extra_plugins: Iterable[object] = (),
+                       load_entry_points: bool = True) -> Registry:
+    return build_registry(
+        load_entry_points=load_entry_points,
+        modules=settings.plugins,
+        extra=extra_plugins,
+        disable=settings.disable_plugins,
+    )
+
+
+def build_backends(settings: Settings, registry: Registry,
+                   context: BackendContext | None = None) -> Built:
+    """Validate every backend section against its plugin's model; report all errors at once."""
+    errors: list[tuple[str, str]] = []
+    ctx = context or BackendContext()
+    backends: dict[str, Backend] = {}
+    for i, raw in enumerate(settings.backends):
+        path = f"backends[{i}]"
+        entry = registry.backends.get(raw.plugin)
+        if entry is None:
+            known = ", ".join(sorted(registry.backends)) or "none"
+            errors.append((f"{path}.plugin", f"unknown backend plugin {raw.plugin!r} (known: {known})"))
+            continue
+        factory, model = entry.value
+        try:
+            cfg: BackendConfig = model.model_validate(raw.model_dump())
+        except ValidationError as e:
+            errors.extend(validation_errors(e, path))
+            continue
+        try:
+            backends[cfg.name] = factory(cfg, ctx)
+        except SwitchyardError as e:
+            errors.append((path, e.message))
+        except Exception as e:
+            errors.append((path, f"cannot create backend: {type(e).__name__}: {e}"))
+    for i, route in enumerate(settings.routes):
+        if route.policy not in registry.policies:
+            errors.append((f"routes[{i}].policy", f"unknown policy {route.policy!r} "
+                           f"(known: {', '.join(sorted(registry.policies))})"))
+    if errors:
+        raise ConfigError(errors)
+    return Built(registry, backends, ctx)
+
+
+async def _no_auth(request: Request, ctx: RequestContext) -> None:
+    return None
+
+
+async def _probe_loop(gw: Gateway, interval_s: float) -> None:
+    while True:
+        for name, backend in gw.backends.items():
+            t = gw.trackers[name]
+            try:
+                await asyncio.wait_for(backend.probe(), timeout=max(1.0, interval_s))
+                t.last_probe_ok = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if t.last_probe_ok is not False:
+                    log.warning("backend %s failed its health check: %s", name, type(e).__name__)
+                t.last_probe_ok = False
+        await asyncio.sleep(interval_s)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    extra_plugins: Iterable[object] = (),
+    load_entry_points: bool = True,
+    context: BackendContext | None = None,
+    health_interval_s: float = 5.0,
+) -> Starlette:
+    registry = build_registry_for(settings, extra_plugins, load_entry_points)
+    built = build_backends(settings, registry, context)
+    trackers = {name: Tracker() for name in built.backends}
+    policies = {name: e.value({}) for name, e in registry.policies.items()}
+    for route in settings.routes:
+        if route.policy_options:
+            policies[f"{route.name}:{route.policy}"] = registry.policies[route.policy].value(route.policy_options)
+    router = Router(
+        backends=built.backends,
+        trackers=trackers,
+        targets=build_targets(built.backends, _routes_with_options(settings)),
+        policies=policies,
+        editors=[e.value for e in registry.plan_editors.values()],
+    )
+    metrics = Metrics()
+    ledger = Ledger(settings.ledger.path, settings.ledger.flush_interval_s) if settings.ledger.kind == "sqlite" else None
+    gw = Gateway(backends=built.backends, router=router, trackers=trackers, metrics=metrics,
+                 registry=registry, ledger=ledger)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        for name, b in built.backends.items():
+            log.info("starting backend %s (%s, model %s)", name, b.config.plugin, b.model)
+            t0 = time.perf_counter()
+            await b.start()
+            log.info("backend %s ready in %.1f s", name, time.perf_counter() - t0)
+        prober = asyncio.create_task(_probe_loop(gw, health_interval_s))
+        app.state.ready = True
+        log.info("switchyard ready: %d backends, models: %s", len(built.backends),
+                 ", ".join(router.targets))
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await prober
+            await gw.close()
+            for b in built.backends.values():
+                await b.close()
+            await built.context.close()
+            if ledger is not None:
+                ledger.close()
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return r.error_response(NotFound(f"Unknown path {request.url.path}."))
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", r.chat_completions, methods=["POST"]),
+            Route("/v1/completions", r.completions, methods=["POST"]),
+            Route("/v1/embeddings", r.embeddings, methods=["POST"]),
+            Route("/v1/models", r.list_models, methods=["GET"]),
+            Route("/healthz", r.healthz, methods=["GET"]),
+            Route("/readyz", r.readyz, methods=["GET"]),
+            Route("/metrics", r.metrics, methods=["GET"]),
+        ],
+        exception_handlers={404: not_found},
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.gateway = gw
+    app.state.ledger = ledger
+    app.state.registry = registry
+    app.state.authenticate = _no_auth
+    app.state.started_at = time.time()
+    app.state.ready = False
+    return app
+
+
+def _routes_with_options(settings: Settings) -> list[Any]:
+    out = []
+    for route in settings.routes:
+        if route.policy_options:
+            route = route.model_copy(update={"policy": f"{route.name}:{route.policy}"})
+        out.append(route)
+    return out

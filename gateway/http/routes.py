@@ -1,0 +1,133 @@
+"""Route handlers: a few lines each that call the pipeline."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from gateway.errors import InternalError, PayloadTooLarge, SwitchyardError
+from gateway.interfaces import Endpoint
+from gateway.pipeline.context import RequestContext
+from gateway.pipeline.service import Gateway
+from gateway.protocol import parse_body, validate
+
+log = logging.getLogger("switchyard.http")
+
+JSON = "application/json"
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status, headers=headers, media_type=JSON)
+
+
+def error_response(err: SwitchyardError, request_id: str | None = None) -> Response:
+    headers = dict(err.headers)
+    if request_id:
+        headers["x-switchyard-request-id"] = request_id
+    return json_response(err.body(), err.status, headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The request body is larger than the {limit}-byte limit.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than the {limit}-byte limit.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def new_request_id(request: Request, header: str) -> str:
+    rid = request.headers.get(header)
+    if rid and len(rid) <= 128 and rid.isprintable():
+        return rid
+    return "req_" + os.urandom(12).hex()
+
+
+async def inference(request: Request, endpoint: Endpoint) -> Response:
+    state = request.app.state
+    gw: Gateway = state.gateway
+    rid = new_request_id(request, state.settings.server.request_id_header)
+    try:
+        raw = await read_body(request, state.settings.server.max_body_bytes)
+        body = parse_body(raw)
+        validate(endpoint, body)
+        ctx = RequestContext(request_id=rid, policy=request.headers.get("x-switchyard-policy"))
+        await state.authenticate(request, ctx)
+        if body.get("stream") and endpoint != "embeddings":
+            it, rec = await gw.stream(endpoint, body, ctx)
+            headers = {"x-switchyard-request-id": rid, "cache-control": "no-cache",
+                       "x-switchyard-backend": rec.backend or ""}
+            if rec.backend:
+                headers["x-switchyard-route"] = f"{rec.backend}; {rec.reason}"
+            return StreamingResponse(it, media_type="text/event-stream", headers=headers)
+        out, rec = await gw.complete(endpoint, body, ctx)
+        return json_response(out, headers=rec.headers())
+    except SwitchyardError as e:
+        return error_response(e, rid)
+    except Exception:
+        log.exception("unhandled error in request %s", rid)
+        return error_response(InternalError(f"Internal error (request id {rid})."), rid)
+
+
+async def chat_completions(request: Request) -> Response:
+    return await inference(request, "chat")
+
+
+async def completions(request: Request) -> Response:
+    return await inference(request, "completions")
+
+
+async def embeddings(request: Request) -> Response:
+    return await inference(request, "embeddings")
+
+
+async def list_models(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    created = int(request.app.state.started_at)
+    data = []
+    for name, target in gw.router.targets.items():
+        caps = sorted({c for b in target.backends for c in gw.backends[b].capabilities})
+        data.append({"id": name, "object": "model", "created": created, "owned_by": "switchyard",
+                     "switchyard": {"kind": target.kind, "backends": list(target.backends),
+                                    "endpoints": caps}})
+    return json_response({"object": "list", "data": data})
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    now = time.monotonic()
+    backends = {}
+    for name, t in gw.trackers.items():
+        backends[name] = {"breaker": t.breaker.peek(now), "inflight": t.inflight,
+                          "probe_ok": t.last_probe_ok, "last_error": t.last_error}
+    ready = request.app.state.ready and any(
+        b["breaker"] != "open" and b["probe_ok"] is not False for b in backends.values()
+    )
+    return json_response({"status": "ready" if ready else "not ready", "backends": backends},
+                         200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    m = gw.metrics
+    for name, b in gw.backends.items():
+        t = gw.trackers[name]
+        m.inflight.labels(name).set(t.inflight)
+        m.queue_depth.labels(name).set(b.load().queue_depth)
+        m.breaker.labels(name).set(1 if t.breaker.peek(time.monotonic()) == "open" else 0)
+    return Response(m.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,215 @@
+"""The Protocols and data types plugins implement and receive.
+
+Backends do I/O; routing policies never do: a policy is a pure function of the request's
+features, the candidates with their live statistics, and the constraints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from gateway.config import BackendConfig
+
+Endpoint = Literal["chat", "completions", "embeddings"]
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @classmethod
+    def from_openai(cls, usage: Mapping[str, Any] | None) -> Usage | None:
+        if not usage:
+            return None
+        details = usage.get("prompt_tokens_details") or {}
+        return cls(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            cached_tokens=int(details.get("cached_tokens") or 0),
+        )
+
+    def to_openai(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+        if self.cached_tokens:
+            out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return out
+
+
+@dataclass(slots=True)
+class BackendCall:
+    """One call to one backend. ``body`` is the client's OpenAI body with ``model`` set to
+    the backend's own model name; unknown fields are kept and passed through."""
+
+    endpoint: Endpoint
+    body: dict[str, Any]
+    request_id: str
+    stream: bool = False
+
+
+@dataclass(slots=True)
+class Meter:
+    """Filled in by a backend while it serves a call; read by accounting afterwards.
+    For a stream, the backend sets ``usage`` when the backend reports it."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    usage: Usage | None = None
+    energy_j: float | None = None  # measured energy, where the host allows it
+    upstream_model: str | None = None
+
+
+@dataclass(slots=True)
+class BackendResult:
+    body: dict[str, Any]
+    usage: Usage
+
+
+@dataclass(slots=True)
+class BackendLoad:
+    """What a backend tells about its load, read without I/O (scraped in the background)."""
+
+    queue_depth: int = 0  # requests waiting at the backend (llama.cpp queue, vLLM waiting)
+    running: int = 0
+    kv_cache_usage: float | None = None  # 0..1
+    ttft_s: float | None = None  # the engine's own recent time to first token
+    scraped_at: float | None = None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A place where a request can run. Subclass ``gateway.BaseBackend`` to get pricing,
+    token counting and the rest of the defaults."""
+
+    config: BackendConfig
+    capabilities: frozenset[Endpoint]
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def model(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def call(self, call: BackendCall, meter: Meter) -> BackendResult: ...
+
+    def stream(self, call: BackendCall, meter: Meter) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def probe(self) -> None:
+        """Active health check: returns when healthy, raises otherwise."""
+        ...
+
+    def load(self) -> BackendLoad: ...
+
+    def count_tokens(self, call: BackendCall) -> int: ...
+
+    def cost_usd(self, usage: Usage, busy_s: float) -> float: ...
+
+    def price_per_token(self) -> tuple[float, float]:
+        """(input, output) dollars per token, for predictions before the call."""
+        ...
+
+
+# ---- routing --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFeatures:
+    endpoint: Endpoint
+    requested: str  # the model or route name the client asked for
+    prompt_tokens: int
+    max_tokens: int | None
+    stream: bool = False
+    latency_target: Literal["ttft", "total"] = "ttft"
+    text: str = ""  # the prompt's text, for plan editors that look at content
+    tags: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendStats:
+    """A backend's live statistics, as the gateway sees them."""
+
+    inflight: int = 0
+    ttft_s: float | None = None  # moving estimate
+    ttft_p95_s: float | None = None
+    decode_tps: float | None = None  # completion tokens per second
+    avg_completion_tokens: float | None = None
+    error_rate: float = 0.0
+    breaker: Literal["closed", "open", "half_open"] = "closed"
+    load: BackendLoad = field(default_factory=BackendLoad)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    name: str
+    model: str
+    plugin: str
+    input_usd_per_token: float
+    output_usd_per_token: float
+    per_hour_usd: float
+    watts_busy: float | None
+    joules_per_token: float | None
+    grid_g_per_kwh: float
+    context_window: int | None
+    stats: BackendStats
+    healthy: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Constraints:
+    max_cost_usd: float | None = None
+    ttft_slo_s: float | None = None  # p95 time to first token must stay under this
+    allowed_backends: frozenset[str] | None = None
+    allowed_models: frozenset[str] | None = None
+    include_co2: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    cost_usd: float
+    ttft_s: float
+    total_s: float
+    energy_j: float
+    co2_g: float
+
+
+@dataclass(slots=True)
+class Plan:
+    """An ordered plan: first choice, then fallbacks. ``rejected`` says why each
+    candidate left out was left out; ``predictions`` keeps what the policy estimated."""
+
+    order: list[str]
+    reason: str
+    policy: str = ""
+    predictions: dict[str, Prediction] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+
+
+class RoutingPolicy(Protocol):
+    name: str
+
+    def plan(
+        self,
+        request: RequestFeatures,
+        candidates: Sequence[Candidate],
+        constraints: Constraints,
+    ) -> Plan: ...
+
+
+class PlanEditor(Protocol):
+    """Edits a plan after the policy made it (e.g. send prompts with code to the GPU)."""
+
+    def __call__(
+        self, request: RequestFeatures, candidates: Sequence[Candidate], plan: Plan
+    ) -> Plan | None: ...

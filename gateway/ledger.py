@@ -1,0 +1,142 @@
+"""The durable ledger: every UsageRecord as a row in SQLite.
+
+Writes never run on the event loop: records go into a queue that a writer thread drains in
+batches (one transaction per batch, WAL mode). ``close()`` drains the queue before it
+returns, so a clean shutdown loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.accounting import UsageRecord
+
+log = logging.getLogger("switchyard.ledger")
+
+COLUMNS: list[tuple[str, str]] = [
+    ("request_id", "TEXT"),
+    ("endpoint", "TEXT"),
+    ("requested", "TEXT"),
+    ("route", "TEXT"),
+    ("backend", "TEXT"),
+    ("model", "TEXT"),
+    ("team", "TEXT"),
+    ("key_id", "TEXT"),
+    ("status", "INTEGER"),
+    ("error_code", "TEXT"),
+    ("stream", "INTEGER"),
+    ("prompt_tokens", "INTEGER"),
+    ("completion_tokens", "INTEGER"),
+    ("cached_tokens", "INTEGER"),
+    ("cost_usd", "REAL"),
+    ("energy_j", "REAL"),
+    ("energy_source", "TEXT"),
+    ("co2_g", "REAL"),
+    ("bytes_sent", "INTEGER"),
+    ("bytes_received", "INTEGER"),
+    ("ttft_ms", "REAL"),
+    ("latency_ms", "REAL"),
+    ("attempts", "INTEGER"),
+    ("reason", "TEXT"),
+    ("decision", "TEXT"),
+    ("started_at", "REAL"),
+]
+_NAMES = [c for c, _ in COLUMNS]
+_INSERT = (
+    f"INSERT OR IGNORE INTO requests ({', '.join(_NAMES)}) "
+    f"VALUES ({', '.join('?' for _ in _NAMES)})"
+)
+
+
+def _row(rec: UsageRecord) -> tuple[Any, ...]:
+    d = rec.as_row()
+    d["stream"] = int(d["stream"])
+    d["decision"] = orjson.dumps(d["decision"]).decode() if d["decision"] is not None else None
+    return tuple(d[n] for n in _NAMES)
+
+
+class Ledger:
+    """SQLite ledger with a background writer thread."""
+
+    def __init__(self, path: str | Path, flush_interval_s: float = 0.25) -> None:
+        self.path = Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._q: queue.SimpleQueue[UsageRecord | None] = queue.SimpleQueue()
+        self._interval = flush_interval_s
+        self._conn = self._connect()
+        self._thread = threading.Thread(target=self._run, name="switchyard-ledger", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        cols = ", ".join(f"{n} {t}" for n, t in COLUMNS)
+        conn.execute(f"CREATE TABLE IF NOT EXISTS requests ({cols}, PRIMARY KEY (request_id))")
+        conn.execute("CREATE INDEX IF NOT EXISTS requests_team_time ON requests(team, started_at)")
+        return conn
+
+    def write(self, rec: UsageRecord) -> None:
+        """Queue one record; never blocks on disk."""
+        self._q.put(rec)
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            batch: list[UsageRecord] = []
+            try:
+                item = self._q.get(timeout=self._interval)
+            except queue.Empty:
+                continue
+            while True:
+                if item is None:
+                    done = True
+                    break
+                batch.append(item)
+                if len(batch) >= 1000:
+                    break
+                try:
+                    item = self._q.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._flush(batch)
+
+    def _flush(self, batch: Iterable[UsageRecord]) -> None:
+        rows = [_row(r) for r in batch]
+        for attempt in range(5):
+            try:
+                with self._conn:
+                    self._conn.execute("BEGIN")
+                    self._conn.executemany(_INSERT, rows)
+                return
+            except sqlite3.OperationalError as e:  # locked by another replica: retry
+                log.warning("ledger write failed (%s), retrying", e)
+                threading.Event().wait(0.05 * (attempt + 1))
+        log.error("ledger write failed 5 times; %d records kept in memory", len(rows))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._q.put(None)
+        self._thread.join(timeout=30)
+        self._conn.close()
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Read rows (a fresh connection, so reads never wait behind the writer thread)."""
+        conn = sqlite3.connect(self.path)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute(sql, params).fetchall()]
+        finally:
+            conn.close()

@@ -1,0 +1,349 @@
+"""The request pipeline: admit -> route -> reserve -> call (with fallbacks) -> account.
+
+Route handlers call ``Gateway.complete`` or ``Gateway.stream`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import Any
+
+import orjson
+
+from gateway.accounting import UsageRecord, co2_grams, energy_joules
+from gateway.errors import BackendError, BackendUnavailable, SwitchyardError
+from gateway.interfaces import (
+    Backend,
+    BackendCall,
+    Constraints,
+    Endpoint,
+    Meter,
+    Plan,
+    RequestFeatures,
+    Usage,
+)
+from gateway.ledger import Ledger
+from gateway.metrics import Metrics
+from gateway.pipeline.admission import Admission, OpenAdmission
+from gateway.pipeline.context import RequestContext
+from gateway.pipeline.routing import Router, vars_of
+from gateway.protocol import prompt_text
+from gateway.registry import Registry
+from gateway.telemetry import Tracker
+
+log = logging.getLogger("switchyard.pipeline")
+
+_DONE = b"data: [DONE]\n\n"
+
+
+def sse(obj: Mapping[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n\n"
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        backends: Mapping[str, Backend],
+        router: Router,
+        trackers: Mapping[str, Tracker],
+        metrics: Metrics,
+        registry: Registry,
+        ledger: Ledger | None = None,
+        admission: Admission | None = None,
+        max_attempts: int = 3,
+    ) -> None:
+        self.backends = backends
+        self.router = router
+        self.trackers = trackers
+        self.metrics = metrics
+        self.registry = registry
+        self.ledger = ledger
+        self.admission: Admission = admission or OpenAdmission()
+        self.max_attempts = max_attempts
+        self._observe = registry.has_observers("switchyard_request_recorded")
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ---- preparation ---------------------------------------------------------------
+
+    def _features(self, endpoint: Endpoint, body: dict[str, Any], requested: str, ctx: RequestContext,
+                  backend: Backend) -> RequestFeatures:
+        opts = body.get("switchyard") or {}
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        call = BackendCall(endpoint, body, ctx.request_id)
+        return RequestFeatures(
+            endpoint=endpoint,
+            requested=requested,
+            prompt_tokens=backend.count_tokens(call),
+            max_tokens=max_tokens,
+            stream=bool(body.get("stream")),
+            latency_target=opts.get("latency_target") or "ttft",
+            text=prompt_text(endpoint, body),
+        )
+
+    def _constraints(self, body: dict[str, Any], ctx: RequestContext) -> Constraints:
+        opts = body.get("switchyard")
+        base = ctx.constraints
+        if not opts:
+            return base
+        max_cost = opts.get("max_cost_usd")
+        slo = opts.get("ttft_slo_ms")
+        return Constraints(
+            max_cost_usd=min(x for x in (max_cost, base.max_cost_usd) if x is not None)
+            if (max_cost is not None or base.max_cost_usd is not None) else None,
+            ttft_slo_s=slo / 1000.0 if slo is not None else base.ttft_slo_s,
+            allowed_backends=base.allowed_backends,
+            allowed_models=base.allowed_models,
+            include_co2=bool(opts.get("include_co2", base.include_co2)),
+        )
+
+    async def _prepare(
+        self, endpoint: Endpoint, body: dict[str, Any], ctx: RequestContext
+    ) -> tuple[RequestFeatures, Plan, UsageRecord, dict[str, Any]]:
+        requested: str = body["model"]
+        target = self.router.resolve(requested, endpoint)
+        first = self.backends[target.backends[0]]
+        features = self._features(endpoint, body, requested, ctx, first)
+        await self.admission.admit(ctx, features)
+        opts = body.get("switchyard") or {}
+        policy = opts.get("policy") or ctx.policy
+        plan, _ = self.router.plan(target, features, self._constraints(body, ctx), policy)
+        rec = UsageRecord(
+            request_id=ctx.request_id, endpoint=endpoint, requested=requested,
+            route=target.name if target.kind == "route" else None,
+            team=ctx.team, key_id=ctx.key_id, stream=features.stream,
+            prompt_tokens=features.prompt_tokens,
+        )
+        if plan.predictions:
+            rec.decision = {"policy": plan.policy, "order": plan.order, "rejected": plan.rejected,
+                            "predictions": {k: vars_of(v) for k, v in plan.predictions.items()}}
+        fwd = body
+        if "switchyard" in body:
+            fwd = {k: v for k, v in body.items() if k != "switchyard"}
+        return features, plan, rec, fwd
+
+    def _attempts(self, plan: Plan) -> list[str]:
+        now = time.monotonic()
+        out = []
+        for name in plan.order:
+            if self.trackers[name].breaker.allow(now):
+                out.append(name)
+            if len(out) >= self.max_attempts:
+                break
+        return out
+
+    # ---- non-streaming -------------------------------------------------------------
+
+    async def complete(
+        self, endpoint: Endpoint, body: dict[str, Any], ctx: RequestContext
+    ) -> tuple[dict[str, Any], UsageRecord]:
+        features, plan, rec, fwd = await self._prepare(endpoint, body, ctx)
+        last: SwitchyardError | None = None
+        for name in self._attempts(plan):
+            backend = self.backends[name]
+            tracker = self.trackers[name]
+            rec.attempts += 1
+            reservation = await self.admission.reserve(ctx, backend, features)
+            call = BackendCall(endpoint, {**fwd, "model": backend.model}, ctx.request_id)
+            meter = Meter()
+            tracker.started()
+            t0 = time.perf_counter()
+            try:
+                result = await backend.call(call, meter)
+            except Exception as e:
+                err = self._failed(name, e)
+                await self.admission.settle(ctx, reservation, 0.0, 0)
+                if not err.retryable:
+                    self._account_error(rec, backend, err, ctx)
+                    raise err from None
+                last = err
+                self.metrics.fallbacks.labels(name, err.code).inc()
+                continue
+            finally:
+                tracker.finished()
+            t1 = time.perf_counter()
+            usage = result.usage
+            tracker.observe_success(usage.prompt_tokens, t1 - t0, t1 - t0, usage.completion_tokens)
+            rec.reason = plan.reason if rec.attempts == 1 else f"fallback after {last.code if last else 'skip'}"
+            self._account(rec, backend, usage, meter, ctx, busy_s=t1 - t0, ttft_s=None)
+            await self.admission.settle(ctx, reservation, rec.cost_usd, usage.prompt_tokens + usage.completion_tokens)
+            return result.body, rec
+        err = last or BackendUnavailable(
+            f"Every backend for '{features.requested}' is unavailable (circuit open).", retry_after=1
+        )
+        self._account_error(rec, None, err, ctx)
+        raise err
+
+    def _failed(self, name: str, e: BaseException) -> SwitchyardError:
+        if isinstance(e, SwitchyardError):
+            err = e
+        else:
+            log.exception("backend %s failed", name)
+            err = BackendError(f"Backend '{name}' failed: {type(e).__name__}.")
+        if err.retryable:
+            self.trackers[name].observe_failure(time.monotonic(), err.code)
+        return err
+
+    # ---- streaming -----------------------------------------------------------------
+
+    async def stream(
+        self, endpoint: Endpoint, body: dict[str, Any], ctx: RequestContext
+    ) -> tuple[AsyncIterator[bytes], UsageRecord]:
+        """Open a stream: everything that can fail cheaply fails here, before the first byte."""
+        features, plan, rec, fwd = await self._prepare(endpoint, body, ctx)
+        want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        last: SwitchyardError | None = None
+        for name in self._attempts(plan):
+            backend = self.backends[name]
+            tracker = self.trackers[name]
+            rec.attempts += 1
+            reservation = await self.admission.reserve(ctx, backend, features)
+            call_body = {**fwd, "model": backend.model, "stream": True,
+                         "stream_options": {**(fwd.get("stream_options") or {}), "include_usage": True}}
+            call = BackendCall(endpoint, call_body, ctx.request_id, stream=True)
+            meter = Meter()
+            tracker.started()
+            t0 = time.perf_counter()
+            it = backend.stream(call, meter).__aiter__()
+            try:
+                first = await asyncio.wait_for(
+                    it.__anext__(), backend.config.timeouts.first_token_s
+                )
+            except StopAsyncIteration:
+                first = None
+            except BaseException as e:
+                tracker.finished()
+                await _aclose(it)
+                if isinstance(e, asyncio.CancelledError):
+                    await self.admission.settle(ctx, reservation, 0.0, 0)
+                    raise
+                if isinstance(e, TimeoutError):
+                    from gateway.errors import BackendTimeout
+                    e = BackendTimeout(f"Backend '{name}' sent no first token in time.")
+                err = self._failed(name, e)
+                await self.admission.settle(ctx, reservation, 0.0, 0)
+                if not err.retryable:
+                    self._account_error(rec, backend, err, ctx)
+                    raise err from None
+                last = err
+                self.metrics.fallbacks.labels(name, err.code).inc()
+                continue
+            rec.reason = plan.reason if rec.attempts == 1 else f"fallback after {last.code if last else 'skip'}"
+            rec.backend, rec.model = name, backend.model
+            relay = self._relay(first, it, backend, tracker, meter, rec, ctx, reservation,
+                                features, want_usage, t0)
+            return relay, rec
+        err = last or BackendUnavailable(
+            f"Every backend for '{features.requested}' is unavailable (circuit open).", retry_after=1
+        )
+        self._account_error(rec, None, err, ctx)
+        raise err
+
+    async def _relay(
+        self, first: dict[str, Any] | None, it: AsyncIterator[dict[str, Any]], backend: Backend,
+        tracker: Tracker, meter: Meter, rec: UsageRecord, ctx: RequestContext, reservation: Any,
+        features: RequestFeatures, want_usage: bool, t0: float,
+    ) -> AsyncIterator[bytes]:
+        ttft: float | None = None
+        chunks = 0
+        usage: Usage | None = None
+        status, code = 200, None
+        try:
+            chunk = first
+            while chunk is not None:
+                u = chunk.get("usage")
+                if u:
+                    usage = Usage.from_openai(u)
+                choices = chunk.get("choices")
+                if choices:
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
+                    chunks += 1
+                    if u and not want_usage:
+                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                    yield sse(chunk)
+                elif not u or want_usage:
+                    yield sse(chunk)
+                try:
+                    chunk = await it.__anext__()
+                except StopAsyncIteration:
+                    chunk = None
+            yield _DONE
+        except (asyncio.CancelledError, GeneratorExit):
+            status, code = 499, "client_disconnected"
+            raise
+        except Exception as e:
+            err = self._failed(backend.name, e)
+            status, code = err.status, err.code
+            yield sse(err.body())
+        finally:
+            tracker.finished()
+            await _aclose(it)
+            t1 = time.perf_counter()
+            usage = usage or meter.usage or Usage(features.prompt_tokens, chunks)
+            if status == 200:
+                tracker.observe_success(usage.prompt_tokens, ttft, t1 - t0, usage.completion_tokens)
+            rec.status, rec.error_code = status, code
+            self._account(rec, backend, usage, meter, ctx, busy_s=t1 - t0, ttft_s=ttft)
+            await self.admission.settle(ctx, reservation, rec.cost_usd,
+                                        usage.prompt_tokens + usage.completion_tokens)
+
+    # ---- accounting ----------------------------------------------------------------
+
+    def _account(
+        self, rec: UsageRecord, backend: Backend, usage: Usage, meter: Meter, ctx: RequestContext,
+        *, busy_s: float, ttft_s: float | None,
+    ) -> None:
+        now = time.perf_counter()
+        rec.backend, rec.model = backend.name, meter.upstream_model or backend.model
+        rec.prompt_tokens, rec.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        rec.cached_tokens = usage.cached_tokens
+        rec.cost_usd = backend.cost_usd(usage, busy_s)
+        prof = backend.config.energy
+        rec.energy_j, rec.energy_source = energy_joules(
+            prof, busy_s=busy_s, tokens=usage.prompt_tokens + usage.completion_tokens,
+            measured_j=meter.energy_j,
+        )
+        rec.co2_g = co2_grams(rec.energy_j, prof.grid_g_per_kwh)
+        rec.bytes_sent, rec.bytes_received = meter.bytes_sent, meter.bytes_received
+        rec.ttft_ms = ttft_s * 1000.0 if ttft_s is not None else None
+        rec.latency_ms = (now - ctx.received_at) * 1000.0
+        self.metrics.overhead.observe(max(0.0, now - ctx.received_at - busy_s))
+        self._emit(rec)
+
+    def _account_error(
+        self, rec: UsageRecord, backend: Backend | None, err: SwitchyardError, ctx: RequestContext
+    ) -> None:
+        rec.status, rec.error_code = err.status, err.code
+        if backend is not None:
+            rec.backend, rec.model = backend.name, backend.model
+        rec.prompt_tokens = 0
+        rec.latency_ms = (time.perf_counter() - ctx.received_at) * 1000.0
+        self._emit(rec)
+
+    def _emit(self, rec: UsageRecord) -> None:
+        self.metrics.observe(rec)
+        if self.ledger is not None:
+            self.ledger.write(rec)
+        if self._observe:
+            for res in self.registry.pm.hook.switchyard_request_recorded(record=rec):
+                if isinstance(res, Awaitable):
+                    task = asyncio.ensure_future(res)
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _aclose(it: AsyncIterator[Any]) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # closing a broken stream must not raise
+            log.debug("closing backend stream failed", exc_info=True)

@@ -1,0 +1,1 @@
+"""Built-in plugins (backends, embeddings, state stores), found through entry points."""

@@ -1,0 +1,143 @@
+"""``litellm``: remote providers (OpenAI, Anthropic, ... 100+) through litellm.
+
+Prices come from litellm's bundled cost map (``LITELLM_LOCAL_MODEL_COST_MAP=True`` is set
+before litellm is imported, so it never fetches one); ``pricing`` in config overrides it.
+litellm's exceptions are mapped to ours by their HTTP status class.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import SecretStr
+
+from gateway import (
+    BackendCall,
+    BackendConfig,
+    BackendContext,
+    BackendError,
+    BackendResult,
+    BackendTimeout,
+    BackendUnavailable,
+    BaseBackend,
+    InvalidRequest,
+    Meter,
+    Pricing,
+    Usage,
+    hookimpl,
+)
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+def _litellm() -> Any:
+    import litellm
+
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+class LiteLLMConfig(BackendConfig):
+    model: str
+    api_key: SecretStr | None = None
+    api_base: str | None = None
+    embeddings: bool = False
+    extra: dict[str, Any] = {}
+
+
+def map_litellm_error(name: str, e: Exception) -> Exception:
+    status = getattr(e, "status_code", None)
+    msg = f"Backend '{name}': {type(e).__name__}"
+    if isinstance(e, TimeoutError) or type(e).__name__ == "Timeout" or status in (408, 504):
+        return BackendTimeout(msg + " (timed out).")
+    if status in (400, 404, 422) and type(e).__name__ in ("BadRequestError", "ContextWindowExceededError",
+                                                          "UnprocessableEntityError"):
+        return InvalidRequest(f"{msg}: {getattr(e, 'message', '')}"[:500])
+    if status in (429, 503) or type(e).__name__ in ("RateLimitError", "ServiceUnavailableError",
+                                                  "APIConnectionError"):
+        return BackendUnavailable(msg + ".")
+    return BackendError(msg + ".")
+
+
+class LiteLLMBackend(BaseBackend):
+    config: LiteLLMConfig
+
+    def __init__(self, config: LiteLLMConfig, context: BackendContext | None = None) -> None:
+        super().__init__(config, context)
+        self.capabilities = frozenset({"chat", "completions"} | ({"embeddings"} if config.embeddings else set()))  # type: ignore[assignment]
+        self._ll = _litellm()
+        info: dict[str, Any] = {}
+        try:
+            info = self._ll.get_model_info(config.model)
+        except Exception:
+            info = {}
+        self._info = info
+        if config.context_window is None and info.get("max_input_tokens"):
+            self.config = config.model_copy(update={"context_window": int(info["max_input_tokens"])})
+
+    def pricing(self) -> Pricing:
+        if self.config.pricing is not None:
+            return self.config.pricing
+        i = self._info
+        cached = i.get("cache_read_input_token_cost")
+        return Pricing(
+            input_per_mtok=float(i.get("input_cost_per_token") or 0.0) * 1e6,
+            output_per_mtok=float(i.get("output_cost_per_token") or 0.0) * 1e6,
+            cached_input_per_mtok=float(cached) * 1e6 if cached is not None else None,
+        )
+
+    def count_tokens(self, call: BackendCall) -> int:
+        try:
+            if call.endpoint == "chat":
+                return int(self._ll.token_counter(model=self.config.model, messages=call.body["messages"]))
+            return super().count_tokens(call)
+        except Exception:
+            return super().count_tokens(call)
+
+    def _kwargs(self, call: BackendCall) -> dict[str, Any]:
+        kw = {**self.config.extra, **call.body, "model": self.config.model}
+        if self.config.api_key is not None:
+            kw["api_key"] = self.config.api_key.get_secret_value()
+        if self.config.api_base:
+            kw["api_base"] = self.config.api_base
+        t = self.config.timeouts
+        kw.setdefault("timeout", t.total_s)
+        return kw
+
+    async def call(self, call: BackendCall, meter: Meter) -> BackendResult:
+        kw = self._kwargs(call)
+        try:
+            if call.endpoint == "chat":
+                resp = await self._ll.acompletion(**kw)
+            elif call.endpoint == "completions":
+                resp = await self._ll.atext_completion(**kw)
+            else:
+                resp = await self._ll.aembedding(**kw)
+        except Exception as e:
+            raise map_litellm_error(self.name, e) from None
+        body = resp.model_dump() if hasattr(resp, "model_dump") else dict(resp)
+        usage = Usage.from_openai(body.get("usage")) or Usage()
+        meter.usage = usage
+        return BackendResult(body, usage)
+
+    async def stream(self, call: BackendCall, meter: Meter) -> AsyncIterator[dict[str, Any]]:
+        kw = self._kwargs(call)
+        kw["stream"] = True
+        try:
+            fn = self._ll.acompletion if call.endpoint == "chat" else self._ll.atext_completion
+            resp = await fn(**kw)
+            async for chunk in resp:
+                d = chunk.model_dump(exclude_none=True) if hasattr(chunk, "model_dump") else dict(chunk)
+                if d.get("usage"):
+                    meter.usage = Usage.from_openai(d["usage"])
+                yield d
+        except Exception as e:
+            raise map_litellm_error(self.name, e) from None
+
+
+@hookimpl(trylast=True)
+def switchyard_register_backends(register: Any) -> None:
+    register("litellm", LiteLLMBackend, LiteLLMConfig)

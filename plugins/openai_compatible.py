@@ -1,0 +1,156 @@
+"""``openai_compatible``: any OpenAI-compatible HTTP server (llama.cpp, vLLM, TGI, Ollama...).
+
+The hot path uses aiohttp directly: at 32 concurrent requests a shared httpx.AsyncClient
+tops out far lower on this hardware (encode/httpx#3215; figures in bench/README.md).
+Streams are relayed line by line as they arrive, never buffered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+from pydantic import Field, SecretStr
+
+from gateway import (
+    BackendCall,
+    BackendConfig,
+    BackendContext,
+    BackendError,
+    BackendResult,
+    BackendTimeout,
+    BackendUnavailable,
+    BaseBackend,
+    InvalidRequest,
+    Meter,
+    Usage,
+    hookimpl,
+)
+
+_PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+
+
+class OpenAICompatibleConfig(BackendConfig):
+    base_url: str = Field(pattern=r"^https?://")
+    model: str
+    api_key: SecretStr | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    embeddings: bool = False  # the server also serves /v1/embeddings
+
+
+def upstream_error(status: int, raw: bytes, name: str, headers: Any = None) -> Exception:
+    """Map an upstream HTTP error to ours. The backend's own message is kept (it never
+    holds our key); 4xx about the request is the client's, everything else is retryable."""
+    msg = ""
+    try:
+        body = orjson.loads(raw)
+        err = body.get("error", body) if isinstance(body, dict) else {}
+        msg = str(err.get("message") or err.get("detail") or "") if isinstance(err, dict) else str(err)
+    except orjson.JSONDecodeError:
+        msg = raw[:200].decode("utf-8", "replace")
+    text = f"Backend '{name}' answered {status}" + (f": {msg}" if msg else ".")
+    if status in (400, 422):
+        return InvalidRequest(text)
+    if status in (429, 503):
+        ra = headers.get("retry-after") if headers is not None else None
+        return BackendUnavailable(text, retry_after=float(ra) if ra and ra.isdigit() else None)
+    if status in (408, 504):
+        return BackendTimeout(text)
+    return BackendError(text)
+
+
+class OpenAICompatibleBackend(BaseBackend):
+    config: OpenAICompatibleConfig
+
+    def __init__(self, config: OpenAICompatibleConfig, context: BackendContext | None = None) -> None:
+        super().__init__(config, context)
+        self.base_url = config.base_url.rstrip("/")
+        h = {"content-type": "application/json", **config.headers}
+        if config.api_key is not None:
+            h["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
+        self._headers = h
+        caps = {"chat", "completions"} | ({"embeddings"} if config.embeddings else set())
+        self.capabilities = frozenset(caps)  # type: ignore[assignment]
+        t = config.timeouts
+        self._timeout = aiohttp.ClientTimeout(total=t.total_s, sock_connect=t.connect_s)
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=t.total_s, sock_connect=t.connect_s, sock_read=t.first_token_s
+        )
+
+    def _url(self, call: BackendCall) -> str:
+        return self.base_url + _PATHS[call.endpoint]
+
+    async def call(self, call: BackendCall, meter: Meter) -> BackendResult:
+        data = orjson.dumps(call.body)
+        meter.bytes_sent += len(data)
+        try:
+            async with self.context.http().post(
+                self._url(call), data=data, headers=self._headers, timeout=self._timeout
+            ) as resp:
+                raw = await resp.read()
+                meter.bytes_received += len(raw)
+                if resp.status >= 400:
+                    raise upstream_error(resp.status, raw, self.name, resp.headers)
+        except (aiohttp.ClientConnectionError, OSError) as e:
+            raise BackendUnavailable(f"Backend '{self.name}' is unreachable: {type(e).__name__}.") from None
+        except asyncio.TimeoutError:
+            raise BackendTimeout(f"Backend '{self.name}' did not answer in time.") from None
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BackendError(f"Backend '{self.name}' sent a body that is not JSON.") from None
+        if not isinstance(body, dict):
+            raise BackendError(f"Backend '{self.name}' sent an unexpected body.")
+        usage = Usage.from_openai(body.get("usage")) or Usage()
+        meter.usage = usage
+        return BackendResult(body, usage)
+
+    async def stream(self, call: BackendCall, meter: Meter) -> AsyncIterator[dict[str, Any]]:
+        data = orjson.dumps(call.body)
+        meter.bytes_sent += len(data)
+        try:
+            async with self.context.http().post(
+                self._url(call), data=data, headers=self._headers, timeout=self._stream_timeout
+            ) as resp:
+                if resp.status >= 400:
+                    raw = await resp.read()
+                    meter.bytes_received += len(raw)
+                    raise upstream_error(resp.status, raw, self.name, resp.headers)
+                async for line in resp.content:
+                    meter.bytes_received += len(line)
+                    if not line.startswith(b"data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        break
+                    try:
+                        chunk = orjson.loads(payload)
+                    except orjson.JSONDecodeError:
+                        raise BackendError(f"Backend '{self.name}' sent a malformed event.") from None
+                    if "error" in chunk and "choices" not in chunk:
+                        err = chunk["error"]
+                        msg = err.get("message") if isinstance(err, dict) else str(err)
+                        raise BackendError(f"Backend '{self.name}' failed mid-stream: {msg}")
+                    if chunk.get("usage"):
+                        meter.usage = Usage.from_openai(chunk["usage"])
+                    yield chunk
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as e:
+            raise BackendUnavailable(f"Backend '{self.name}' is unreachable: {type(e).__name__}.") from None
+        except asyncio.TimeoutError:
+            raise BackendTimeout(f"Backend '{self.name}' stopped sending in time.") from None
+
+    async def probe(self) -> None:
+        async with self.context.http().get(
+            self.base_url + "/models", headers=self._headers,
+            timeout=aiohttp.ClientTimeout(total=self.config.timeouts.connect_s),
+        ) as resp:
+            if resp.status >= 500:
+                raise BackendUnavailable(f"Backend '{self.name}' health check answered {resp.status}.")
+
+
+@hookimpl(trylast=True)
+def switchyard_register_backends(register: Any) -> None:
+    register("openai_compatible", OpenAICompatibleBackend, OpenAICompatibleConfig)

@@ -1,0 +1,1 @@
+"""Built-in routing policies, each a plugin found through Switchyard's entry points."""
