@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from gateway.backend import BackendContext
 from gateway.config import BackendConfig, Settings, validation_errors
+from gateway.energy import FairShare, open_meter
 from gateway.errors import ConfigError, NotFound, SwitchyardError
 from gateway.http import routes as r
 from gateway.interfaces import Backend
@@ -127,8 +128,14 @@ def create_app(
     )
     metrics = Metrics()
     ledger = Ledger(settings.ledger.path, settings.ledger.flush_interval_s) if settings.ledger.kind == "sqlite" else None
+    meters: dict[str, FairShare] = {}
+    for name, b in built.backends.items():
+        if b.config.energy.measure != "profile":
+            m = open_meter(b.config.energy.measure)
+            if m is not None:
+                meters[name] = m
     gw = Gateway(backends=built.backends, router=router, trackers=trackers, metrics=metrics,
-                 registry=registry, ledger=ledger)
+                 registry=registry, ledger=ledger, energy_meters=meters)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from gateway.accounting import UsageRecord, co2_grams, energy_joules
+from gateway.energy import FairShare
 from gateway.errors import BackendError, BackendUnavailable, SwitchyardError
 from gateway.interfaces import (
     Backend,
@@ -55,6 +56,7 @@ class Gateway:
         ledger: Ledger | None = None,
         admission: Admission | None = None,
         max_attempts: int = 3,
+        energy_meters: Mapping[str, FairShare] | None = None,
     ) -> None:
         self.backends = backends
         self.router = router
@@ -64,6 +66,7 @@ class Gateway:
         self.ledger = ledger
         self.admission: Admission = admission or OpenAdmission()
         self.max_attempts = max_attempts
+        self.energy_meters = dict(energy_meters or {})
         self._observe = registry.has_observers("switchyard_request_recorded")
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -150,6 +153,8 @@ class Gateway:
             call = BackendCall(endpoint, {**fwd, "model": backend.model}, ctx.request_id)
             meter = Meter()
             tracker.started()
+            energy = self.energy_meters.get(name)
+            e0 = energy.start() if energy is not None else 0.0
             t0 = time.perf_counter()
             try:
                 result = await backend.call(call, meter)
@@ -164,6 +169,8 @@ class Gateway:
                 continue
             finally:
                 tracker.finished()
+                if energy is not None:
+                    meter.energy_j = energy.stop(e0)
             t1 = time.perf_counter()
             usage = result.usage
             tracker.observe_success(usage.prompt_tokens, t1 - t0, t1 - t0, usage.completion_tokens)
@@ -206,6 +213,8 @@ class Gateway:
             call = BackendCall(endpoint, call_body, ctx.request_id, stream=True)
             meter = Meter()
             tracker.started()
+            energy = self.energy_meters.get(name)
+            e0 = energy.start() if energy is not None else 0.0
             t0 = time.perf_counter()
             it = backend.stream(call, meter).__aiter__()
             try:
@@ -216,6 +225,8 @@ class Gateway:
                 first = None
             except BaseException as e:
                 tracker.finished()
+                if energy is not None:
+                    energy.stop(e0)
                 await _aclose(it)
                 if isinstance(e, asyncio.CancelledError):
                     await self.admission.settle(ctx, reservation, 0.0, 0)
@@ -234,7 +245,7 @@ class Gateway:
             rec.reason = plan.reason if rec.attempts == 1 else f"fallback after {last.code if last else 'skip'}"
             rec.backend, rec.model = name, backend.model
             relay = self._relay(first, it, backend, tracker, meter, rec, ctx, reservation,
-                                features, want_usage, t0)
+                                features, want_usage, t0, (energy, e0))
             return relay, rec
         err = last or BackendUnavailable(
             f"Every backend for '{features.requested}' is unavailable (circuit open).", retry_after=1
@@ -246,6 +257,7 @@ class Gateway:
         self, first: dict[str, Any] | None, it: AsyncIterator[dict[str, Any]], backend: Backend,
         tracker: Tracker, meter: Meter, rec: UsageRecord, ctx: RequestContext, reservation: Any,
         features: RequestFeatures, want_usage: bool, t0: float,
+        energy: tuple[FairShare | None, float] = (None, 0.0),
     ) -> AsyncIterator[bytes]:
         ttft: float | None = None
         chunks = 0
@@ -281,6 +293,8 @@ class Gateway:
             yield sse(err.body())
         finally:
             tracker.finished()
+            if energy[0] is not None:
+                meter.energy_j = energy[0].stop(energy[1])
             await _aclose(it)
             t1 = time.perf_counter()
             usage = usage or meter.usage or Usage(features.prompt_tokens, chunks)
