@@ -7,11 +7,13 @@ litellm's exceptions are mapped to ours by their HTTP status class.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from gateway import (
     BackendCall,
@@ -45,7 +47,22 @@ class LiteLLMConfig(BackendConfig):
     api_key: SecretStr | None = None
     api_base: str | None = None
     embeddings: bool = False
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+# litellm reads these from its keyword arguments as connection settings: taken from a
+# client's body, they would send our key wherever the client likes. Config sets them.
+_CONNECTION_KEYS = frozenset({
+    "api_key", "api_base", "base_url", "api_version", "custom_llm_provider", "organization",
+    "headers", "extra_headers", "timeout", "max_retries", "client", "mock_response",
+})
+_CONNECTION_PREFIXES = ("aws_", "azure_", "vertex_", "litellm_", "watsonx_")
+
+
+def client_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The client's body without anything litellm would take as a connection setting."""
+    return {k: v for k, v in body.items()
+            if k not in _CONNECTION_KEYS and not k.startswith(_CONNECTION_PREFIXES)}
 
 
 def map_litellm_error(name: str, e: Exception) -> Exception:
@@ -72,7 +89,7 @@ class LiteLLMBackend(BaseBackend):
         info: dict[str, Any] = {}
         try:
             info = self._ll.get_model_info(config.model)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a model litellm does not know has no prices
             info = {}
         self._info = info
         if config.context_window is None and info.get("max_input_tokens"):
@@ -94,17 +111,20 @@ class LiteLLMBackend(BaseBackend):
             if call.endpoint == "chat":
                 return int(self._ll.token_counter(model=self.config.model, messages=call.body["messages"]))
             return super().count_tokens(call)
-        except Exception:
+        except Exception:  # noqa: BLE001 - no tokenizer for this model: estimate
             return super().count_tokens(call)
 
     def _kwargs(self, call: BackendCall) -> dict[str, Any]:
-        kw = {**self.config.extra, **call.body, "model": self.config.model}
+        kw = {**self.config.extra, **client_fields(call.body), "model": self.config.model}
         if self.config.api_key is not None:
             kw["api_key"] = self.config.api_key.get_secret_value()
         if self.config.api_base:
             kw["api_base"] = self.config.api_base
         t = self.config.timeouts
         kw.setdefault("timeout", t.total_s)
+        # the gateway retries and falls back itself; the SDK's own retries would only add
+        # seconds (and repeat a 429) before it can
+        kw.setdefault("max_retries", 0)
         return kw
 
     async def call(self, call: BackendCall, meter: Meter) -> BackendResult:
@@ -116,7 +136,7 @@ class LiteLLMBackend(BaseBackend):
                 resp = await self._ll.atext_completion(**kw)
             else:
                 resp = await self._ll.aembedding(**kw)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - litellm raises many types; all are mapped
             raise map_litellm_error(self.name, e) from None
         body = resp.model_dump() if hasattr(resp, "model_dump") else dict(resp)
         usage = Usage.from_openai(body.get("usage")) or Usage()
@@ -124,6 +144,31 @@ class LiteLLMBackend(BaseBackend):
         return BackendResult(body, usage)
 
     async def stream(self, call: BackendCall, meter: Meter) -> AsyncIterator[dict[str, Any]]:
+        """Relay litellm's stream. litellm reads it through httpx, whose cancel scopes
+        belong to the task that opened them, while the gateway reads the first chunk and
+        the rest from different tasks: one pump task of our own owns litellm's iterator
+        and hands chunks over through a queue."""
+        queue: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue(maxsize=64)
+        pump = asyncio.create_task(self._pump(call, queue))
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                if item.get("usage"):
+                    meter.usage = Usage.from_openai(item["usage"])
+                yield item
+        finally:
+            if not pump.done():
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+
+    async def _pump(
+        self, call: BackendCall, queue: asyncio.Queue[dict[str, Any] | BaseException | None]
+    ) -> None:
         kw = self._kwargs(call)
         kw["stream"] = True
         try:
@@ -131,11 +176,11 @@ class LiteLLMBackend(BaseBackend):
             resp = await fn(**kw)
             async for chunk in resp:
                 d = chunk.model_dump(exclude_none=True) if hasattr(chunk, "model_dump") else dict(chunk)
-                if d.get("usage"):
-                    meter.usage = Usage.from_openai(d["usage"])
-                yield d
-        except Exception as e:
-            raise map_litellm_error(self.name, e) from None
+                await queue.put(d)
+        except Exception as e:  # noqa: BLE001 - litellm raises many types; all are mapped
+            await queue.put(map_litellm_error(self.name, e))
+            return
+        await queue.put(None)
 
 
 @hookimpl(trylast=True)

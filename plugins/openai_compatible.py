@@ -7,7 +7,6 @@ Streams are relayed line by line as they arrive, never buffered.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,9 +40,12 @@ class OpenAICompatibleConfig(BackendConfig):
     embeddings: bool = False  # the server also serves /v1/embeddings
 
 
-def upstream_error(status: int, raw: bytes, name: str, headers: Any = None) -> Exception:
-    """Map an upstream HTTP error to ours. The backend's own message is kept (it never
-    holds our key); 4xx about the request is the client's, everything else is retryable."""
+def upstream_error(
+    status: int, raw: bytes, name: str, headers: Any = None, secrets: tuple[str, ...] = ()
+) -> Exception:
+    """Map an upstream HTTP error to ours. The backend's own message is kept, with any of
+    ``secrets`` masked (some servers echo the key they refused); 4xx about the request is
+    the client's, everything else is retryable."""
     msg = ""
     try:
         body = orjson.loads(raw)
@@ -51,6 +53,8 @@ def upstream_error(status: int, raw: bytes, name: str, headers: Any = None) -> E
         msg = str(err.get("message") or err.get("detail") or "") if isinstance(err, dict) else str(err)
     except orjson.JSONDecodeError:
         msg = raw[:200].decode("utf-8", "replace")
+    for secret in secrets:
+        msg = msg.replace(secret, "***")
     text = f"Backend '{name}' answered {status}" + (f": {msg}" if msg else ".")
     if status in (400, 422):
         return InvalidRequest(text)
@@ -60,6 +64,14 @@ def upstream_error(status: int, raw: bytes, name: str, headers: Any = None) -> E
     if status in (408, 504):
         return BackendTimeout(text)
     return BackendError(text)
+
+
+def transport_error(name: str, e: BaseException) -> Exception:
+    """A failure below HTTP: a connect failure or timeout is 503 (unreachable), a read
+    timeout 504, a dropped connection 503. TimeoutError is an OSError: test it first."""
+    if isinstance(e, aiohttp.ConnectionTimeoutError) or not isinstance(e, TimeoutError):
+        return BackendUnavailable(f"Backend '{name}' is unreachable: {type(e).__name__}.")
+    return BackendTimeout(f"Backend '{name}' did not answer in time.")
 
 
 class OpenAICompatibleBackend(BaseBackend):
@@ -72,6 +84,9 @@ class OpenAICompatibleBackend(BaseBackend):
         if config.api_key is not None:
             h["authorization"] = f"Bearer {config.api_key.get_secret_value()}"
         self._headers = h
+        self._secrets = tuple(
+            x for x in (config.api_key.get_secret_value() if config.api_key else "",) if x
+        )
         caps = {"chat", "completions"} | ({"embeddings"} if config.embeddings else set())
         self.capabilities = frozenset(caps)  # type: ignore[assignment]
         t = config.timeouts
@@ -93,11 +108,9 @@ class OpenAICompatibleBackend(BaseBackend):
                 raw = await resp.read()
                 meter.bytes_received += len(raw)
                 if resp.status >= 400:
-                    raise upstream_error(resp.status, raw, self.name, resp.headers)
+                    raise upstream_error(resp.status, raw, self.name, resp.headers, self._secrets)
         except (aiohttp.ClientConnectionError, OSError) as e:
-            raise BackendUnavailable(f"Backend '{self.name}' is unreachable: {type(e).__name__}.") from None
-        except asyncio.TimeoutError:
-            raise BackendTimeout(f"Backend '{self.name}' did not answer in time.") from None
+            raise transport_error(self.name, e) from None
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -118,7 +131,7 @@ class OpenAICompatibleBackend(BaseBackend):
                 if resp.status >= 400:
                     raw = await resp.read()
                     meter.bytes_received += len(raw)
-                    raise upstream_error(resp.status, raw, self.name, resp.headers)
+                    raise upstream_error(resp.status, raw, self.name, resp.headers, self._secrets)
                 async for line in resp.content:
                     meter.bytes_received += len(line)
                     if not line.startswith(b"data:"):
@@ -132,15 +145,15 @@ class OpenAICompatibleBackend(BaseBackend):
                         raise BackendError(f"Backend '{self.name}' sent a malformed event.") from None
                     if "error" in chunk and "choices" not in chunk:
                         err = chunk["error"]
-                        msg = err.get("message") if isinstance(err, dict) else str(err)
+                        msg = str(err.get("message") if isinstance(err, dict) else err)
+                        for secret in self._secrets:
+                            msg = msg.replace(secret, "***")
                         raise BackendError(f"Backend '{self.name}' failed mid-stream: {msg}")
                     if chunk.get("usage"):
                         meter.usage = Usage.from_openai(chunk["usage"])
                     yield chunk
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as e:
-            raise BackendUnavailable(f"Backend '{self.name}' is unreachable: {type(e).__name__}.") from None
-        except asyncio.TimeoutError:
-            raise BackendTimeout(f"Backend '{self.name}' stopped sending in time.") from None
+            raise transport_error(self.name, e) from None
 
     async def probe(self) -> None:
         async with self.context.http().get(

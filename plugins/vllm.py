@@ -2,8 +2,10 @@
 
 A background task scrapes the server's Prometheus text every ``scrape_interval_s``:
 waiting and running requests, KV-cache use (``vllm:kv_cache_usage_perc``, older
-``vllm:gpu_cache_usage_perc``) and the time-to-first-token histogram, so the router sees the
-engine's load without any I/O on the request path.
+``vllm:gpu_cache_usage_perc``) and the time-to-first-token histogram, whose ``_sum`` and
+``_count`` differences between two scrapes give the mean TTFT of the last interval (not the
+all-time mean, which hardly moves on a server up for days). The router sees the engine's
+load without any I/O on the request path.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -29,11 +32,22 @@ class VLLMConfig(OpenAICompatibleConfig):
     scrape_interval_s: float = Field(1.0, gt=0)
 
 
-def parse_vllm_metrics(text: str, model: str | None = None) -> BackendLoad:
+@dataclass(frozen=True, slots=True)
+class VLLMSample:
+    """One scrape of vLLM's ``/metrics``: the gauges, and the TTFT histogram's running
+    totals (``_sum``, ``_count``), from which the mean over an interval is a difference."""
+
+    waiting: float = 0.0
+    running: float = 0.0
+    kv_cache: float | None = None
+    ttft_sum: float = 0.0
+    ttft_count: float = 0.0
+
+
+def read_vllm_metrics(text: str, model: str | None = None) -> VLLMSample:
     """Read vLLM's metrics (V1 names, with the older ones as fallbacks)."""
-    waiting = running = 0.0
+    waiting = running = ttft_sum = ttft_count = 0.0
     kv: float | None = None
-    ttft_sum = ttft_count = 0.0
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
             if model is not None and s.labels.get("model_name", model) != model:
@@ -49,9 +63,27 @@ def parse_vllm_metrics(text: str, model: str | None = None) -> BackendLoad:
                 ttft_sum += s.value
             elif n == "vllm:time_to_first_token_seconds_count":
                 ttft_count += s.value
-    ttft = ttft_sum / ttft_count if ttft_count else None
-    return BackendLoad(queue_depth=int(waiting), running=int(running), kv_cache_usage=kv,
-                       ttft_s=ttft, scraped_at=time.monotonic())
+    return VLLMSample(waiting, running, kv, ttft_sum, ttft_count)
+
+
+def interval_ttft(prev: VLLMSample | None, cur: VLLMSample, last: float | None) -> float | None:
+    """Mean TTFT of the requests that got their first token since the previous scrape.
+    No new request: the last interval's figure stands. First scrape, or the counters went
+    back (the server restarted): the mean of everything the server has seen."""
+    if prev is None or cur.ttft_count < prev.ttft_count:
+        return cur.ttft_sum / cur.ttft_count if cur.ttft_count else None
+    n = cur.ttft_count - prev.ttft_count
+    if n <= 0:
+        return last
+    return max(0.0, cur.ttft_sum - prev.ttft_sum) / n
+
+
+def parse_vllm_metrics(text: str, model: str | None = None) -> BackendLoad:
+    """A load from one scrape alone (TTFT: the all-time mean)."""
+    cur = read_vllm_metrics(text, model)
+    return BackendLoad(queue_depth=int(cur.waiting), running=int(cur.running),
+                       kv_cache_usage=cur.kv_cache, ttft_s=interval_ttft(None, cur, None),
+                       scraped_at=time.monotonic())
 
 
 class VLLMBackend(OpenAICompatibleBackend):
@@ -59,10 +91,10 @@ class VLLMBackend(OpenAICompatibleBackend):
 
     def __init__(self, config: VLLMConfig, context: BackendContext | None = None) -> None:
         super().__init__(config, context)
-        root = self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
+        root = self.base_url.removesuffix("/v1")
         self.metrics_url = config.metrics_url or root + "/metrics"
         self._load = BackendLoad()
-        self._ttft_prev: tuple[float, float] | None = None
+        self._prev: VLLMSample | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -83,8 +115,12 @@ class VLLMBackend(OpenAICompatibleBackend):
         ) as resp:
             resp.raise_for_status()
             text = await resp.text()
-        load = parse_vllm_metrics(text, self.model)
-        self._load = load
+        cur = read_vllm_metrics(text, self.model)
+        load = BackendLoad(
+            queue_depth=int(cur.waiting), running=int(cur.running), kv_cache_usage=cur.kv_cache,
+            ttft_s=interval_ttft(self._prev, cur, self._load.ttft_s), scraped_at=time.monotonic(),
+        )
+        self._prev, self._load = cur, load
         return load
 
     async def _scrape_loop(self) -> None:
@@ -95,7 +131,7 @@ class VLLMBackend(OpenAICompatibleBackend):
                 failed = False
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - the loop outlives any one bad scrape
                 if not failed:
                     log.warning("cannot scrape %s: %s", self.metrics_url, type(e).__name__)
                 failed = True

@@ -1,0 +1,1 @@
+"""Small servers that speak real protocols, for tests that cannot run the real thing."""

@@ -1,0 +1,127 @@
+"""The vllm backend against the fake vLLM server (tests/fakes/fake_vllm.py) on real uvicorn:
+chat through the gateway, and the engine's load read from its /metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import LiveServer
+from fakes.fake_vllm import FakeVLLM
+from fakes.harness import gateway, sdk, upstream_server
+
+from gateway import BackendContext, BackendLoad
+from plugins.vllm import VLLMBackend, VLLMConfig
+
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+INTERVAL = 0.1
+
+
+@pytest.fixture
+def fake() -> Iterator[tuple[FakeVLLM, LiveServer]]:
+    f = FakeVLLM(MODEL)
+    with upstream_server(f.app) as srv:
+        yield f, srv
+
+
+async def wait_for(backend: VLLMBackend, ok: Callable[[BackendLoad], bool]) -> BackendLoad:
+    """The load once ``ok`` holds, waiting at most about 50 scrape intervals."""
+    import asyncio
+
+    for _ in range(50):
+        if ok(backend.load()):
+            return backend.load()
+        await asyncio.sleep(INTERVAL)
+    return backend.load()
+
+
+def make_backend(url: str) -> VLLMBackend:
+    cfg = VLLMConfig(name="gpu", plugin="vllm", base_url=url + "/v1", model=MODEL,
+                     scrape_interval_s=INTERVAL)
+    return VLLMBackend(cfg, BackendContext())
+
+
+async def test_load_is_scraped_and_follows_the_engine(fake: tuple[FakeVLLM, LiveServer]) -> None:
+    f, srv = fake
+    f.set_load(waiting=4, running=9, kv_cache=0.37)
+    f.observe_ttft(0.2, 0.4)
+    b = make_backend(srv.url)
+    await b.start()
+    try:
+        load = await wait_for(b, lambda ld: ld.scraped_at is not None)
+        assert (load.queue_depth, load.running, load.kv_cache_usage) == (4, 9, 0.37)
+        assert load.ttft_s == pytest.approx(0.3)
+        f.set_load(waiting=12, running=16, kv_cache=0.91)
+        load = await wait_for(b, lambda ld: ld.queue_depth == 12)
+        assert (load.queue_depth, load.running, load.kv_cache_usage) == (12, 16, 0.91)
+    finally:
+        await b.close()
+        await b.context.close()
+
+
+async def test_ttft_is_the_mean_of_the_last_interval(fake: tuple[FakeVLLM, LiveServer]) -> None:
+    f, srv = fake
+    f.observe_ttft(*[0.05] * 98)  # a long quiet past
+    b = make_backend(srv.url)
+    try:
+        assert (await b.scrape()).ttft_s == pytest.approx(0.05)
+        f.observe_ttft(2.0, 4.0)  # the engine is now slow
+        assert (await b.scrape()).ttft_s == pytest.approx(3.0)  # all-time mean would be ~0.11
+        assert (await b.scrape()).ttft_s == pytest.approx(3.0)  # no new request: it stands
+        f.observe_ttft(0.5)
+        assert (await b.scrape()).ttft_s == pytest.approx(0.5)
+    finally:
+        await b.context.close()
+
+
+async def test_the_older_kv_cache_name_works() -> None:
+    f = FakeVLLM(MODEL, legacy_cache_metric=True)
+    f.set_load(waiting=1, running=2, kv_cache=0.66)
+    with upstream_server(f.app) as srv:
+        b = make_backend(srv.url)
+        try:
+            load = await b.scrape()
+        finally:
+            await b.context.close()
+    assert load.kv_cache_usage == 0.66
+
+
+async def test_other_models_on_the_same_server_are_not_counted() -> None:
+    f = FakeVLLM("another/model")
+    f.set_load(waiting=30, running=30, kv_cache=0.9)
+    with upstream_server(f.app) as srv:
+        b = make_backend(srv.url)
+        try:
+            load = await b.scrape()
+        finally:
+            await b.context.close()
+    assert (load.queue_depth, load.running, load.kv_cache_usage) == (0, 0, None)
+
+
+def test_chat_through_the_gateway(tmp_path: Path, fake: tuple[FakeVLLM, LiveServer]) -> None:
+    f, srv = fake
+    cfg: dict[str, Any] = {"name": "gpu", "plugin": "vllm", "base_url": srv.url + "/v1",
+                           "model": MODEL, "scrape_interval_s": INTERVAL}
+    with gateway(tmp_path, cfg) as gw, sdk(gw.url) as c:
+        r = c.chat.completions.with_raw_response.create(
+            model="gpu", messages=[{"role": "user", "content": "hi there"}], max_tokens=5)
+        out = r.parse()
+        assert out.choices[0].message.content == "The quick brown fox jumps"
+        assert r.headers["x-switchyard-completion-tokens"] == "5"
+        assert int(r.headers["x-switchyard-prompt-tokens"]) == out.usage.prompt_tokens > 0
+        chunks = list(c.chat.completions.create(
+            model="gpu", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True,
+            stream_options={"include_usage": True}))
+        pieces = [ch.choices[0].delta.content for ch in chunks if ch.choices]
+        assert "".join(p or "" for p in pieces) == "The quick brown fox"
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+        f.set_load(waiting=7)  # the gateway's own /metrics shows the engine's queue
+        deadline = time.monotonic() + 5
+        line = 'switchyard_backend_queue_depth{backend="gpu"} 7.0'
+        while line not in httpx.get(gw.url + "/metrics").text and time.monotonic() < deadline:
+            time.sleep(INTERVAL)
+        assert line in httpx.get(gw.url + "/metrics").text
