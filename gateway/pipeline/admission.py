@@ -1,16 +1,38 @@
 """The seam where budgets and rate limits plug into the pipeline.
 
-``Admission.admit`` runs before routing (rate limits, the team's constraints);
-``reserve`` before each backend call (the worst-case cost, atomically); ``settle`` after it
-(the real cost, releasing the rest). The embedded default admits everything.
+``Admission.admit`` runs before routing (rate limits); ``reserve`` before each backend call
+(the worst-case cost, atomically); ``settle`` after it (the real cost, releasing the rest).
+The embedded default, ``OpenAdmission``, admits everything. ``BudgetAdmission`` enforces
+the team of the request's key (``ctx.extra["identity"]``, set by the HTTP layer).
+
+When the state store is unreachable: with ``failure_mode: closed`` a request gets 503;
+with ``open`` it is enforced against a local in-process store (seeded with the last spend
+seen) and its spend is charged to the shared store when it returns. Settlements that could
+not reach the store are queued and retried (they are idempotent), so no request is billed
+twice or not at all; the ledger keeps every record either way.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway.auth import Identity
+from gateway.budgets import period_id, period_ttl_s, to_nano, to_nano_ceil, to_usd, worst_case_usd
+from gateway.config import BudgetsConfig
+from gateway.errors import AuthenticationFailed, BudgetExceeded, RateLimited, ServiceUnavailable
 from gateway.interfaces import Backend, RequestFeatures
 from gateway.pipeline.context import RequestContext
+from gateway.state import Limit, Reserved, Settled, StateStore, StateUnavailable, Team
+
+log = logging.getLogger("switchyard.budgets")
+
+AlertFn = Callable[[str, float, float, float], None]
 
 
 class Admission(Protocol):
@@ -34,3 +56,292 @@ class OpenAdmission:
 
     async def settle(self, ctx: RequestContext, reservation: Any, cost_usd: float, tokens: int) -> None:
         return None
+
+
+@dataclass(slots=True)
+class Reservation:
+    team: Team
+    period: str
+    res_id: str
+    amount: int
+    store: StateStore
+    local: bool  # held by the local fallback during an outage (fail open)
+    settled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A settlement the shared store has not acknowledged yet."""
+
+    op: str  # "settle" (a shared-store hold) | "charge" (spend made while failing open)
+    team: str
+    period: str
+    op_id: str
+    amount: int
+    keep_s: int
+
+
+def _limits(ident: Identity, prompt_tokens: int) -> list[Limit]:
+    t, k = ident.team, ident.key
+    out = []
+    if t.rpm:
+        out.append(Limit("team:rpm", t.rpm, 1))
+    if k.rpm:
+        out.append(Limit(f"key:{k.key_id}:rpm", k.rpm, 1))
+    if t.tpm:
+        out.append(Limit("team:tpm", t.tpm, prompt_tokens))
+    if k.tpm:
+        out.append(Limit(f"key:{k.key_id}:tpm", k.tpm, prompt_tokens))
+    return out
+
+
+def _describe(limits: list[Limit]) -> str:
+    unit = {"rpm": "requests", "tpm": "tokens"}
+    return ", ".join(f"{lim.limit} {unit[lim.name[-3:]]}/min per "
+                     f"{'team' if lim.name.startswith('team:') else 'key'}" for lim in limits)
+
+
+class BudgetAdmission:
+    def __init__(self, store: StateStore, config: BudgetsConfig, *, fail_open: bool = False,
+                 fallback: Callable[[], StateStore] | None = None, alert: AlertFn | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        if fail_open and fallback is None:
+            raise ValueError("failing open needs a local fallback store")
+        self.store = store
+        self.config = config
+        self.fail_open = fail_open
+        self._make_fallback = fallback
+        self._fallback: StateStore | None = None
+        self._alert = alert
+        self._clock = clock
+        self._down_until = 0.0
+        self._known: dict[tuple[str, str], int] = {}  # last spend + holds seen, per period
+        self._pending: list[_Pending] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.Task[None] | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.create_task(self._reconcile_loop())
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._loop is not None:
+            self._loop.cancel()
+            await asyncio.gather(self._loop, return_exceptions=True)
+        await self.reconcile()
+        if self._pending:
+            usd = to_usd(sum(p.amount for p in self._pending))
+            log.error("shutting down with %d settlements (%.6f USD) the state store never "
+                      "acknowledged; the ledger holds their records", len(self._pending), usd)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # ---- the store, or what to do without it -------------------------------------------
+
+    def _down(self) -> bool:
+        return self._down_until > time.monotonic()
+
+    def _mark_down(self) -> None:
+        if not self._down():
+            log.error("state store unreachable; failing %s",
+                      "open (local enforcement)" if self.fail_open else "closed (503)")
+        self._down_until = time.monotonic() + self.config.reconcile_interval_s
+
+    def _unavailable(self) -> ServiceUnavailable:
+        return ServiceUnavailable(
+            "The gateway's state store (Redis) is unreachable, so budgets and rate limits "
+            "cannot be enforced; requests are refused until it returns.",
+            code="state_store_unavailable", headers={"retry-after": "1"})
+
+    def _local(self) -> StateStore:
+        if self._fallback is None:
+            assert self._make_fallback is not None
+            self._fallback = self._make_fallback()
+        return self._fallback
+
+    async def _shared(self, fn: Callable[[StateStore], Awaitable[Any]]) -> tuple[Any, bool]:
+        """Run ``fn`` on the shared store; on an outage, on the local one (fail open) or
+        raise 503 (fail closed). Returns (result, ran locally)."""
+        if not self._down():
+            try:
+                return await fn(self.store), False
+            except StateUnavailable:
+                self._mark_down()
+        if not self.fail_open:
+            raise self._unavailable()
+        return await fn(self._local()), True
+
+    # ---- admission ---------------------------------------------------------------------
+
+    async def admit(self, ctx: RequestContext, features: RequestFeatures) -> None:
+        ident: Identity | None = ctx.extra.get("identity")
+        if ident is None:
+            return
+        limits = _limits(ident, features.prompt_tokens)
+        if not limits:
+            return
+        team = ident.team.name
+        wait, local = await self._shared(lambda s: s.hit(team, limits))
+        if wait > 0:
+            raise RateLimited(f"Rate limit reached for team '{team}' ({_describe(limits)}); "
+                              f"retry in {wait:.1f} s.", retry_after=wait)
+        tpm = [lim for lim in limits if lim.name.endswith(":tpm")]
+        if tpm:
+            ctx.extra["tpm"] = (tpm, features.prompt_tokens, local)
+
+    async def reserve(self, ctx: RequestContext, backend: Backend,
+                      features: RequestFeatures) -> Reservation | None:
+        ident: Identity | None = ctx.extra.get("identity")
+        if ident is None:
+            return None
+        team = ident.team
+        pin, pout = backend.price_per_token()
+        amount = to_nano_ceil(worst_case_usd(pin, pout, features.prompt_tokens,
+                                             features.max_tokens, self.config.default_max_tokens))
+        now = self._clock()
+        period = period_id(team.period, now)
+        keep = period_ttl_s(team.period, now)
+        res_id = secrets.token_hex(12)
+        ttl = self.config.reservation_ttl_s
+
+        async def hold(s: StateStore) -> Reserved:
+            if s is not self.store:
+                await self._prepare_local(s, team, period, keep)
+            return await s.reserve(team.name, period, res_id, amount, ttl, keep)
+
+        r, local = await self._shared(hold)
+        if not r.exists:
+            raise AuthenticationFailed(f"The team '{team.name}' no longer exists.")
+        if not local:
+            self._remember(team.name, period, r.spent + r.reserved)
+        if not r.ok:
+            raise BudgetExceeded(
+                f"Team '{team.name}' has used its {team.period} budget of "
+                f"${to_usd(r.budget):.6f} (spent ${to_usd(r.spent):.6f}, "
+                f"${to_usd(r.reserved):.6f} held by requests in flight); this request may "
+                f"cost up to ${to_usd(amount):.6f}.")
+        store = self._local() if local else self.store
+        return Reservation(team, period, res_id, amount, store, local)
+
+    async def _prepare_local(self, s: StateStore, team: Team, period: str, keep: int) -> None:
+        """The local fallback knows the team and starts from the last spend seen."""
+        if not await s.update_team(team):
+            await s.create_team(team)
+        known = self._known.get((team.name, period), 0)
+        if known:
+            await s.charge(team.name, period, "seed", known, keep)
+
+    def _remember(self, team: str, period: str, value: int) -> None:
+        if len(self._known) > 10_000:
+            self._known.clear()
+        self._known[(team, period)] = value
+
+    # ---- settlement --------------------------------------------------------------------
+
+    async def settle(self, ctx: RequestContext, reservation: Any, cost_usd: float,
+                     tokens: int) -> None:
+        """Runs in its own task, shielded: a client that disconnects (which cancels the
+        stream) cannot cancel the settlement of what was produced."""
+        if reservation is None:
+            return
+        task = asyncio.ensure_future(self._settle(ctx, reservation, cost_usd, tokens))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(task)
+
+    async def _settle(self, ctx: RequestContext, r: Reservation, cost_usd: float,
+                      tokens: int) -> None:
+        if r.settled:
+            return
+        r.settled = True
+        actual = to_nano(cost_usd)
+        keep = period_ttl_s(r.team.period, self._clock())
+        res: Settled | None = None
+        if r.local:
+            res = await r.store.settle(r.team.name, r.period, r.res_id, actual)
+            self._queue(_Pending("charge", r.team.name, r.period, r.res_id, actual, keep))
+            res = None  # the shared store decides on the alert when the charge lands
+        else:
+            try:
+                res = await self.store.settle(r.team.name, r.period, r.res_id, actual)
+            except StateUnavailable:
+                self._mark_down()
+                self._queue(_Pending("settle", r.team.name, r.period, r.res_id, actual, keep))
+        if res is not None:
+            self._after(r.team, r.period, res)
+        await self._correct_tokens(ctx, r.team.name, tokens)
+
+    async def _correct_tokens(self, ctx: RequestContext, team: str, tokens: int) -> None:
+        """Tokens-per-minute windows counted the prompt at admission; add the rest."""
+        counted = ctx.extra.get("tpm")
+        if counted is None or tokens <= 0:
+            return
+        del ctx.extra["tpm"]
+        limits, prompt, local = counted
+        delta = tokens - prompt
+        if delta == 0:
+            return
+        fixed = [Limit(lim.name, lim.limit, delta, lim.window_s) for lim in limits]
+        try:
+            await (self._local() if local else self.store).add(team, fixed)
+        except StateUnavailable:
+            log.warning("token window of team %s not corrected: state store unreachable", team)
+
+    def _queue(self, p: _Pending) -> None:
+        self._pending.append(p)
+
+    def _after(self, team: Team, period: str, res: Settled) -> None:
+        self._remember(team.name, period, res.spent)
+        if res.alert and team.budget_usd:
+            spent = to_usd(res.spent)
+            pct = 100.0 * spent / team.budget_usd
+            log.warning("team %s crossed its soft budget limit: spent $%.6f of $%.6f (%.1f%%)",
+                        team.name, spent, team.budget_usd, pct)
+            if self._alert is not None:
+                self._alert(team.name, spent, team.budget_usd, pct)
+
+    # ---- reconciliation ----------------------------------------------------------------
+
+    async def reconcile(self) -> int:
+        """Apply queued settlements to the shared store; returns how many are left."""
+        while self._pending:
+            p = self._pending[0]
+            try:
+                if p.op == "settle":
+                    res = await self.store.settle(p.team, p.period, p.op_id, p.amount)
+                else:
+                    res = await self.store.charge(p.team, p.period, p.op_id, p.amount, p.keep_s)
+            except StateUnavailable:
+                self._mark_down()
+                break
+            self._pending.pop(0)
+            if res.alert:
+                try:
+                    team = await self.store.get_team(p.team)
+                except StateUnavailable:
+                    team = None
+                if team is not None:
+                    self._after(team, p.period, res)
+        return len(self._pending)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reconcile_interval_s)
+            try:
+                if self._pending:
+                    left = await self.reconcile()
+                    if not left:
+                        log.info("state store back; queued settlements reconciled")
+                if self._fallback is not None and not self._pending:
+                    await self.store.ping()
+                    self._fallback = None  # back to the shared store; start fresh next time
+                    self._down_until = 0.0
+            except StateUnavailable:
+                self._mark_down()
+            except Exception:  # never let the loop die
+                log.exception("reconciliation failed")

@@ -1,0 +1,199 @@
+"""Shared state behind one small Protocol: teams, virtual keys, budgets, rate limits.
+
+Two implementations are registered as plugins through ``switchyard_register_state_stores``:
+``memory`` (in-process, the embedded default) and ``redis`` (several gateway replicas; every
+read-modify-write is one Lua script, so N replicas behave as one). The contract tests in
+``tests/plugins/test_state_contract.py`` run against both.
+
+Money is in integer nano-dollars (``gateway.budgets``). A store raises ``StateUnavailable``
+when it cannot be reached; the gateway decides what that means (``state.failure_mode``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from gateway.budgets import Period, to_nano
+
+
+class StateUnavailable(Exception):
+    """The state store cannot be reached (connection refused, timeout)."""
+
+
+@dataclass(slots=True)
+class Team:
+    name: str
+    budget_usd: float | None = None  # None: no budget, spend is only tracked
+    period: Period = "month"
+    soft_limit_pct: float | None = 80.0  # alert when spend crosses this share of the budget
+    rpm: int | None = None  # requests per minute, the whole team
+    tpm: int | None = None  # tokens per minute, the whole team
+    models: list[str] = field(default_factory=list)  # empty: every model
+    backends: list[str] = field(default_factory=list)  # empty: every backend
+    created_at: float = 0.0
+
+    @property
+    def budget_nano(self) -> int:
+        """-1 when there is no budget."""
+        return -1 if self.budget_usd is None else to_nano(self.budget_usd)
+
+    @property
+    def soft_nano(self) -> int:
+        """Spend at which the soft-limit alert fires; -1 when none."""
+        if self.budget_usd is None or self.soft_limit_pct is None:
+            return -1
+        return to_nano(self.budget_usd * self.soft_limit_pct / 100.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Team:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass(slots=True)
+class KeyRecord:
+    """A virtual key as stored: never the secret, only its salted HMAC-SHA256."""
+
+    key_id: str
+    team: str
+    name: str
+    salt: str  # hex
+    digest: str  # hex HMAC-SHA256(salt, secret)
+    created_at: float = 0.0
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    rpm: int | None = None  # per key; the team's limits apply as well
+    tpm: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> KeyRecord:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+    def public(self) -> dict[str, Any]:
+        """What the admin API shows: everything but the salt and digest."""
+        d = self.to_dict()
+        del d["salt"], d["digest"]
+        d["revoked"] = self.revoked_at is not None
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One sliding-window limit: at most ``limit`` units (requests or tokens) in any
+    ``window_s`` seconds. ``name`` is unique within the team (``team:rpm``, ``key:ID:tpm``)."""
+
+    name: str
+    limit: int
+    cost: int
+    window_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    ok: bool  # False: it did not fit, nothing was reserved
+    spent: int  # nano-dollars settled this period (before this reservation)
+    reserved: int  # nano-dollars held by reservations in flight (including this one if ok)
+    budget: int  # -1: no budget
+    exists: bool = True  # False: the team does not exist (any more)
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    applied: bool  # False: already settled (a retry), nothing changed
+    spent: int  # the period's spend after this settlement
+    alert: bool  # this settlement crossed the soft limit first in this period
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    spent: int
+    reserved: int
+    alerted: bool
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """The shared state of teams, keys, budgets and rate limits.
+
+    Every method is atomic on its own: with the Redis store, across replicas."""
+
+    kind: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Returns when reachable; raises StateUnavailable otherwise."""
+        ...
+
+    # ---- teams -------------------------------------------------------------------------
+
+    async def create_team(self, team: Team) -> bool:
+        """False (and nothing changed) when a team of that name exists."""
+        ...
+
+    async def update_team(self, team: Team) -> bool:
+        """False when there is no such team."""
+        ...
+
+    async def get_team(self, name: str) -> Team | None: ...
+
+    async def list_teams(self) -> list[Team]: ...
+
+    async def has_teams(self) -> bool: ...
+
+    async def delete_team(self, name: str) -> list[str]:
+        """Delete the team, its keys and its counters; return the ids of its keys."""
+        ...
+
+    # ---- keys --------------------------------------------------------------------------
+
+    async def put_key(self, key: KeyRecord) -> None:
+        """Create or replace a key record (the team must exist)."""
+        ...
+
+    async def get_key(self, key_id: str) -> KeyRecord | None: ...
+
+    async def list_keys(self, team: str | None = None) -> list[KeyRecord]: ...
+
+    # ---- budgets -----------------------------------------------------------------------
+
+    async def reserve(self, team: str, period: str, res_id: str, amount: int, ttl_s: float,
+                      keep_s: int) -> Reserved:
+        """Hold ``amount`` if spent + reserved + amount fits the team's budget (read from
+        the team record, so a change applies at once). Reservations older than ``ttl_s``
+        (a replica that died mid-request) are released first. ``keep_s``: how long the
+        period's counters live (0: forever)."""
+        ...
+
+    async def settle(self, team: str, period: str, res_id: str, actual: int) -> Settled:
+        """Release the reservation and add ``actual`` to the spend, once: a second call
+        with the same ``res_id`` changes nothing. Fires the soft-limit flag once a period."""
+        ...
+
+    async def charge(self, team: str, period: str, charge_id: str, amount: int,
+                     keep_s: int) -> Settled:
+        """Add spend that had no reservation here (reconciling a fail-open outage),
+        idempotently by ``charge_id``."""
+        ...
+
+    async def spend(self, team: str, period: str) -> Spend: ...
+
+    # ---- rate limits -------------------------------------------------------------------
+
+    async def hit(self, team: str, limits: Sequence[Limit]) -> float:
+        """Take ``cost`` from every limit if all fit (then 0.0), else take nothing and
+        return the seconds until they would fit (``window_s`` when the cost can never fit)."""
+        ...
+
+    async def add(self, team: str, limits: Sequence[Limit]) -> None:
+        """Record ``cost`` (which may be negative: a correction) without a check."""
+        ...

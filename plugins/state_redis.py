@@ -1,0 +1,361 @@
+"""``state: {kind: redis, url: redis://127.0.0.1:6379/0}``: state shared by gateway replicas.
+
+Reservation, settlement, charging and rate limiting are each one Lua script, so N replicas
+behave like one: no read-then-write race between them. Scripts read the clock with Redis'
+``TIME``, so replicas with skewed clocks still share one window. Every key of a team carries
+the hash tag ``{team}``, so a team's scripts touch a single slot and Redis Cluster accepts
+them. Money is in integer nano-dollars (``HINCRBY``: no float drift).
+
+Keys (``P`` is ``state.prefix``)::
+
+    P:teams              set of team names
+    P:key:<id>           a key record (JSON; the salted hash, never the secret)
+    P{team}:team         hash: doc (JSON), budget, soft (nano-dollars, -1: none)
+    P{team}:keys         set of the team's key ids
+    P{team}:b:<period>   hash: spent, reserved, alerted, r:<id> (holds), c:<id> (charges)
+    P{team}:bx:<period>  zset: reservation id -> expiry (ms)
+    P{team}:rl:<name>    zset: sliding-window entries "<seq>:<cost>" scored by ms; :sum
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from gateway import hookimpl
+from gateway.state import KeyRecord, Limit, Reserved, Settled, Spend, StateUnavailable, Team
+
+T = TypeVar("T")
+
+_NOW = """
+local _t = redis.call('TIME')
+local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
+"""
+
+# Release holds whose replica never settled them (it died): tombstone 'x' so a late
+# settle still bills the spend, exactly once.
+_PURGE = """
+local function purge(b, bx, now)
+  local old = redis.call('ZRANGEBYSCORE', bx, '-inf', now)
+  for _, id in ipairs(old) do
+    local a = redis.call('HGET', b, 'r:' .. id)
+    if a and a ~= 'x' then
+      redis.call('HINCRBY', b, 'reserved', -tonumber(a))
+      redis.call('HSET', b, 'r:' .. id, 'x')
+    end
+  end
+  if #old > 0 then redis.call('ZREMRANGEBYSCORE', bx, '-inf', now) end
+end
+"""
+
+_ADD_SPEND = """
+local function add_spend(team, b, amount)
+  local spent = redis.call('HINCRBY', b, 'spent', amount)
+  local soft = tonumber(redis.call('HGET', team, 'soft') or '-1')
+  local alert = 0
+  if soft >= 0 and spent >= soft and redis.call('HSETNX', b, 'alerted', '1') == 1 then
+    alert = 1
+  end
+  return {1, spent, alert}
+end
+"""
+
+# KEYS: team, b, bx   ARGV: res_id, amount, ttl_ms, keep_s
+RESERVE = _NOW + _PURGE + """
+local budget = redis.call('HGET', KEYS[1], 'budget')
+if not budget then return {-1, 0, 0, -1} end
+budget = tonumber(budget)
+purge(KEYS[2], KEYS[3], now)
+local spent = tonumber(redis.call('HGET', KEYS[2], 'spent') or '0')
+local reserved = tonumber(redis.call('HGET', KEYS[2], 'reserved') or '0')
+local amount = tonumber(ARGV[2])
+if budget >= 0 and spent + reserved + amount > budget then
+  return {0, spent, reserved, budget}
+end
+redis.call('HINCRBY', KEYS[2], 'reserved', ARGV[2])
+redis.call('HSET', KEYS[2], 'r:' .. ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
+local keep = tonumber(ARGV[4])
+if keep > 0 then
+  redis.call('EXPIRE', KEYS[2], keep)
+  redis.call('EXPIRE', KEYS[3], keep)
+end
+return {1, spent, reserved + amount, budget}
+"""
+
+# KEYS: team, b, bx   ARGV: res_id, actual
+SETTLE = _ADD_SPEND + """
+local f = 'r:' .. ARGV[1]
+local a = redis.call('HGET', KEYS[2], f)
+if not a then
+  return {0, tonumber(redis.call('HGET', KEYS[2], 'spent') or '0'), 0}
+end
+if a ~= 'x' then redis.call('HINCRBY', KEYS[2], 'reserved', -tonumber(a)) end
+redis.call('HDEL', KEYS[2], f)
+redis.call('ZREM', KEYS[3], ARGV[1])
+return add_spend(KEYS[1], KEYS[2], ARGV[2])
+"""
+
+# KEYS: team, b   ARGV: charge_id, amount, keep_s
+CHARGE = _ADD_SPEND + """
+if redis.call('HSETNX', KEYS[2], 'c:' .. ARGV[1], '1') == 0 then
+  return {0, tonumber(redis.call('HGET', KEYS[2], 'spent') or '0'), 0}
+end
+local keep = tonumber(ARGV[3])
+if keep > 0 then redis.call('EXPIRE', KEYS[2], keep) end
+return add_spend(KEYS[1], KEYS[2], ARGV[2])
+"""
+
+# KEYS: b, bx
+SPEND = _NOW + _PURGE + """
+purge(KEYS[1], KEYS[2], now)
+local v = redis.call('HMGET', KEYS[1], 'spent', 'reserved', 'alerted')
+return {tonumber(v[1] or '0'), tonumber(v[2] or '0'), v[3] and 1 or 0}
+"""
+
+_WINDOW = _NOW + """
+local function entry_cost(m) return tonumber(string.match(m, ':(%-?%d+)$')) end
+local function prune(z, s, cutoff)
+  local old = redis.call('ZRANGEBYSCORE', z, '-inf', cutoff)
+  if #old == 0 then return tonumber(redis.call('GET', s) or '0') end
+  local sub = 0
+  for _, m in ipairs(old) do sub = sub + entry_cost(m) end
+  redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
+  return redis.call('DECRBY', s, sub)
+end
+local function record(n, now)
+  local seq = redis.call('INCR', KEYS[1])
+  redis.call('PEXPIRE', KEYS[1], 86400000)
+  for i = 1, n do
+    local z, s, cost, win = KEYS[2*i], KEYS[2*i+1], ARGV[3*i], tonumber(ARGV[3*i+1])
+    redis.call('ZADD', z, now, seq .. ':' .. cost)
+    redis.call('INCRBY', s, cost)
+    redis.call('PEXPIRE', z, win + 1000)
+    redis.call('PEXPIRE', s, win + 1000)
+  end
+end
+"""
+
+# KEYS: seq, then (zset, sum) per limit   ARGV: n, then (limit, cost, window_ms) per limit
+# Returns 0 when taken, else the milliseconds to wait.
+HIT = _WINDOW + """
+local n = tonumber(ARGV[1])
+local wait = 0
+for i = 1, n do
+  local z, s = KEYS[2*i], KEYS[2*i+1]
+  local limit, cost, win = tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1])
+  local total = prune(z, s, now - win)
+  if cost > 0 and total + cost > limit then
+    local w = win
+    if cost <= limit then
+      local freed = 0
+      local entries = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
+      for j = 1, #entries, 2 do
+        freed = freed + entry_cost(entries[j])
+        if total - freed + cost <= limit then
+          w = math.max(1, tonumber(entries[j + 1]) + win - now)
+          break
+        end
+      end
+    end
+    if w > wait then wait = w end
+  end
+end
+if wait > 0 then return wait end
+record(n, now)
+return 0
+"""
+
+ADD = _WINDOW + """
+local n = tonumber(ARGV[1])
+for i = 1, n do prune(KEYS[2*i], KEYS[2*i+1], now - tonumber(ARGV[3*i+1])) end
+record(n, now)
+return 0
+"""
+
+# KEYS: team   ARGV: doc, budget, soft
+UPDATE_TEAM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'budget', ARGV[2], 'soft', ARGV[3])
+return 1
+"""
+
+_GLOB = re.compile(r"([*?\[\]\\])")
+
+
+class RedisStore:
+    kind = "redis"
+
+    def __init__(self, url: str, prefix: str = "switchyard:", *, connect_timeout_s: float = 0.5,
+                 timeout_s: float = 2.0) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("state.prefix must not contain '{' or '}' (Redis hash tags)")
+        self.prefix = prefix
+        self.r = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=connect_timeout_s,
+            socket_timeout=timeout_s, retry=Retry(NoBackoff(), 1),
+        )
+        self._reserve = self.r.register_script(RESERVE)
+        self._settle = self.r.register_script(SETTLE)
+        self._charge = self.r.register_script(CHARGE)
+        self._spend = self.r.register_script(SPEND)
+        self._hit = self.r.register_script(HIT)
+        self._add = self.r.register_script(ADD)
+        self._update_team = self.r.register_script(UPDATE_TEAM)
+
+    # ---- key names ---------------------------------------------------------------------
+
+    def _t(self, team: str, suffix: str) -> str:
+        return f"{self.prefix}{{{team}}}:{suffix}"
+
+    def _budget_keys(self, team: str, period: str) -> list[str]:
+        return [self._t(team, "team"), self._t(team, f"b:{period}"), self._t(team, f"bx:{period}")]
+
+    async def _do(self, aw: Awaitable[T]) -> T:
+        try:
+            return await aw
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            raise StateUnavailable(f"Redis is unreachable ({type(e).__name__})") from None
+
+    async def _members(self, key: str) -> list[str]:
+        return [str(m) for m in await self._do(self.r.smembers(key))]
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+    async def ping(self) -> None:
+        await self._do(self.r.ping())
+
+    # ---- teams -------------------------------------------------------------------------
+
+    async def create_team(self, team: Team) -> bool:
+        key = self._t(team.name, "team")
+        if not await self._do(self.r.hsetnx(key, "doc", orjson.dumps(team.to_dict()).decode())):
+            return False
+        await self._do(self.r.hset(key, mapping={"budget": team.budget_nano,
+                                                 "soft": team.soft_nano}))
+        await self._do(self.r.sadd(self.prefix + "teams", team.name))
+        return True
+
+    async def update_team(self, team: Team) -> bool:
+        doc = orjson.dumps(team.to_dict()).decode()
+        res = await self._do(self._update_team(keys=[self._t(team.name, "team")],
+                                               args=[doc, team.budget_nano, team.soft_nano]))
+        return bool(res)
+
+    async def get_team(self, name: str) -> Team | None:
+        doc = await self._do(self.r.hget(self._t(name, "team"), "doc"))
+        return Team.from_dict(orjson.loads(doc)) if doc else None
+
+    async def list_teams(self) -> list[Team]:
+        names = sorted(await self._members(self.prefix + "teams"))
+        pipe = self.r.pipeline(transaction=False)
+        for n in names:
+            pipe.hget(self._t(n, "team"), "doc")
+        docs = await self._do(pipe.execute()) if names else []
+        return [Team.from_dict(orjson.loads(d)) for d in docs if d]
+
+    async def has_teams(self) -> bool:
+        return bool(await self._do(self.r.scard(self.prefix + "teams")))
+
+    async def delete_team(self, name: str) -> list[str]:
+        if not await self._do(self.r.exists(self._t(name, "team"))):
+            return []
+        ids = sorted(await self._members(self._t(name, "keys")))
+        for key_id in ids:
+            await self._do(self.r.delete(self.prefix + "key:" + key_id))
+        pattern = _GLOB.sub(r"\\\1", f"{self.prefix}{{{name}}}:") + "*"
+        try:
+            found = [k async for k in self.r.scan_iter(match=pattern, count=500)]
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            raise StateUnavailable(f"Redis is unreachable ({type(e).__name__})") from None
+        for k in found:
+            await self._do(self.r.delete(k))
+        await self._do(self.r.srem(self.prefix + "teams", name))
+        return ids
+
+    # ---- keys --------------------------------------------------------------------------
+
+    async def put_key(self, key: KeyRecord) -> None:
+        await self._do(self.r.set(self.prefix + "key:" + key.key_id,
+                                  orjson.dumps(key.to_dict()).decode()))
+        await self._do(self.r.sadd(self._t(key.team, "keys"), key.key_id))
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        doc = await self._do(self.r.get(self.prefix + "key:" + key_id))
+        return KeyRecord.from_dict(orjson.loads(doc)) if doc else None
+
+    async def list_keys(self, team: str | None = None) -> list[KeyRecord]:
+        teams = [team] if team is not None else [t.name for t in await self.list_teams()]
+        ids: list[str] = []
+        for t in teams:
+            ids.extend(await self._members(self._t(t, "keys")))
+        pipe = self.r.pipeline(transaction=False)
+        for key_id in ids:
+            pipe.get(self.prefix + "key:" + key_id)
+        docs = await self._do(pipe.execute()) if ids else []
+        keys = [KeyRecord.from_dict(orjson.loads(d)) for d in docs if d]
+        return sorted(keys, key=lambda k: (k.team, k.created_at, k.key_id))
+
+    # ---- budgets -----------------------------------------------------------------------
+
+    async def reserve(self, team: str, period: str, res_id: str, amount: int, ttl_s: float,
+                      keep_s: int) -> Reserved:
+        ok, spent, reserved, budget = await self._do(self._reserve(
+            keys=self._budget_keys(team, period),
+            args=[res_id, amount, int(ttl_s * 1000), keep_s]))
+        if ok == -1:
+            return Reserved(False, 0, 0, -1, exists=False)
+        return Reserved(ok == 1, int(spent), int(reserved), int(budget))
+
+    async def settle(self, team: str, period: str, res_id: str, actual: int) -> Settled:
+        applied, spent, alert = await self._do(self._settle(
+            keys=self._budget_keys(team, period), args=[res_id, actual]))
+        return Settled(applied == 1, int(spent), alert == 1)
+
+    async def charge(self, team: str, period: str, charge_id: str, amount: int,
+                     keep_s: int) -> Settled:
+        applied, spent, alert = await self._do(self._charge(
+            keys=self._budget_keys(team, period)[:2], args=[charge_id, amount, keep_s]))
+        return Settled(applied == 1, int(spent), alert == 1)
+
+    async def spend(self, team: str, period: str) -> Spend:
+        spent, reserved, alerted = await self._do(self._spend(
+            keys=self._budget_keys(team, period)[1:]))
+        return Spend(int(spent), int(reserved), alerted == 1)
+
+    # ---- rate limits -------------------------------------------------------------------
+
+    def _window_args(self, team: str, limits: Sequence[Limit]) -> tuple[list[str], list[Any]]:
+        keys = [self._t(team, "rl:seq")]
+        args: list[Any] = [len(limits)]
+        for lim in limits:
+            z = self._t(team, "rl:" + lim.name)
+            keys += [z, z + ":sum"]
+            args += [lim.limit, lim.cost, int(lim.window_s * 1000)]
+        return keys, args
+
+    async def hit(self, team: str, limits: Sequence[Limit]) -> float:
+        keys, args = self._window_args(team, limits)
+        wait_ms = await self._do(self._hit(keys=keys, args=args))
+        return int(wait_ms) / 1000.0
+
+    async def add(self, team: str, limits: Sequence[Limit]) -> None:
+        keys, args = self._window_args(team, limits)
+        await self._do(self._add(keys=keys, args=args))
+
+
+@hookimpl(trylast=True)
+def switchyard_register_state_stores(register: Any) -> None:
+    register("redis", lambda config: RedisStore(config.url.get_secret_value(), config.prefix))

@@ -1,0 +1,170 @@
+"""One contract, two state stores: the in-process one and Redis (real, a prefix per test)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.state import KeyRecord, Limit, StateStore, Team
+from plugins.state_memory import MemoryStore
+from plugins.state_redis import RedisStore
+
+KEEP = 3600
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
+    if request.param == "memory":
+        s: StateStore = MemoryStore()
+    else:
+        url = request.getfixturevalue("redis_url")
+        s = RedisStore(url, request.getfixturevalue("redis_prefix"))
+    await s.start()
+    yield s
+    await s.close()
+
+
+def team(name: str = "acme", **kw: object) -> Team:
+    return Team(name=name, created_at=time.time(), **kw)  # type: ignore[arg-type]
+
+
+def key(key_id: str, team_name: str = "acme") -> KeyRecord:
+    return KeyRecord(key_id=key_id, team=team_name, name=f"k-{key_id}", salt="00", digest="11",
+                     created_at=time.time())
+
+
+async def test_teams_create_get_update_list_delete(store: StateStore) -> None:
+    assert not await store.has_teams()
+    assert await store.create_team(team(budget_usd=5.0, models=["m"]))
+    assert not await store.create_team(team(budget_usd=9.0)), "a duplicate name must be refused"
+    got = await store.get_team("acme")
+    assert got is not None and got.budget_usd == 5.0 and got.models == ["m"]
+    got.rpm = 7
+    assert await store.update_team(got)
+    assert (await store.get_team("acme")).rpm == 7  # type: ignore[union-attr]
+    assert not await store.update_team(team("ghost"))
+    await store.create_team(team("beta"))
+    assert [t.name for t in await store.list_teams()] == ["acme", "beta"]
+    assert await store.has_teams()
+    await store.put_key(key("k1"))
+    assert await store.delete_team("acme") == ["k1"]
+    assert await store.get_team("acme") is None
+    assert await store.get_key("k1") is None, "a deleted team's keys stop working"
+    assert [t.name for t in await store.list_teams()] == ["beta"]
+
+
+async def test_keys_round_trip_and_list_by_team(store: StateStore) -> None:
+    await store.create_team(team())
+    await store.create_team(team("beta"))
+    await store.put_key(key("a1"))
+    await store.put_key(key("b1", "beta"))
+    rec = await store.get_key("a1")
+    assert rec is not None and rec.team == "acme" and rec.digest == "11"
+    rec.revoked_at = 123.0
+    await store.put_key(rec)
+    assert (await store.get_key("a1")).revoked_at == 123.0  # type: ignore[union-attr]
+    assert [k.key_id for k in await store.list_keys("beta")] == ["b1"]
+    assert {k.key_id for k in await store.list_keys()} == {"a1", "b1"}
+    assert await store.get_key("nope") is None
+
+
+async def test_reservations_never_exceed_the_budget_under_concurrency(store: StateStore) -> None:
+    await store.create_team(team(budget_usd=1e-6))  # 1000 nano-dollars
+    results = await asyncio.gather(*(
+        store.reserve("acme", "p1", f"r{i}", 100, 60, KEEP) for i in range(40)))
+    assert sum(r.ok for r in results) == 10
+    s = await store.spend("acme", "p1")
+    assert (s.spent, s.reserved) == (0, 1000)
+    refused = next(r for r in results if not r.ok)
+    assert refused.budget == 1000 and refused.spent + refused.reserved == 1000
+
+
+async def test_settle_releases_the_rest_once(store: StateStore) -> None:
+    await store.create_team(team(budget_usd=1e-6))
+    assert (await store.reserve("acme", "p1", "r1", 600, 60, KEEP)).ok
+    assert not (await store.reserve("acme", "p1", "r2", 600, 60, KEEP)).ok
+    first = await store.settle("acme", "p1", "r1", 250)
+    assert first.applied and first.spent == 250
+    again = await store.settle("acme", "p1", "r1", 250)
+    assert not again.applied and again.spent == 250, "a repeated settle must not bill twice"
+    assert (await store.reserve("acme", "p1", "r2", 600, 60, KEEP)).ok
+    assert await store.spend("acme", "p1") == type(await store.spend("acme", "p1"))(250, 600, False)
+
+
+async def test_periods_are_separate(store: StateStore) -> None:
+    await store.create_team(team(budget_usd=1e-6))
+    assert (await store.reserve("acme", "d1", "r1", 1000, 60, KEEP)).ok
+    await store.settle("acme", "d1", "r1", 1000)
+    assert not (await store.reserve("acme", "d1", "r2", 1, 60, KEEP)).ok
+    assert (await store.reserve("acme", "d2", "r3", 1000, 60, KEEP)).ok, "a new period starts at 0"
+    assert (await store.spend("acme", "d1")).spent == 1000
+
+
+async def test_expired_reservation_is_released_and_still_billed_once(store: StateStore) -> None:
+    await store.create_team(team(budget_usd=1e-6))
+    assert (await store.reserve("acme", "p1", "dead", 900, 0.05, KEEP)).ok
+    await asyncio.sleep(0.1)
+    assert (await store.reserve("acme", "p1", "r2", 900, 60, KEEP)).ok, "expired hold released"
+    late = await store.settle("acme", "p1", "dead", 50)
+    assert late.applied and late.spent == 50
+    assert not (await store.settle("acme", "p1", "dead", 50)).applied
+
+
+async def test_no_budget_tracks_spend_and_unknown_team_is_refused(store: StateStore) -> None:
+    await store.create_team(team())
+    r = await store.reserve("acme", "p1", "r1", 10**12, 60, KEEP)
+    assert r.ok and r.budget == -1
+    await store.settle("acme", "p1", "r1", 77)
+    assert (await store.spend("acme", "p1")).spent == 77
+    ghost = await store.reserve("ghost", "p1", "r1", 1, 60, KEEP)
+    assert not ghost.ok and not ghost.exists
+
+
+async def test_soft_limit_alert_fires_once_per_period(store: StateStore) -> None:
+    await store.create_team(team(budget_usd=1e-6, soft_limit_pct=50))
+    alerts = []
+    for i in range(4):
+        await store.reserve("acme", "p1", f"r{i}", 200, 60, KEEP)
+        alerts.append((await store.settle("acme", "p1", f"r{i}", 200)).alert)
+    assert alerts == [False, False, True, False]
+    assert (await store.spend("acme", "p1")).alerted
+    await store.reserve("acme", "p2", "x", 600, 60, KEEP)
+    assert (await store.settle("acme", "p2", "x", 600)).alert, "again in the next period"
+
+
+async def test_charge_is_idempotent(store: StateStore) -> None:
+    await store.create_team(team(budget_usd=1.0))
+    assert (await store.charge("acme", "p1", "c1", 40, KEEP)).applied
+    assert not (await store.charge("acme", "p1", "c1", 40, KEEP)).applied
+    assert (await store.spend("acme", "p1")).spent == 40
+
+
+async def test_sliding_window_takes_exactly_the_limit(store: StateStore) -> None:
+    lim = [Limit("team:rpm", 5, 1, 0.5)]
+    results = await asyncio.gather(*(store.hit("acme", lim) for _ in range(12)))
+    assert sum(r == 0 for r in results) == 5
+    assert all(0 < r <= 0.5 for r in results if r)
+    await asyncio.sleep(0.6)
+    assert await store.hit("acme", lim) == 0, "the window slid"
+
+
+async def test_all_limits_or_none(store: StateStore) -> None:
+    small = Limit("key:a:rpm", 1, 1, 30)
+    big = Limit("team:rpm", 10, 1, 30)
+    assert await store.hit("acme", [small, big]) == 0
+    assert await store.hit("acme", [small, big]) > 0
+    # the refused request took nothing from the team's window: 9 more fit
+    results = [await store.hit("acme", [big]) for _ in range(10)]
+    assert [r == 0 for r in results] == [True] * 9 + [False]
+
+
+async def test_token_window_with_corrections(store: StateStore) -> None:
+    tpm = Limit("team:tpm", 100, 60, 30)
+    assert await store.hit("acme", [tpm]) == 0
+    assert await store.hit("acme", [tpm]) > 0  # 60 + 60 > 100
+    await store.add("acme", [Limit("team:tpm", 100, -30, 30)])  # the call used fewer
+    assert await store.hit("acme", [Limit("team:tpm", 100, 70, 30)]) == 0
+    assert await store.hit("acme", [Limit("team:tpm", 100, 500, 30)]) == 30, "never fits"
