@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from gateway.config import Settings, load_settings
+from gateway.config import Settings, check_settings, load_settings
 from gateway.errors import ConfigError
 
 
@@ -54,19 +54,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Exactly the start-up validation, without starting anything."""
+    """Exactly the start-up validation, without starting anything; every error at once.
+
+    Exit status 0 with a summary when the file is good, 2 with one line per error (its path
+    and what is wrong) when it is not. Secrets are never printed."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    settings = _load(args.config)
     from gateway.http.app import build_backends, build_registry_for
 
     try:
+        settings, errors = check_settings(args.config)
+    except ConfigError as e:  # unreadable, or not YAML: nothing more to check
+        print(f"switchyard: {args.config}: {e}", file=sys.stderr)
+        return 2
+    try:
         build_backends(settings, build_registry_for(settings))
     except ConfigError as e:
-        print(f"switchyard: {e}", file=sys.stderr)
+        errors.extend(err for err in e.errors if err not in errors)
+    if errors:
+        print(f"switchyard: {args.config}: {ConfigError(errors)}", file=sys.stderr)
         return 2
-    names = ", ".join(b.name for b in settings.backends)
-    print(f"{args.config}: OK ({len(settings.backends)} backends: {names}; "
-          f"{len(settings.routes)} routes)")
+    backends = ", ".join(f"{b.name} ({b.plugin})" for b in settings.backends) or "none"
+    routes = "; ".join(f"{r.name} -> {', '.join(r.backends)} [{r.policy}]"
+                       for r in settings.routes) or "none"
+    print(f"{args.config}: OK\n  {len(settings.backends)} backends: {backends}\n"
+          f"  {len(settings.routes)} routes: {routes}")
     return 0
 
 

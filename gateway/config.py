@@ -3,7 +3,8 @@
 ``load_settings(path)`` is exactly the start-up validation that ``switchyard check-config``
 runs. Every problem is collected and reported at once, each with the path of the bad key.
 Plugin-specific backend options are validated later, against the model each plugin
-registered (see ``gateway.plugins``), and reported the same way.
+registered (see ``gateway.registry``), and reported the same way. Secrets (``admin_key``,
+``state.url``, a backend's ``api_key``) are ``SecretStr``: no message ever shows them.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.errors import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_KEY = re.compile(r"(key|secret|token|password)", re.IGNORECASE)
+Errors = list[tuple[str, str]]
 
 
 class Strict(BaseModel):
@@ -74,6 +77,11 @@ class RawBackend(BaseModel):
     name: str = Field(min_length=1)
     plugin: str = Field(min_length=1)
 
+    def __repr_args__(self) -> Any:
+        # The plugin's model turns secrets into SecretStr; until then, never show them.
+        for key, value in super().__repr_args__():
+            yield key, ("**********" if key and _SECRET_KEY.search(key) and value else value)
+
 
 class RouteConfig(Strict):
     name: str = Field(min_length=1)
@@ -113,7 +121,7 @@ class Settings(BaseSettings):
     default_route: str = "auto"
     state: StateConfig = Field(default_factory=StateConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
-    admin_key: SecretStr | None = None
+    admin_key: SecretStr | None = Field(None, min_length=1, description="unset: no admin API")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     plugins: list[str] = Field(default_factory=list, description="extra plugin modules to load")
     disable_plugins: list[str] = Field(default_factory=list)
@@ -131,24 +139,6 @@ class Settings(BaseSettings):
         # Environment variables override the YAML file (passed as init kwargs).
         return env_settings, init_settings
 
-    @model_validator(mode="after")
-    def _check_names(self) -> Settings:
-        errors: list[str] = []
-        names = [b.name for b in self.backends]
-        for dup in sorted({n for n in names if names.count(n) > 1}):
-            errors.append(f"backend name {dup!r} is used more than once")
-        route_names = [r.name for r in self.routes]
-        for dup in sorted({n for n in route_names if route_names.count(n) > 1}):
-            errors.append(f"route name {dup!r} is used more than once")
-        known = set(names)
-        for i, route in enumerate(self.routes):
-            for b in route.backends:
-                if b not in known:
-                    errors.append(f"routes[{i}].backends: unknown backend {b!r}")
-        if errors:
-            raise ValueError("; ".join(errors))
-        return self
-
 
 EMBEDDED_BACKENDS: list[dict[str, Any]] = [
     {"name": "local-smol", "plugin": "llamacpp"},
@@ -165,15 +155,16 @@ def apply_embedded_default(settings: Settings) -> Settings:
     return settings.model_copy(update={"backends": backends, "routes": routes})
 
 
-def _substitute(value: Any, path: str, errors: list[tuple[str, str]]) -> Any:
+def _substitute(value: Any, path: str, errors: Errors) -> Any:
     if isinstance(value, str):
 
         def repl(m: re.Match[str]) -> str:
             var, default = m.group(1), m.group(2)
-            if var in os.environ:
-                return os.environ[var]
-            if default is not None:
+            value = os.environ.get(var)
+            if default is not None and not value:  # as in the shell: unset or empty
                 return default
+            if value is not None:
+                return value
             errors.append((path, f"environment variable {var} is not set"))
             return ""
 
@@ -195,39 +186,118 @@ def format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(root)"
 
 
-def validation_errors(exc: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
-    result = []
+def validation_errors(exc: ValidationError, prefix: str = "") -> Errors:
+    result: Errors = []
     for err in exc.errors():
         loc = format_loc(tuple(err["loc"]))
         if prefix:
             loc = prefix + ("" if loc.startswith("[") else ".") + loc if loc != "(root)" else prefix
-        result.append((loc, err["msg"]))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden" and err["loc"]:
+            msg = f"unknown key {err['loc'][-1]!r} (misspelled?)"
+        result.append((loc, msg))
     return result
 
 
-def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
-    """Read YAML (if given), substitute ``${VAR}``, apply ``SWITCHYARD_*`` and validate.
+def _read_yaml(path: str | Path, errors: Errors) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise ConfigError([(str(p), f"cannot read: {e.strerror}")]) from None
+    except yaml.YAMLError as e:
+        # str(e) quotes the offending line, which may hold a secret: give its position only.
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError([(str(p), f"not valid YAML{where}: {problem}")]) from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError([(str(p), "the top level must be a mapping")])
+    return dict(_substitute(loaded, "", errors))
 
-    Raises ConfigError holding every problem found, each with its path."""
-    data: dict[str, Any] = {}
-    errors: list[tuple[str, str]] = []
-    if path is not None:
-        p = Path(path)
+
+def _names(items: Any, key: str) -> list[Any]:
+    if not isinstance(items, list):
+        return []
+    return [item.get(key) if isinstance(item, dict) else None for item in items]
+
+
+def _duplicates(names: list[Any], section: str, what: str) -> Errors:
+    first: dict[str, int] = {}
+    errors: Errors = []
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            msg = f"{what} name {name!r} is used more than once (also {section}[{first[name]}])"
+            errors.append((f"{section}[{i}].name", msg))
+        first.setdefault(name, i)
+    return errors
+
+
+def cross_check(data: dict[str, Any]) -> Errors:
+    """The checks that span sections: unique names, routes naming known backends.
+
+    Works on plain data that may be partly invalid, so it runs even when field validation
+    failed and its errors are reported with the others."""
+    backends, routes = data.get("backends") or [], data.get("routes") or []
+    names = _names(backends, "name")
+    errors = _duplicates(names, "backends", "backend") + \
+        _duplicates(_names(routes, "name"), "routes", "route")
+    known = [n for n in names if isinstance(n, str)]
+    if not names and data.get("embedded_default", True) is not False:
+        known = [b["name"] for b in EMBEDDED_BACKENDS]
+    for i, route in enumerate(routes if isinstance(routes, list) else []):
+        members = route.get("backends") if isinstance(route, dict) else None
+        for j, b in enumerate(members if isinstance(members, list) else []):
+            if isinstance(b, str) and b not in known:
+                msg = f"unknown backend {b!r} (known: {', '.join(known) or 'none'})"
+                errors.append((f"routes[{i}].backends[{j}]", msg))
+    return errors
+
+
+def _partial(data: dict[str, Any], exc: ValidationError) -> Settings:
+    """The sections that validated, with defaults for the rest: lets ``check-config`` run
+    the plugin-level checks too, so every error is reported at once."""
+    bad = {err["loc"][0] for err in exc.errors() if err["loc"]}
+    good: dict[str, Any] = {}
+    for key, value in data.items():
+        field = Settings.model_fields.get(key)
+        if key in bad or field is None or field.annotation is None:
+            continue
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except OSError as e:
-            raise ConfigError([(str(p), f"cannot read: {e.strerror}")]) from None
-        except yaml.YAMLError as e:
-            raise ConfigError([(str(p), f"not valid YAML: {e}")]) from None
-        if not isinstance(loaded, dict):
-            raise ConfigError([(str(p), "the top level must be a mapping")])
-        data = _substitute(loaded, "", errors)
+            good[key] = TypeAdapter(field.annotation).validate_python(value)
+        except ValidationError:
+            continue
+    return Settings.model_construct(**good)
+
+
+def check_settings(path: str | Path | None = None, **overrides: Any) -> tuple[Settings, Errors]:
+    """Everything ``load_settings`` checks, without raising: returns the settings (only the
+    sections that validated, where some did not) and every error found, each with its path.
+    ``switchyard check-config`` uses it to go on to the plugin checks."""
+    errors: Errors = []
+    data = _read_yaml(path, errors) if path is not None else {}
     data.update(overrides)
     try:
         settings = Settings(**data)
     except ValidationError as e:
-        errors.extend(validation_errors(e))
-        raise ConfigError(errors) from None
+        unset = {path for path, _ in errors}  # an unset ${VAR} explains its key's own error
+        errors.extend(err for err in validation_errors(e) if err[0] not in unset)
+        errors.extend(cross_check(data))
+        return _partial(data, e), errors
+    errors.extend(cross_check(settings.model_dump(include={"backends", "routes", "embedded_default"})))
+    return apply_embedded_default(settings), errors
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read YAML (if given), substitute ``${VAR}`` and ``${VAR:-default}``, apply
+    ``SWITCHYARD_*`` environment overrides and validate.
+
+    Raises ConfigError holding every problem found, each with its path."""
+    settings, errors = check_settings(path, **overrides)
     if errors:
         raise ConfigError(errors)
-    return apply_embedded_default(settings)
+    return settings

@@ -1,9 +1,19 @@
-"""Switchyard's hooks, grouped by lifecycle phase.
+"""Switchyard's hooks, grouped by lifecycle phase (pytest's ``hookspec.py`` is the model).
 
-Registration hooks run once at start-up and receive a ``register`` callback: the host sees
-every name, refuses duplicates and validates config sections. The request path never goes
-through pluggy for its work; it calls the objects registered here. Observer hooks on the
-request path may return an awaitable, which the gateway awaits (datasette's await_me_maybe).
+Start-up: the registration hooks run once, while ``create_app`` (or ``switchyard
+check-config``) builds its plugin manager. Each receives a ``register`` callback: the host
+sees every name, refuses duplicates and validates config sections. Registration hooks return
+nothing; every implementation is called (there is no "first result wins").
+
+Request path: pluggy is synchronous and costs time per call, so the request path never goes
+through pluggy for its work; it calls the objects registered at start-up. Only the observer
+hooks below run per request, and only when some plugin implements them; an observer may
+return an awaitable, which the gateway schedules (datasette's ``await_me_maybe``).
+
+A function named ``switchyard_*`` in a plugin that matches no spec here is a start-up error,
+with or without ``@hookimpl``. Built-in plugins mark their hooks ``@hookimpl(trylast=True)``:
+what they register is a default that any other plugin may override under the same name.
+Every hook has a section in ``docs/plugins.md``, headed by its signature.
 """
 
 from __future__ import annotations
@@ -29,32 +39,64 @@ hookimpl = pluggy.HookimplMarker("switchyard")
 
 @hookspec
 def switchyard_register_backends(register: RegisterBackend) -> None:
-    """Called once at start-up. Call ``register(plugin_name, factory, config_model)`` for each
-    backend kind this plugin provides. ``factory(config, context)`` returns a Backend;
-    ``config_model`` is a subclass of ``gateway.BackendConfig`` that a backend section naming
-    ``plugin: plugin_name`` is validated against. Returns nothing. A name registered twice is
-    a start-up error, except that a plugin overrides a built-in (``trylast``) of the same name.
+    """Register backend plugins: the kinds of place a request can run.
+
+    Called once at start-up, before any backend section is read. Call
+    ``register(plugin, factory, config_model)`` once per backend kind this plugin provides:
+
+    - ``plugin``: the name a backend section selects with ``plugin: <name>``;
+    - ``config_model``: a subclass of ``gateway.BackendConfig`` (the default). Every backend
+      section naming this plugin is validated against it, so an unknown or mistyped key is a
+      start-up error reported with its path (``backends[1].base_urll``);
+    - ``factory(config, context)``: called once per configured backend with the validated
+      config and a ``gateway.BackendContext``; returns a ``gateway.Backend`` (subclass
+      ``gateway.BaseBackend``). It must not do I/O: ``Backend.start()`` does that.
+
+    Returns nothing; all implementations are called. A name registered by two plugins is a
+    start-up error naming both, except that a plugin overrides a ``trylast`` (built-in)
+    registration of the same name.
     """
 
 
 @hookspec
 def switchyard_register_policies(register: RegisterPolicy) -> None:
-    """Called once at start-up. Call ``register(name, factory)`` for each routing policy;
-    ``factory(options: dict)`` returns a RoutingPolicy (``options`` is the route's
-    ``policy_options``). Returns nothing. Duplicate names as for backends."""
+    """Register routing policies.
+
+    Called once at start-up. Call ``register(name, factory)`` for each policy a route may
+    name with ``policy: <name>``. ``factory(options)`` receives the route's
+    ``policy_options`` (a dict, empty by default) and returns a ``gateway.RoutingPolicy``:
+    an object with a ``name`` and a pure ``plan(request, candidates, constraints) -> Plan``
+    (no I/O; it runs on every request).
+
+    Returns nothing; all implementations are called. Duplicate names are refused as for
+    backends, and a plugin overrides a ``trylast`` registration of the same name.
+    """
 
 
 @hookspec
 def switchyard_register_plan_editors(register: RegisterPlanEditor) -> None:
-    """Called once at start-up. Call ``register(name, editor)`` for each plan editor:
-    ``editor(request, candidates, plan) -> Plan | None`` runs after the policy, in
-    registration order, and returns a changed plan or None to leave it. Must not do I/O."""
+    """Register plan editors: functions that adjust a policy's plan.
+
+    Called once at start-up. Call ``register(name, editor)`` for each editor.
+    ``editor(request, candidates, plan)`` runs on every request after the route's policy,
+    in registration order, and returns a changed ``Plan`` or ``None`` to leave the plan as
+    it is. It must be pure and fast: no I/O.
+
+    Returns nothing; all implementations are called. Duplicate names are refused.
+    """
 
 
 @hookspec
 def switchyard_register_state_stores(register: RegisterStateStore) -> None:
-    """Called once at start-up. Call ``register(kind, factory)``; ``factory(state_config)``
-    returns a StateStore for ``state: {kind: ...}``. Returns nothing."""
+    """Register shared-state stores (budgets, rate limits, health shared by replicas).
+
+    Called once at start-up. Call ``register(kind, factory)``; ``state: {kind: <kind>}``
+    selects it and ``factory(state_config)`` returns the store, built from the validated
+    ``state`` section.
+
+    Returns nothing; all implementations are called. Duplicate kinds are refused, and a
+    plugin overrides a ``trylast`` registration of the same kind.
+    """
 
 
 # ---- request path: observers ------------------------------------------------------------
@@ -62,12 +104,25 @@ def switchyard_register_state_stores(register: RegisterStateStore) -> None:
 
 @hookspec
 def switchyard_request_recorded(record: UsageRecord) -> Any:
-    """Called after every request is accounted, with its record (cost, tokens, energy...).
-    May return an awaitable. Exceptions are logged, never shown to the client. All
-    implementations are called; results are ignored."""
+    """Observe every request once it is accounted.
+
+    Called after each request (success or failure) with its ``gateway.UsageRecord``:
+    backend, tokens, cost in USD, energy in joules, gCO2, bytes, TTFT, latency, status.
+    Runs on the event loop after the response is complete; keep it quick. It may return an
+    awaitable, which the gateway schedules without waiting for it (and awaits at shutdown).
+
+    All implementations are called; their results are ignored. Only called when at least
+    one plugin implements it.
+    """
 
 
 @hookspec
 def switchyard_budget_alert(team: str, spent_usd: float, budget_usd: float, pct: float) -> Any:
-    """Called when a team's spend crosses its soft limit (once per period). May return an
-    awaitable. Send the alert anywhere: a pager, a chat channel, e-mail."""
+    """Observe a team's spend crossing its soft limit.
+
+    Called once per budget period per team, when ``spent_usd`` first reaches ``pct``
+    percent of ``budget_usd``. Send the alert anywhere: a pager, a chat channel, e-mail. It
+    may return an awaitable, which the gateway schedules without waiting for it.
+
+    All implementations are called; their results are ignored.
+    """

@@ -1,16 +1,20 @@
 """The plugin manager and the registries its registration hooks fill.
 
-No global plugin manager: ``build_registry(settings)`` makes a fresh one each time, so every
-app (and every test) has its own.
+No global plugin manager: ``build_registry()`` makes a fresh one each time, so every app (and
+every test) has its own. Plugins come from three places, in this order: the entry points of
+group ``switchyard`` (the built-ins are found this way too, like any third-party package),
+the modules named in ``plugins:``, and objects passed by the caller (tests). Every problem is
+collected and reported at once as a ``ConfigError``; nothing half-loaded is ever served.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import inspect
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
@@ -26,10 +30,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("switchyard.plugins")
 
 ENTRY_POINT_GROUP = "switchyard"
+HOOK_PREFIX = "switchyard_"
 
 BackendFactory = Callable[[Any, Any], "Backend"]
 PolicyFactory = Callable[[dict[str, Any]], "RoutingPolicy"]
 StateFactory = Callable[["StateConfig"], Any]
+Errors = list[tuple[str, str]]
 
 
 class RegisterBackend(Protocol):
@@ -54,7 +60,7 @@ class RegisterStateStore(Protocol):
 class Entry:
     value: Any
     source: str  # the plugin that registered it
-    builtin: bool
+    builtin: bool  # registered from a ``trylast`` hook: a default any other plugin may override
 
 
 @dataclass
@@ -68,10 +74,31 @@ class Registry:
     def has_observers(self, hook: str) -> bool:
         return bool(getattr(self.pm.hook, hook).get_hookimpls())
 
+    def plugin_names(self) -> list[str]:
+        return sorted(name for name, plugin in self.pm.list_name_plugin() if plugin is not None)
+
+
+class SwitchyardPluginManager(pluggy.PluginManager):
+    """Like pytest's: a ``switchyard_*`` function counts as a hook implementation even
+    without ``@hookimpl``, so a misspelled one reaches ``check_pending`` and fails start-up
+    instead of being silently ignored."""
+
+    def __init__(self) -> None:
+        super().__init__("switchyard")
+        self.add_hookspecs(hookspecs)
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if (opts is None and name.startswith(HOOK_PREFIX)
+                and inspect.isroutine(inspect.getattr_static(plugin, name, None))):
+            return {"wrapper": False, "hookwrapper": False, "optionalhook": False,
+                    "tryfirst": False, "trylast": False, "specname": None}
+        return opts
+
 
 def _add(
     table: dict[str, Entry], kind: str, name: str, value: Any, source: str, builtin: bool,
-    errors: list[tuple[str, str]],
+    errors: Errors,
 ) -> None:
     old = table.get(name)
     if old is None or (old.builtin and not builtin):
@@ -79,16 +106,16 @@ def _add(
             log.info("%s %r from %s overrides the built-in from %s", kind, name, source, old.source)
         table[name] = Entry(value, source, builtin)
     elif builtin and not old.builtin:
-        return  # a user plugin already overrides this built-in
+        return  # a plugin already overrides this built-in
     else:
-        errors.append(
-            (f"plugins.{source}", f"{kind} {name!r} is already registered by {old.source}")
-        )
+        msg = (f"{kind} {name!r} is registered by both {old.source!r} and {source!r}; "
+               "disable one (disable_plugins)")
+        errors.append((f"plugins.{source}", msg))
 
 
 def _call_registration(
     pm: pluggy.PluginManager, hook: str, table: dict[str, Entry], kind: str,
-    make_value: Callable[..., Any], errors: list[tuple[str, str]],
+    make_value: Callable[..., Any], errors: Errors,
 ) -> None:
     for impl in getattr(pm.hook, hook).get_hookimpls():
         source = impl.plugin_name
@@ -98,18 +125,64 @@ def _call_registration(
             if not isinstance(name, str) or not name:
                 errors.append((f"plugins.{_s}", f"{kind} name must be a non-empty string"))
                 return
-            _add(table, kind, name, make_value(name, *args), _s, _b, errors)
+            try:
+                value = make_value(name, *args)
+            except (TypeError, ValueError) as e:
+                errors.append((f"plugins.{_s}", f"{kind} {name!r}: {e}"))
+                return
+            _add(table, kind, name, value, _s, _b, errors)
 
         try:
             impl.function(register=register)
-        except Exception as e:  # a broken plugin stops start-up with a clear message
+        except Exception as e:  # noqa: BLE001 - any failure of a plugin stops start-up, named
             errors.append((f"plugins.{source}", f"{hook} failed: {type(e).__name__}: {e}"))
 
 
-def _backend_value(name: str, factory: BackendFactory, model: type[BackendConfig] = BackendConfig) -> Any:
+def _backend_value(
+    name: str, factory: BackendFactory, model: type[BackendConfig] = BackendConfig
+) -> tuple[BackendFactory, type[BackendConfig]]:
+    if not callable(factory):
+        raise TypeError("the factory is not callable")
     if not (isinstance(model, type) and issubclass(model, BackendConfig)):
-        raise TypeError(f"config model for backend plugin {name!r} must subclass BackendConfig")
+        raise TypeError("its config model must subclass gateway.BackendConfig")
     return (factory, model)
+
+
+def _plain_value(name: str, value: Any) -> Any:
+    if not callable(value):
+        raise TypeError("the registered object is not callable")
+    return value
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str | None, where: str,
+              errors: Errors) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as e:  # a hook with arguments its spec does not have
+        errors.append((where, f"plugin {name or plugin!r} is invalid: {e}"))
+    except ValueError as e:  # already registered under another name
+        log.debug("plugin %s not registered twice: %s", name, e)
+
+
+def _load_entry_points(pm: pluggy.PluginManager, errors: Errors) -> list[str]:
+    """Load every entry point of our group, each on its own: one broken package is named
+    (with its distribution) and does not hide the others' problems."""
+    names: list[str] = []
+    seen: set[str] = set()
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        names.append(ep.name)
+        if ep.name in seen or pm.is_blocked(ep.name):
+            continue
+        seen.add(ep.name)
+        dist = ep.dist.name if ep.dist is not None else "unknown distribution"
+        try:
+            plugin = ep.load()
+        except Exception as e:  # noqa: BLE001 - a broken package is reported, not raised
+            msg = f"entry point {ep.value!r} of {dist} failed to import: {type(e).__name__}: {e}"
+            errors.append((f"plugins.{ep.name}", msg))
+            continue
+        _register(pm, plugin, ep.name, f"plugins.{ep.name}", errors)
+    return names
 
 
 def build_registry(
@@ -119,40 +192,52 @@ def build_registry(
     extra: Iterable[object] = (),
     disable: Iterable[str] = (),
 ) -> Registry:
-    """Load plugins (entry points, named modules, objects), check hooks, run registration."""
-    pm = pluggy.PluginManager("switchyard")
-    pm.add_hookspecs(hookspecs)
-    errors: list[tuple[str, str]] = []
-    if load_entry_points:
-        try:
-            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-        except Exception as e:
-            raise ConfigError([("plugins", f"a plugin failed to load: {type(e).__name__}: {e}")]) from e
-    for i, mod_name in enumerate(modules):
-        try:
-            mod: ModuleType = importlib.import_module(mod_name)
-        except Exception as e:
-            errors.append((f"plugins[{i}]", f"cannot import {mod_name!r}: {type(e).__name__}: {e}"))
-            continue
-        if pm.is_registered(mod) or pm.has_plugin(mod_name):
-            continue
-        pm.register(mod, name=mod_name)
-    for obj in extra:
-        pm.register(obj)
+    """Load plugins (entry points, named modules, objects), check hooks, run registration.
+
+    ``disable`` names plugins (entry point names, module names) that are never loaded.
+    Raises ConfigError with every problem found."""
+    pm = SwitchyardPluginManager()
+    errors: Errors = []
+    disable = list(disable)
     for name in disable:
-        if pm.has_plugin(name):
-            pm.unregister(name=name)
+        pm.set_blocked(name)
+    known = _load_entry_points(pm, errors) if load_entry_points else []
+    for i, mod_name in enumerate(modules):
+        known.append(mod_name)
+        if pm.is_blocked(mod_name) or pm.has_plugin(mod_name):
+            continue
+        try:
+            mod = importlib.import_module(mod_name)
+        except Exception as e:  # noqa: BLE001 - a broken module is reported, not raised
+            msg = f"cannot import plugin module {mod_name!r}: {type(e).__name__}: {e}"
+            errors.append((f"plugins[{i}]", msg))
+            continue
+        if not pm.is_registered(mod):
+            _register(pm, mod, mod_name, f"plugins[{i}]", errors)
+    for obj in extra:
+        name = pm.get_canonical_name(obj)
+        known.append(name)
+        if not pm.is_blocked(name):
+            _register(pm, obj, None, "plugins", errors)
+    for i, name in enumerate(disable):
+        if name not in known:
+            msg = f"no plugin named {name!r} (known: {', '.join(sorted(set(known))) or 'none'})"
+            errors.append((f"disable_plugins[{i}]", msg))
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as e:
-        errors.append(("plugins", f"unknown hook (misspelled?): {e}"))
+        errors.append((f"plugins.{pm.get_name(e.plugin) or e.plugin}",
+                       f"unknown hook (misspelled?): {e}"))
     if errors:
         raise ConfigError(errors)
     reg = Registry(pm=pm)
-    _call_registration(pm, "switchyard_register_backends", reg.backends, "backend plugin", _backend_value, errors)
-    _call_registration(pm, "switchyard_register_policies", reg.policies, "policy", lambda n, f: f, errors)
-    _call_registration(pm, "switchyard_register_plan_editors", reg.plan_editors, "plan editor", lambda n, f: f, errors)
-    _call_registration(pm, "switchyard_register_state_stores", reg.state_stores, "state store", lambda n, f: f, errors)
+    for hook, table, kind, make in (
+        ("switchyard_register_backends", reg.backends, "backend plugin", _backend_value),
+        ("switchyard_register_policies", reg.policies, "policy", _plain_value),
+        ("switchyard_register_plan_editors", reg.plan_editors, "plan editor", _plain_value),
+        ("switchyard_register_state_stores", reg.state_stores, "state store", _plain_value),
+    ):
+        _call_registration(pm, hook, table, kind, make, errors)
     if errors:
         raise ConfigError(errors)
     return reg
