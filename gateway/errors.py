@@ -71,6 +71,12 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class MethodNotAllowed(SwitchyardError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
 class Conflict(SwitchyardError):
     status = 409
     type = "invalid_request_error"

@@ -6,7 +6,7 @@ known or not, is kept (``extra="allow"``) and passed through to the backend.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -52,6 +52,7 @@ class _Sampling(_Open):
     user: str | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     switchyard: SwitchyardOptions | None = None
 
 
@@ -111,7 +112,7 @@ def validate(endpoint: str, body: dict[str, Any]) -> _Open:
         return _MODELS[endpoint].model_validate(body)
     except ValidationError as e:
         err = e.errors()[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
+        param = _param(err["loc"], body, missing=err["type"] == "missing")
         if err["type"] == "missing":
             msg = f"Missing required parameter: '{param}'."
         elif err["type"] == "too_short" and param == "messages":
@@ -119,6 +120,22 @@ def validate(endpoint: str, body: dict[str, Any]) -> _Open:
         else:
             msg = f"Invalid value for '{param}': {err['msg']}."
         raise InvalidRequest(msg, param=param) from None
+
+
+def _param(loc: tuple[int | str, ...], body: Any, *, missing: bool) -> str | None:
+    """The parameter's path in the client's body (``messages.0.role``), leaving out the
+    union members pydantic adds to a location (``stop.str``)."""
+    parts: list[str] = []
+    cur = body
+    for i, key in enumerate(loc):
+        in_dict = isinstance(cur, dict) and key in cur
+        in_list = isinstance(cur, list) and isinstance(key, int) and key < len(cur)
+        if in_dict or in_list:
+            cur = cur[key]
+        elif not (missing and i == len(loc) - 1):
+            continue  # a union member's name, not a key of the body
+        parts.append(str(key))
+    return ".".join(parts) or None
 
 
 def prompt_text(endpoint: str, body: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ them. ``always`` and ``never`` are the other choices.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import inspect
 import logging
@@ -38,6 +39,7 @@ from gateway import (
     InvalidRequest,
     Meter,
     Overloaded,
+    SwitchyardError,
     Usage,
     hookimpl,
 )
@@ -75,12 +77,11 @@ class LlamaCppConfig(BackendConfig):
     context_window: int | None = 2048
 
 
-_CHAT_ARGS: set[str] | None = None
-_COMPLETION_ARGS: set[str] | None = None
-
-
-def _accepted(fn: Callable[..., Any]) -> set[str]:
-    return set(inspect.signature(fn).parameters) - {"self", "stream", "stopping_criteria", "logits_processor", "grammar"}
+@functools.cache
+def _accepted(fn: Callable[..., Any]) -> frozenset[str]:
+    """The keyword arguments a llama-cpp-python method takes from a client's body."""
+    internal = {"self", "stream", "stopping_criteria", "logits_processor", "grammar"}
+    return frozenset(inspect.signature(fn).parameters) - internal
 
 
 class LlamaCppBackend(BaseBackend):
@@ -191,20 +192,20 @@ class LlamaCppBackend(BaseBackend):
         return self._llm_logits
 
     def _kwargs(self, call: BackendCall, llm: Any) -> dict[str, Any]:
-        global _CHAT_ARGS, _COMPLETION_ARGS
         body = call.body
-        if call.endpoint == "chat":
-            if _CHAT_ARGS is None:
-                _CHAT_ARGS = _accepted(llm.create_chat_completion)
-            accepted = _CHAT_ARGS
-        else:
-            if _COMPLETION_ARGS is None:
-                _COMPLETION_ARGS = _accepted(llm.create_completion)
-            accepted = _COMPLETION_ARGS
+        method = "create_chat_completion" if call.endpoint == "chat" else "create_completion"
+        accepted = _accepted(getattr(type(llm), method))
         kw = {k: v for k, v in body.items() if k in accepted and v is not None}
+        if "messages" in kw:
+            kw["messages"] = [{**m, "content": _text(m.get("content"))} for m in kw["messages"]]
         kw["max_tokens"] = body.get("max_completion_tokens") or body.get("max_tokens") or self.config.default_max_tokens
         if isinstance(kw.get("stop"), str):
             kw["stop"] = [kw["stop"]]
+        fmt = kw.get("response_format")
+        if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            # OpenAI's structured outputs, in the form llama-cpp-python turns into a grammar
+            schema = (fmt.get("json_schema") or {}).get("schema")
+            kw["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
         kw["model"] = self.model  # the name clients see in responses
         return kw
 
@@ -222,7 +223,10 @@ class LlamaCppBackend(BaseBackend):
                 scores[eos] = 0.0
             return scores
 
-        kw["logits_processor"] = [stop_when_cancelled, *(kw.get("logits_processor") or ())]
+        # llama-cpp-python drops every logits processor when logit_bias is also given
+        # (LogitsProcessorList.extend returns None), so the bias is applied here instead.
+        bias = kw.pop("logit_bias", None)
+        kw["logits_processor"] = [*([_bias_processor(bias)] if bias else []), stop_when_cancelled]
         fn = llm.create_chat_completion if call.endpoint == "chat" else llm.create_completion
         if emit is None:
             return fn(**kw, stream=False)
@@ -233,6 +237,20 @@ class LlamaCppBackend(BaseBackend):
         return llm.n_tokens
 
     def _validate(self, call: BackendCall) -> None:
+        for m in call.body.get("messages") or ():
+            for part in m.get("content") if isinstance(m.get("content"), list) else ():
+                if not isinstance(part, dict) or part.get("type") != "text":
+                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                    raise InvalidRequest(f"Backend '{self.name}' reads text only, not {kind!r} content.",
+                                         param="messages")
+        bias = call.body.get("logit_bias")
+        if bias is not None and self._llm is not None:
+            n_vocab = self._llm.n_vocab()
+            if not isinstance(bias, dict) or not all(
+                isinstance(k, str) and k.isdigit() and int(k) < n_vocab for k in bias
+            ):
+                raise InvalidRequest(
+                    f"'logit_bias' maps token ids (0 to {n_vocab - 1}) to numbers.", param="logit_bias")
         if call.endpoint == "completions":
             p = call.body.get("prompt")
             if isinstance(p, list) and not (len(p) == 1 and isinstance(p[0], str)):
@@ -326,6 +344,24 @@ class LlamaCppBackend(BaseBackend):
                 meter.usage = Usage(prompt_tokens, produced)
 
 
+def _text(content: Any) -> Any:
+    """Content parts joined into one string: chat templates take text, not a list."""
+    if not isinstance(content, list):
+        return content
+    return "".join(str(p.get("text", "")) for p in content)
+
+
+def _bias_processor(bias: dict[str, float]) -> Callable[[Any, Any], Any]:
+    ids = [int(k) for k in bias]
+    values = [float(v) for v in bias.values()]
+
+    def apply(input_ids: Any, scores: Any) -> Any:
+        scores[ids] += values
+        return scores
+
+    return apply
+
+
 def _has_content(chunk: dict[str, Any]) -> bool:
     for ch in chunk.get("choices") or ():
         d = ch.get("delta")
@@ -338,6 +374,8 @@ def _has_content(chunk: dict[str, Any]) -> bool:
 
 
 def _map_error(name: str, e: BaseException) -> Exception:
+    if isinstance(e, SwitchyardError):
+        return e
     msg = str(e)
     if isinstance(e, ValueError) and ("context window" in msg or "exceed" in msg or "tokens" in msg):
         return InvalidRequest(f"Backend '{name}': {msg}", code="context_length_exceeded")

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from gateway.backend import BackendContext
 from gateway.config import BackendConfig, Settings, validation_errors
 from gateway.energy import FairShare, open_meter
-from gateway.errors import ConfigError, NotFound, SwitchyardError
+from gateway.errors import ConfigError, MethodNotAllowed, NotFound, SwitchyardError
 from gateway.http import routes as r
 from gateway.interfaces import Backend
 from gateway.ledger import Ledger
@@ -165,6 +165,11 @@ def create_app(
     async def not_found(request: Request, exc: Exception) -> Response:
         return r.error_response(NotFound(f"Unknown path {request.url.path}."))
 
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        headers = dict(getattr(exc, "headers", None) or {})  # Starlette's Allow header
+        return r.error_response(MethodNotAllowed(
+            f"{request.method} is not allowed on {request.url.path}.", headers=headers))
+
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", r.chat_completions, methods=["POST"]),
@@ -175,7 +180,7 @@ def create_app(
             Route("/readyz", r.readyz, methods=["GET"]),
             Route("/metrics", r.metrics, methods=["GET"]),
         ],
-        exception_handlers={404: not_found},
+        exception_handlers={404: not_found, 405: method_not_allowed},
         lifespan=lifespan,
     )
     app.state.settings = settings

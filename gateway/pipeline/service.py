@@ -15,7 +15,12 @@ import orjson
 
 from gateway.accounting import UsageRecord, co2_grams, energy_joules
 from gateway.energy import FairShare
-from gateway.errors import BackendError, BackendUnavailable, SwitchyardError
+from gateway.errors import (
+    BackendError,
+    BackendUnavailable,
+    Overloaded,
+    SwitchyardError,
+)
 from gateway.interfaces import (
     Backend,
     BackendCall,
@@ -190,7 +195,7 @@ class Gateway:
         else:
             log.exception("backend %s failed", name)
             err = BackendError(f"Backend '{name}' failed: {type(e).__name__}.")
-        if err.retryable:
+        if err.retryable and not isinstance(err, Overloaded):  # a full queue is not a fault
             self.trackers[name].observe_failure(time.monotonic(), err.code)
         return err
 

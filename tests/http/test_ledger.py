@@ -1,0 +1,77 @@
+"""The SQLite ledger, read straight from its file after real requests: one row per request,
+with backend, tokens, energy, latency, and the same figures the client saw in the headers."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from http_helpers import ledger_row, request_id
+
+pytestmark = pytest.mark.slow
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def row_from_file(server: Any, rid: str) -> dict[str, Any]:
+    ledger_row(server.app, rid)  # wait for the writer thread
+    path = Path(server.app.state.settings.ledger.path).expanduser()
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return dict(conn.execute("SELECT * FROM requests WHERE request_id = ?", (rid,)).fetchone())
+    finally:
+        conn.close()
+
+
+def test_chat_row_matches_the_headers(client, embedded_server):
+    rid = request_id()
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=HI, max_tokens=4, extra_headers={"x-request-id": rid})
+    out = raw.parse()
+    row = row_from_file(embedded_server, rid)
+    assert row["status"] == 200 and row["error_code"] is None
+    assert row["endpoint"] == "chat" and row["requested"] == "auto" and row["route"] == "auto"
+    assert row["backend"] == "local-smol" and row["model"] == "smollm2-135m-instruct"
+    assert row["prompt_tokens"] == out.usage.prompt_tokens
+    assert row["completion_tokens"] == out.usage.completion_tokens
+    assert row["energy_j"] > 0 and row["energy_source"]
+    assert row["co2_g"] > 0
+    assert row["latency_ms"] > 0 and row["attempts"] == 1 and row["stream"] == 0
+    assert row["reason"]
+    h = raw.headers
+    assert h["x-switchyard-request-id"] == rid
+    assert int(h["x-switchyard-completion-tokens"]) == row["completion_tokens"]
+    assert float(h["x-switchyard-energy-joules"]) == pytest.approx(row["energy_j"], abs=1e-3)
+
+
+def test_stream_row_has_ttft_and_usage(client, embedded_server):
+    rid = request_id()
+    chunks = list(client.chat.completions.create(
+        model="auto", messages=HI, max_tokens=4, stream=True, stream_options={"include_usage": True},
+        extra_headers={"x-request-id": rid}))
+    row = row_from_file(embedded_server, rid)
+    assert row["stream"] == 1 and row["status"] == 200
+    assert row["completion_tokens"] == chunks[-1].usage.completion_tokens
+    assert row["prompt_tokens"] == chunks[-1].usage.prompt_tokens
+    assert 0 < row["ttft_ms"] <= row["latency_ms"]
+    assert row["energy_j"] > 0
+
+
+def test_embeddings_and_error_rows(client, embedded_server):
+    rid = request_id()
+    out = client.embeddings.create(model="minilm", input=["a", "b"], extra_headers={"x-request-id": rid})
+    row = row_from_file(embedded_server, rid)
+    assert row["endpoint"] == "embeddings" and row["backend"] == "minilm"
+    assert row["prompt_tokens"] == out.usage.prompt_tokens and row["completion_tokens"] == 0
+
+    bad = request_id()
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "x " * 3000}],
+                                       max_tokens=2, extra_headers={"x-request-id": bad})
+    ctx_row = row_from_file(embedded_server, bad)
+    assert ctx_row["status"] == 400 and ctx_row["error_code"] == "context_length_exceeded"
+    assert ctx_row["backend"] == "local-smol"
