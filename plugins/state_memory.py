@@ -13,8 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway import hookimpl
-from gateway.state import KeyRecord, Limit, Reserved, Settled, Spend, Team
+from gateway import KeyRecord, Limit, Reserved, Settled, Spend, Team, hookimpl
 
 
 @dataclass

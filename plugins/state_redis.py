@@ -30,8 +30,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from gateway import hookimpl
-from gateway.state import KeyRecord, Limit, Reserved, Settled, Spend, StateUnavailable, Team
+from gateway import (
+    KeyRecord,
+    Limit,
+    Reserved,
+    Settled,
+    Spend,
+    StateUnavailable,
+    Team,
+    hookimpl,
+)
 
 T = TypeVar("T")
 

@@ -115,6 +115,7 @@ class BudgetAdmission:
         self._alert = alert
         self._clock = clock
         self._down_until = 0.0
+        self._outage = False
         self._known: dict[tuple[str, str], int] = {}  # last spend + holds seen, per period
         self._pending: list[_Pending] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -147,10 +148,17 @@ class BudgetAdmission:
         return self._down_until > time.monotonic()
 
     def _mark_down(self) -> None:
-        if not self._down():
+        if not self._outage:
+            self._outage = True
             log.error("state store unreachable; failing %s",
                       "open (local enforcement)" if self.fail_open else "closed (503)")
         self._down_until = time.monotonic() + self.config.reconcile_interval_s
+
+    def _mark_up(self) -> None:
+        if self._outage:
+            self._outage = False
+            log.warning("state store reachable again; %d settlements to reconcile",
+                        len(self._pending))
 
     def _unavailable(self) -> ServiceUnavailable:
         return ServiceUnavailable(
@@ -169,9 +177,12 @@ class BudgetAdmission:
         raise 503 (fail closed). Returns (result, ran locally)."""
         if not self._down():
             try:
-                return await fn(self.store), False
+                result = await fn(self.store)
             except StateUnavailable:
                 self._mark_down()
+            else:
+                self._mark_up()
+                return result, False
         if not self.fail_open:
             raise self._unavailable()
         return await fn(self._local()), True

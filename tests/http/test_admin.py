@@ -242,3 +242,30 @@ def test_spend_report_from_the_ledger(gw: LiveServer) -> None:
     assert row["cost_usd"] == pytest.approx(2 * PER_REQUEST) and row["completion_tokens"] == 10
     bad = admin(gw, "GET", "/admin/spend", params={"group_by": "team,colour"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "group_by"
+
+
+def test_cli_drives_the_admin_api(gw: LiveServer, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from gateway.cli import main
+
+    monkeypatch.setenv("SWITCHYARD_ADMIN_KEY", ADMIN)
+    url = ["--url", gw.url]
+    assert main(["teams", "create", "cli-team", "--budget", "1.5", "--period", "week",
+                 "--models", "up-model", *url]) == 0
+    assert json.loads(capsys.readouterr().out)["period"] == "week"
+    assert main(["teams", "create", "cli-team", *url]) == 1
+    assert "409" in capsys.readouterr().err
+    assert main(["keys", "create", "--team", "cli-team", "--name", "ci", *url]) == 0
+    key = json.loads(capsys.readouterr().out)["key"]
+    ask(sdk(gw, key))
+    assert main(["teams", "spend", "cli-team", *url]) == 0
+    assert json.loads(capsys.readouterr().out)["spent_usd"] == pytest.approx(PER_REQUEST)
+    assert main(["keys", "list", "--team", "cli-team", *url]) == 0
+    listed = capsys.readouterr().out
+    assert key.split("_", 1)[1] not in listed and '"revoked": false' in listed
+    assert main(["teams", "update", "cli-team", "--no-budget", *url]) == 0
+    assert json.loads(capsys.readouterr().out)["budget_usd"] is None
+    assert main(["teams", "delete", "cli-team", "--admin-key", "wrong", *url]) == 1
+    assert main(["spend", "--group-by", "team,backend", *url]) == 0

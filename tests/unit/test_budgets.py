@@ -1,0 +1,84 @@
+"""Budget math, key format, and a period that rolls over at its boundary with no restart."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from gateway.auth import KeyAuthenticator, bearer, mint_key, parse_key
+from gateway.backend import BaseBackend
+from gateway.budgets import period_id, period_start, to_nano, to_nano_ceil, worst_case_usd
+from gateway.config import BackendConfig, BudgetsConfig, Pricing
+from gateway.errors import AuthenticationFailed, BudgetExceeded
+from gateway.interfaces import RequestFeatures
+from gateway.pipeline.admission import BudgetAdmission
+from gateway.pipeline.context import RequestContext
+from gateway.state import Team
+from plugins.state_memory import MemoryStore
+
+
+def ts(s: str) -> float:
+    return datetime.fromisoformat(s).replace(tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize(("period", "now", "pid", "start"), [
+    ("day", "2026-11-05T23:59:59", "d2026-11-05", "2026-11-05T00:00:00"),
+    ("day", "2026-11-06T00:00:00", "d2026-11-06", "2026-11-06T00:00:00"),
+    ("week", "2026-11-08T12:00:00", "w2026-11-02", "2026-11-02T00:00:00"),  # a Sunday
+    ("month", "2026-12-31T23:00:00", "m2026-12", "2026-12-01T00:00:00"),
+    ("total", "2026-12-31T23:00:00", "total", "1970-01-01T00:00:00"),
+])
+def test_periods(period: Any, now: str, pid: str, start: str) -> None:
+    assert period_id(period, ts(now)) == pid
+    assert period_start(period, ts(now)) == datetime.fromisoformat(start).replace(tzinfo=UTC)
+
+
+def test_money_and_worst_case() -> None:
+    assert to_nano(0.014) == 14_000_000 and to_nano_ceil(0.014) == 14_000_000
+    assert to_nano_ceil(1.001e-9) == 2
+    assert worst_case_usd(1e-6, 2e-6, 10, None, 100) == pytest.approx(10e-6 + 200e-6)
+    assert worst_case_usd(1e-6, 2e-6, 10, 5, 100) == pytest.approx(20e-6)
+
+
+def test_key_format() -> None:
+    key, rec = mint_key("acme", "ci")
+    key_id, secret = parse_key(key)  # type: ignore[misc]
+    assert key_id == rec.key_id and secret not in rec.to_dict().values()
+    assert parse_key("sk-other") is None and parse_key("sk-sy-short_x") is None
+    assert bearer("Bearer  abc ") == "abc" and bearer("Basic abc") is None and bearer(None) is None
+
+
+async def test_expired_key_is_refused() -> None:
+    store = MemoryStore()
+    await store.create_team(Team(name="acme"))
+    key, rec = mint_key("acme", "ci", expires_at=1.0)
+    await store.put_key(rec)
+    with pytest.raises(AuthenticationFailed, match="expired"):
+        await KeyAuthenticator(store).verify(f"Bearer {key}")
+
+
+async def test_period_rolls_over_at_midnight_without_restart() -> None:
+    now = [ts("2026-11-05T23:59:58")]
+    store = MemoryStore(clock=lambda: now[0])
+    await store.create_team(Team(name="acme", budget_usd=0.01, period="day"))
+    key, rec = mint_key("acme", "ci")
+    await store.put_key(rec)
+    adm = BudgetAdmission(store, BudgetsConfig(), clock=lambda: now[0])
+    backend = BaseBackend(BackendConfig(name="b", plugin="x", pricing=Pricing(output_per_mtok=1000)))
+    features = RequestFeatures("chat", "b", prompt_tokens=3, max_tokens=10)  # $0.01 worst case
+    ident = await KeyAuthenticator(store).verify(f"Bearer {key}")
+
+    def ctx() -> RequestContext:
+        c = RequestContext(request_id="r", team="acme")
+        c.extra["identity"] = ident
+        return c
+
+    c = ctx()
+    await adm.settle(c, await adm.reserve(c, backend, features), 0.01, 13)
+    with pytest.raises(BudgetExceeded):
+        await adm.reserve(ctx(), backend, features)
+    now[0] = ts("2026-11-06T00:00:01")
+    assert await adm.reserve(ctx(), backend, features) is not None
+    assert (await store.spend("acme", "d2026-11-05")).spent == to_nano(0.01), "kept"
