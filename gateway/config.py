@@ -54,6 +54,34 @@ class Timeouts(Strict):
     total_s: float = Field(600.0, gt=0)
 
 
+class BreakerSettings(Strict):
+    """Circuit breaker: open after ``failure_threshold`` consecutive failures; after
+    ``open_s`` let one request probe (half open); close on its success."""
+
+    failure_threshold: int = Field(3, ge=1)
+    open_s: float = Field(5.0, gt=0)
+
+
+class RetrySettings(Strict):
+    """Retries of a retryable failure on the same backend (with exponential backoff and
+    jitter), then the next backend in the plan; at most ``max_attempts`` calls in all."""
+
+    retries: int = Field(1, ge=0, description="extra tries on the same backend")
+    backoff_s: float = Field(0.05, ge=0)
+    max_backoff_s: float = Field(1.0, ge=0)
+    max_attempts: int = Field(4, ge=1)
+    retry_on: list[str] = Field(
+        default_factory=lambda: ["backend_error", "backend_unavailable"],
+        description="error codes worth retrying on the same backend",
+    )
+
+
+class HealthConfig(Strict):
+    probe_interval_s: float = Field(5.0, gt=0, description="active health checks")
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+
+
 class BackendConfig(BaseModel):
     """Fields every backend has. A plugin subclasses this with its own options;
     the section is validated against the plugin's model, so a typo is an error."""
@@ -67,6 +95,10 @@ class BackendConfig(BaseModel):
     energy: EnergyProfile = Field(default_factory=EnergyProfile)
     context_window: int | None = Field(None, gt=0)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    breaker: BreakerSettings | None = None  # default: health.breaker
+    concurrency: int | None = Field(
+        None, ge=1, description="requests the backend serves at once, for latency predictions"
+    )
     enabled: bool = True
 
 
@@ -88,6 +120,9 @@ class RouteConfig(Strict):
     backends: list[str] = Field(min_length=1)
     policy: str = "first_healthy"
     policy_options: dict[str, Any] = Field(default_factory=dict)
+    allowed_policies: list[str] | None = Field(
+        None, description="policies a request may switch to (None: any)"
+    )
 
 
 class ServerConfig(Strict):
@@ -121,6 +156,7 @@ class Settings(BaseSettings):
     default_route: str = "auto"
     state: StateConfig = Field(default_factory=StateConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
     admin_key: SecretStr | None = Field(None, min_length=1, description="unset: no admin API")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     plugins: list[str] = Field(default_factory=list, description="extra plugin modules to load")

@@ -148,6 +148,8 @@ class BackendStats:
     error_rate: float = 0.0
     breaker: Literal["closed", "open", "half_open"] = "closed"
     load: BackendLoad = field(default_factory=BackendLoad)
+    age_s: float | None = None  # seconds since the ttft/decode estimates were last updated
+    oldest_inflight_s: float = 0.0  # how long the oldest request in flight has been running
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +166,7 @@ class Candidate:
     context_window: int | None
     stats: BackendStats
     healthy: bool = True
+    concurrency: int | None = None  # requests it serves at once (None: not known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +176,7 @@ class Constraints:
     allowed_backends: frozenset[str] | None = None
     allowed_models: frozenset[str] | None = None
     include_co2: bool = False
+    allowed_policies: frozenset[str] | None = None  # policies a request may switch to
 
 
 @dataclass(frozen=True, slots=True)

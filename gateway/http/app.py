@@ -28,7 +28,7 @@ from gateway.pipeline.context import RequestContext
 from gateway.pipeline.routing import Router, build_targets
 from gateway.pipeline.service import Gateway
 from gateway.registry import Registry, build_registry
-from gateway.telemetry import Tracker
+from gateway.telemetry import make_trackers
 
 log = logging.getLogger("switchyard")
 
@@ -110,11 +110,11 @@ def create_app(
     extra_plugins: Iterable[object] = (),
     load_entry_points: bool = True,
     context: BackendContext | None = None,
-    health_interval_s: float = 5.0,
+    health_interval_s: float | None = None,
 ) -> Starlette:
     registry = build_registry_for(settings, extra_plugins, load_entry_points)
     built = build_backends(settings, registry, context)
-    trackers = {name: Tracker() for name in built.backends}
+    trackers = make_trackers(settings.health, built.backends)
     policies = {name: e.value({}) for name, e in registry.policies.items()}
     for route in settings.routes:
         if route.policy_options:
@@ -135,7 +135,8 @@ def create_app(
             if m is not None:
                 meters[name] = m
     gw = Gateway(backends=built.backends, router=router, trackers=trackers, metrics=metrics,
-                 registry=registry, ledger=ledger, energy_meters=meters)
+                 registry=registry, ledger=ledger, energy_meters=meters,
+                 retry=settings.health.retry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -144,7 +145,8 @@ def create_app(
             t0 = time.perf_counter()
             await b.start()
             log.info("backend %s ready in %.1f s", name, time.perf_counter() - t0)
-        prober = asyncio.create_task(_probe_loop(gw, health_interval_s))
+        prober = asyncio.create_task(
+            _probe_loop(gw, health_interval_s or settings.health.probe_interval_s))
         app.state.ready = True
         log.info("switchyard ready: %d backends, models: %s", len(built.backends),
                  ", ".join(router.targets))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.errors import BackendUnavailable, InvalidRequest, ModelNotFound, PermissionDenied
+from gateway.errors import InvalidRequest, ModelNotFound, PermissionDenied
 from gateway.interfaces import (
     Backend,
     Candidate,
@@ -19,6 +19,7 @@ from gateway.interfaces import (
     RequestFeatures,
     RoutingPolicy,
 )
+from gateway.predict import estimate, nothing_fits
 from gateway.telemetry import Tracker
 
 log = logging.getLogger("switchyard.routing")
@@ -32,6 +33,7 @@ class Target:
     kind: str  # "route" | "backend" | "model"
     backends: tuple[str, ...]
     policy: str
+    allowed_policies: frozenset[str] | None = None  # per-request overrides allowed (None: any)
 
 
 @dataclass(slots=True)
@@ -41,6 +43,7 @@ class Router:
     targets: Mapping[str, Target]
     policies: Mapping[str, RoutingPolicy]
     editors: Sequence[PlanEditor]
+    _static: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def resolve(self, requested: str, endpoint: Endpoint) -> Target:
         target = self.targets.get(requested)
@@ -64,26 +67,47 @@ class Router:
             if features.endpoint not in b.capabilities or not b.config.enabled:
                 continue
             t = self.trackers[name]
-            pin, pout = b.price_per_token()
-            prof = b.config.energy
             stats = t.snapshot(features.prompt_tokens, b.load(), now)
-            out.append(
-                Candidate(
-                    name=name,
-                    model=b.model,
-                    plugin=b.config.plugin,
-                    input_usd_per_token=pin,
-                    output_usd_per_token=pout,
-                    per_hour_usd=b.pricing().per_hour,
-                    watts_busy=prof.watts_busy,
-                    joules_per_token=prof.joules_per_token,
-                    grid_g_per_kwh=prof.grid_g_per_kwh,
-                    context_window=b.config.context_window,
-                    stats=stats,
-                    healthy=stats.breaker != "open" and t.last_probe_ok is not False,
-                )
-            )
+            static = self._static.get(name) or self._describe(name, b)
+            out.append(Candidate(*static, stats=stats,  # type: ignore[misc]
+                                 healthy=stats.breaker != "open" and t.last_probe_ok is not False,
+                                 concurrency=b.config.concurrency))
         return out
+
+    def _describe(self, name: str, b: Backend) -> tuple[Any, ...]:
+        """What does not change while the gateway runs: names, prices, energy profile."""
+        pin, pout = b.price_per_token()
+        prof = b.config.energy
+        static = (name, b.model, b.config.plugin, pin, pout, b.pricing().per_hour,  # type: ignore[attr-defined]
+                  prof.watts_busy, prof.joules_per_token, prof.grid_g_per_kwh, b.config.context_window)
+        self._static[name] = static
+        return static
+
+    def policy_for(
+        self, target: Target, override: str | None, constraints: Constraints
+    ) -> tuple[str, RoutingPolicy]:
+        """The route's policy, or the one the request asked for if the route and the team
+        allow it. A route's ``policy_options`` apply to its own policy only."""
+        if override is None or override == target.policy.split(":", 1)[-1]:
+            name = target.policy
+        else:
+            name = override
+            for allowed, who in ((target.allowed_policies, f"the route '{target.name}'"),
+                                 (constraints.allowed_policies, "your team")):
+                if allowed is not None and name not in allowed:
+                    raise PermissionDenied(
+                        f"The routing policy '{name}' is not allowed for {who} "
+                        f"(allowed: {', '.join(sorted(allowed)) or 'none'}).",
+                        param="switchyard.policy", code="policy_not_allowed",
+                    )
+        policy = self.policies.get(name)
+        if policy is None:
+            known = sorted(n for n in self.policies if ":" not in n)
+            raise InvalidRequest(
+                f"Unknown routing policy '{name}'. Known: {', '.join(known)}.",
+                param="switchyard.policy",
+            )
+        return name.split(":", 1)[-1], policy
 
     def plan(
         self,
@@ -92,13 +116,7 @@ class Router:
         constraints: Constraints,
         policy_name: str | None = None,
     ) -> tuple[Plan, list[Candidate]]:
-        name = policy_name or target.policy
-        policy = self.policies.get(name)
-        if policy is None:
-            raise InvalidRequest(
-                f"Unknown routing policy '{name}'. Known: {', '.join(sorted(self.policies))}.",
-                param="switchyard.policy",
-            )
+        name, policy = self.policy_for(target, policy_name, constraints)
         cands = self.candidates(target, features)
         allowed = constraints.allowed_backends
         if allowed is not None or constraints.allowed_models is not None:
@@ -118,11 +136,10 @@ class Router:
             edited = editor(features, cands, plan)
             if edited is not None:
                 plan = edited
+        if not plan.predictions:  # the ledger keeps every candidate's predictions
+            plan.predictions = {c.name: estimate(features, c) for c in cands}
         if not plan.order:
-            why = "; ".join(f"{k}: {v}" for k, v in plan.rejected.items()) or "no backend is available"
-            raise BackendUnavailable(
-                f"No backend can serve '{features.requested}' now ({why}).", retry_after=1
-            )
+            raise nothing_fits(features, cands, constraints, plan.rejected)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("plan %s via %s: %s (%s) %s", features.requested, plan.policy, plan.order,
                       plan.reason, {k: vars_of(v) for k, v in plan.predictions.items()})
@@ -140,7 +157,9 @@ def build_targets(
     served by several backends becomes a group the policy chooses within)."""
     targets: dict[str, Target] = {}
     for r in routes:
-        targets[r.name] = Target(r.name, "route", tuple(r.backends), r.policy)
+        allowed = getattr(r, "allowed_policies", None)
+        targets[r.name] = Target(r.name, "route", tuple(r.backends), r.policy,
+                                 frozenset(allowed) if allowed is not None else None)
     for name in backends:
         targets.setdefault(name, Target(name, "backend", (name,), default_policy))
     by_model: dict[str, list[str]] = {}

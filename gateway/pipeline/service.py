@@ -9,14 +9,17 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from gateway.accounting import UsageRecord, co2_grams, energy_joules
+from gateway.config import RetrySettings
 from gateway.energy import FairShare
 from gateway.errors import (
     BackendError,
+    BackendTimeout,
     BackendUnavailable,
     Overloaded,
     SwitchyardError,
@@ -35,6 +38,7 @@ from gateway.ledger import Ledger
 from gateway.metrics import Metrics
 from gateway.pipeline.admission import Admission, OpenAdmission
 from gateway.pipeline.context import RequestContext
+from gateway.pipeline.retry import Attempts
 from gateway.pipeline.routing import Router, vars_of
 from gateway.protocol import prompt_text
 from gateway.registry import Registry
@@ -43,6 +47,10 @@ from gateway.telemetry import Tracker
 log = logging.getLogger("switchyard.pipeline")
 
 _DONE = b"data: [DONE]\n\n"
+
+
+def _tighter(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def sse(obj: Mapping[str, Any]) -> bytes:
@@ -60,7 +68,7 @@ class Gateway:
         registry: Registry,
         ledger: Ledger | None = None,
         admission: Admission | None = None,
-        max_attempts: int = 3,
+        retry: RetrySettings | None = None,
         energy_meters: Mapping[str, FairShare] | None = None,
     ) -> None:
         self.backends = backends
@@ -70,7 +78,7 @@ class Gateway:
         self.registry = registry
         self.ledger = ledger
         self.admission: Admission = admission or OpenAdmission()
-        self.max_attempts = max_attempts
+        self.retry = retry or RetrySettings()
         self.energy_meters = dict(energy_meters or {})
         self._observe = registry.has_observers("switchyard_request_recorded")
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -97,15 +105,15 @@ class Gateway:
         base = ctx.constraints
         if not opts:
             return base
+        # a request may tighten its team's limits, never loosen them
         max_cost = opts.get("max_cost_usd")
         slo = opts.get("ttft_slo_ms")
-        return Constraints(
-            max_cost_usd=min(x for x in (max_cost, base.max_cost_usd) if x is not None)
-            if (max_cost is not None or base.max_cost_usd is not None) else None,
-            ttft_slo_s=slo / 1000.0 if slo is not None else base.ttft_slo_s,
-            allowed_backends=base.allowed_backends,
-            allowed_models=base.allowed_models,
-            include_co2=bool(opts.get("include_co2", base.include_co2)),
+        co2 = opts.get("include_co2")
+        return replace(
+            base,
+            max_cost_usd=_tighter(max_cost, base.max_cost_usd),
+            ttft_slo_s=_tighter(slo / 1000.0 if slo is not None else None, base.ttft_slo_s),
+            include_co2=base.include_co2 if co2 is None else bool(co2),
         )
 
     async def _prepare(
@@ -126,22 +134,13 @@ class Gateway:
             prompt_tokens=features.prompt_tokens,
         )
         if plan.predictions:
-            rec.decision = {"policy": plan.policy, "order": plan.order, "rejected": plan.rejected,
+            rec.decision = {"policy": plan.policy, "reason": plan.reason, "order": plan.order,
+                            "rejected": plan.rejected,
                             "predictions": {k: vars_of(v) for k, v in plan.predictions.items()}}
         fwd = body
         if "switchyard" in body:
             fwd = {k: v for k, v in body.items() if k != "switchyard"}
         return features, plan, rec, fwd
-
-    def _attempts(self, plan: Plan) -> list[str]:
-        now = time.monotonic()
-        out = []
-        for name in plan.order:
-            if self.trackers[name].breaker.allow(now):
-                out.append(name)
-            if len(out) >= self.max_attempts:
-                break
-        return out
 
     # ---- non-streaming -------------------------------------------------------------
 
@@ -149,21 +148,28 @@ class Gateway:
         self, endpoint: Endpoint, body: dict[str, Any], ctx: RequestContext
     ) -> tuple[dict[str, Any], UsageRecord]:
         features, plan, rec, fwd = await self._prepare(endpoint, body, ctx)
+        attempts = Attempts(plan.order, self.trackers, self.retry)
         last: SwitchyardError | None = None
-        for name in self._attempts(plan):
+        while (name := await attempts.next(last)) is not None:
             backend = self.backends[name]
             tracker = self.trackers[name]
             rec.attempts += 1
             reservation = await self.admission.reserve(ctx, backend, features)
             call = BackendCall(endpoint, {**fwd, "model": backend.model}, ctx.request_id)
             meter = Meter()
-            tracker.started()
+            token = tracker.started()
             energy = self.energy_meters.get(name)
             e0 = energy.start() if energy is not None else 0.0
             t0 = time.perf_counter()
             try:
-                result = await backend.call(call, meter)
-            except Exception as e:
+                async with asyncio.timeout(backend.config.timeouts.total_s):
+                    result = await backend.call(call, meter)
+            except asyncio.CancelledError:
+                await self.admission.settle(ctx, reservation, 0.0, 0)
+                raise
+            except Exception as e:  # noqa: BLE001 - any backend failure may fall back
+                if isinstance(e, TimeoutError):
+                    e = BackendTimeout(f"Backend '{name}' did not answer in time.")
                 err = self._failed(name, e)
                 await self.admission.settle(ctx, reservation, 0.0, 0)
                 if not err.retryable:
@@ -173,21 +179,38 @@ class Gateway:
                 self.metrics.fallbacks.labels(name, err.code).inc()
                 continue
             finally:
-                tracker.finished()
+                tracker.finished(token)
                 if energy is not None:
                     meter.energy_j = energy.stop(e0)
             t1 = time.perf_counter()
             usage = result.usage
-            tracker.observe_success(usage.prompt_tokens, t1 - t0, t1 - t0, usage.completion_tokens)
-            rec.reason = plan.reason if rec.attempts == 1 else f"fallback after {last.code if last else 'skip'}"
+            tracker.observe_success(usage.prompt_tokens, None, t1 - t0, usage.completion_tokens)
+            rec.reason = self._reason(plan, attempts, last)
             self._account(rec, backend, usage, meter, ctx, busy_s=t1 - t0, ttft_s=None)
             await self.admission.settle(ctx, reservation, rec.cost_usd, usage.prompt_tokens + usage.completion_tokens)
             return result.body, rec
-        err = last or BackendUnavailable(
-            f"Every backend for '{features.requested}' is unavailable (circuit open).", retry_after=1
-        )
+        err = self._exhausted(features, attempts, last)
         self._account_error(rec, None, err, ctx)
         raise err
+
+    @staticmethod
+    def _reason(plan: Plan, attempts: Attempts, last: SwitchyardError | None) -> str:
+        if attempts.count == 1 and not attempts.skipped:
+            return plan.reason
+        if last is not None:
+            return f"fallback after {last.code} ({attempts.count} attempts); {plan.reason}"
+        return f"fallback, circuit open: {', '.join(attempts.skipped)}; {plan.reason}"
+
+    @staticmethod
+    def _exhausted(
+        features: RequestFeatures, attempts: Attempts, last: SwitchyardError | None
+    ) -> SwitchyardError:
+        if last is not None:
+            return last
+        return BackendUnavailable(
+            f"Every backend for '{features.requested}' is unavailable "
+            f"(circuit open: {', '.join(attempts.skipped)}).", retry_after=1,
+        )
 
     def _failed(self, name: str, e: BaseException) -> SwitchyardError:
         if isinstance(e, SwitchyardError):
@@ -207,8 +230,9 @@ class Gateway:
         """Open a stream: everything that can fail cheaply fails here, before the first byte."""
         features, plan, rec, fwd = await self._prepare(endpoint, body, ctx)
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        attempts = Attempts(plan.order, self.trackers, self.retry)
         last: SwitchyardError | None = None
-        for name in self._attempts(plan):
+        while (name := await attempts.next(last)) is not None:
             backend = self.backends[name]
             tracker = self.trackers[name]
             rec.attempts += 1
@@ -217,19 +241,20 @@ class Gateway:
                          "stream_options": {**(fwd.get("stream_options") or {}), "include_usage": True}}
             call = BackendCall(endpoint, call_body, ctx.request_id, stream=True)
             meter = Meter()
-            tracker.started()
+            token = tracker.started()
             energy = self.energy_meters.get(name)
             e0 = energy.start() if energy is not None else 0.0
             t0 = time.perf_counter()
+            timeouts = backend.config.timeouts
+            deadline = asyncio.get_running_loop().time() + timeouts.total_s
             it = backend.stream(call, meter).__aiter__()
             try:
-                first = await asyncio.wait_for(
-                    it.__anext__(), backend.config.timeouts.first_token_s
-                )
+                async with asyncio.timeout(min(timeouts.first_token_s, timeouts.total_s)):
+                    first = await it.__anext__()
             except StopAsyncIteration:
                 first = None
             except BaseException as e:
-                tracker.finished()
+                tracker.finished(token)
                 if energy is not None:
                     energy.stop(e0)
                 await _aclose(it)
@@ -237,7 +262,6 @@ class Gateway:
                     await self.admission.settle(ctx, reservation, 0.0, 0)
                     raise
                 if isinstance(e, TimeoutError):
-                    from gateway.errors import BackendTimeout
                     e = BackendTimeout(f"Backend '{name}' sent no first token in time.")
                 err = self._failed(name, e)
                 await self.admission.settle(ctx, reservation, 0.0, 0)
@@ -247,23 +271,25 @@ class Gateway:
                 last = err
                 self.metrics.fallbacks.labels(name, err.code).inc()
                 continue
-            rec.reason = plan.reason if rec.attempts == 1 else f"fallback after {last.code if last else 'skip'}"
+            rec.reason = self._reason(plan, attempts, last)
             rec.backend, rec.model = name, backend.model
-            relay = self._relay(first, it, backend, tracker, meter, rec, ctx, reservation,
-                                features, want_usage, t0, (energy, e0))
+            relay = self._relay(first, it, backend, (tracker, token, deadline), meter, rec, ctx,
+                                reservation, features, want_usage, t0, (energy, e0))
             return relay, rec
-        err = last or BackendUnavailable(
-            f"Every backend for '{features.requested}' is unavailable (circuit open).", retry_after=1
-        )
+        err = self._exhausted(features, attempts, last)
         self._account_error(rec, None, err, ctx)
         raise err
 
     async def _relay(
         self, first: dict[str, Any] | None, it: AsyncIterator[dict[str, Any]], backend: Backend,
-        tracker: Tracker, meter: Meter, rec: UsageRecord, ctx: RequestContext, reservation: Any,
+        flight: tuple[Tracker, int, float], meter: Meter, rec: UsageRecord, ctx: RequestContext,
+        reservation: Any,
         features: RequestFeatures, want_usage: bool, t0: float,
         energy: tuple[FairShare | None, float] = (None, 0.0),
     ) -> AsyncIterator[bytes]:
+        """Relay the stream; a failure after the first byte is one final SSE error event.
+        ``flight`` is (tracker, in-flight token, loop-time deadline of the total timeout)."""
+        tracker, token, deadline = flight
         ttft: float | None = None
         chunks = 0
         usage: Usage | None = None
@@ -285,19 +311,22 @@ class Gateway:
                 elif not u or want_usage:
                     yield sse(chunk)
                 try:
-                    chunk = await it.__anext__()
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await it.__anext__()
                 except StopAsyncIteration:
                     chunk = None
             yield _DONE
         except (asyncio.CancelledError, GeneratorExit):
             status, code = 499, "client_disconnected"
             raise
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - ends the stream with an error event
+            if isinstance(e, TimeoutError):
+                e = BackendTimeout(f"Backend '{backend.name}' did not finish in time.")
             err = self._failed(backend.name, e)
             status, code = err.status, err.code
             yield sse(err.body())
         finally:
-            tracker.finished()
+            tracker.finished(token)
             if energy[0] is not None:
                 meter.energy_j = energy[0].stop(energy[1])
             await _aclose(it)
