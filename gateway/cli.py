@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a config file and report every error")
     c.add_argument("config")
     c.set_defaults(fn=cmd_check_config)
+    from gateway.admin_cli import add_admin_commands
+
+    add_admin_commands(sub)
     return p
 
 

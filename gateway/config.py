@@ -145,6 +145,19 @@ class StateConfig(Strict):
     failure_mode: Literal["closed", "open"] = "closed"
 
 
+class BudgetsConfig(Strict):
+    """Budget enforcement (teams and keys live in the state store, see ``switchyard teams``)."""
+
+    default_max_tokens: int = Field(
+        4096, gt=0, description="completion tokens reserved when a request sets no max_tokens")
+    reservation_ttl_s: float = Field(
+        900.0, gt=0, description="a hold not settled by then (its replica died) is released")
+    key_cache_ttl_s: float = Field(
+        2.0, ge=0, description="how long a replica trusts a verified key or team record")
+    reconcile_interval_s: float = Field(
+        1.0, gt=0, description="retry pending settlements this often while Redis is away")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SWITCHYARD_", env_nested_delimiter="__", extra="forbid"
@@ -155,6 +168,7 @@ class Settings(BaseSettings):
     routes: list[RouteConfig] = Field(default_factory=list)
     default_route: str = "auto"
     state: StateConfig = Field(default_factory=StateConfig)
+    budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     admin_key: SecretStr | None = Field(None, min_length=1, description="unset: no admin API")

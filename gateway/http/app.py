@@ -21,6 +21,7 @@ from gateway.config import BackendConfig, Settings, validation_errors
 from gateway.energy import FairShare, open_meter
 from gateway.errors import ConfigError, MethodNotAllowed, NotFound, SwitchyardError
 from gateway.http import routes as r
+from gateway.http.admin import admin_routes, build_budgets
 from gateway.interfaces import Backend
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
@@ -134,8 +135,10 @@ def create_app(
             m = open_meter(b.config.energy.measure)
             if m is not None:
                 meters[name] = m
+    budgets = build_budgets(settings, registry, metrics)
     gw = Gateway(backends=built.backends, router=router, trackers=trackers, metrics=metrics,
                  registry=registry, ledger=ledger, energy_meters=meters,
+                 admission=budgets.admission,
                  retry=settings.health.retry)
 
     @contextlib.asynccontextmanager
@@ -145,6 +148,7 @@ def create_app(
             t0 = time.perf_counter()
             await b.start()
             log.info("backend %s ready in %.1f s", name, time.perf_counter() - t0)
+        await budgets.start()
         prober = asyncio.create_task(
             _probe_loop(gw, health_interval_s or settings.health.probe_interval_s))
         app.state.ready = True
@@ -158,6 +162,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await prober
             await gw.close()
+            await budgets.close()
             for b in built.backends.values():
                 await b.close()
             await built.context.close()
@@ -181,6 +186,7 @@ def create_app(
             Route("/healthz", r.healthz, methods=["GET"]),
             Route("/readyz", r.readyz, methods=["GET"]),
             Route("/metrics", r.metrics, methods=["GET"]),
+            *admin_routes(),
         ],
         exception_handlers={404: not_found, 405: method_not_allowed},
         lifespan=lifespan,
@@ -189,7 +195,8 @@ def create_app(
     app.state.gateway = gw
     app.state.ledger = ledger
     app.state.registry = registry
-    app.state.authenticate = _no_auth
+    app.state.authenticate = budgets.authenticate
+    app.state.budgets = budgets
     app.state.started_at = time.time()
     app.state.ready = False
     return app

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from conftest import LiveServer, make_settings, serve
+from support import LiveServer, make_settings, serve
 
 KEY = "sk-test-DO-NOT-LEAK-4f1c9e2a"  # a backend's api_key that must never reach a client
 

@@ -4,10 +4,10 @@ the model talking (helpers are in http_helpers.py)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from support import serve
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +32,4 @@ def no_eos(vocab: Any) -> dict[str, float]:
 @pytest.fixture
 def serve_app(request: pytest.FixtureRequest) -> Callable[[Any], Any]:
     """``serve(app)`` from tests/conftest.py: a context manager running ``app`` on uvicorn."""
-    root = request.config.pluginmanager.get_plugin(str(Path(__file__).parents[1] / "conftest.py"))
-    assert root is not None
-    return root.serve  # type: ignore[no-any-return]
+    return serve

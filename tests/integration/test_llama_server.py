@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import free_port
+from support import free_port
 from fakes.harness import gateway, sdk
 
 from plugins.llamacpp import smollm2_path

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from conftest import LiveServer
+from support import LiveServer
 from fakes.fake_vllm import FakeVLLM
 from fakes.harness import KEY, upstream_server
 from fakes.openai_upstream import RecordingUpstream

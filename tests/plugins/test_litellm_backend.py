@@ -9,7 +9,7 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import LiveServer
+from support import LiveServer
 from fakes.harness import KEY, gateway, sdk, upstream_server
 from fakes.openai_upstream import RecordingUpstream
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import openai
 import pytest
-from conftest import LiveServer, free_port
+from support import LiveServer, free_port
 from fakes.harness import KEY, gateway, sdk, upstream_server
 from fakes.openai_upstream import RecordingUpstream
 

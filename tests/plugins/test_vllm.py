@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import LiveServer
+from support import LiveServer
 from fakes.fake_vllm import FakeVLLM
 from fakes.harness import gateway, sdk, upstream_server
 

@@ -1,0 +1,68 @@
+"""Helpers shared by the tests (importable as ``support``: pytest puts tests/ on sys.path).
+
+A real uvicorn serving an app on a loopback port; settings for a test's own temp dir."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Settings, load_settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveServer:
+    """A real uvicorn serving an app on a loopback port, in a background thread."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        import uvicorn
+
+        self.port = port or free_port()
+        self.app = app
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                loop="asyncio", lifespan="on", timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("server thread died during start-up")
+            if time.monotonic() > deadline:
+                raise TimeoutError("server did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[LiveServer]:
+    srv = LiveServer(app).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    overrides.setdefault("ledger", {"path": str(tmp_path / "ledger.sqlite3"), "flush_interval_s": 0.05})
+    return load_settings(None, **overrides)
