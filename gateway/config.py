@@ -139,7 +139,7 @@ class LedgerConfig(Strict):
 
 
 class StateConfig(Strict):
-    kind: Literal["memory", "redis"] = "memory"
+    kind: str = Field("memory", min_length=1, description="memory, redis, or a plugin's store")
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     prefix: str = "switchyard:"
     failure_mode: Literal["closed", "open"] = "closed"

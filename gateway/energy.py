@@ -98,6 +98,6 @@ def open_meter(kind: str, device: int = 0, rapl_glob: str = RAPL_GLOB) -> FairSh
             return FairShare(RaplCounter(rapl_glob).joules)
         if kind == "nvml":
             return FairShare(NvmlCounter(device).joules)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - reported, never raised to the client
         log.warning("energy: %s counters unavailable here (%s); using the profile", kind, e)
     return None

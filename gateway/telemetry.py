@@ -100,6 +100,7 @@ class Tracker:
         self.error_rate = 0.0
         self.breaker = Breaker(breaker or BreakerConfig())
         self.last_probe_ok: bool | None = None
+        self.probe_failures = 0
         self.last_error: str | None = None
         self._inflight: dict[int, float] = {}  # insertion order is start order
         self._ids = itertools.count()

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from gateway import (
     BackendCall,
@@ -74,7 +74,14 @@ class LlamaCppConfig(BackendConfig):
     default_max_tokens: int = Field(512, ge=1)
     seconds_per_queued_request: float = Field(2.0, gt=0, description="for Retry-After")
     energy: EnergyProfile = Field(default_factory=lambda: EnergyProfile(watts_busy=25.0))
-    context_window: int | None = 2048
+    context_window: int | None = None  # default: n_ctx
+    concurrency: int | None = 1  # one generation at a time: the rest queue
+
+    @model_validator(mode="after")
+    def _window_is_the_context(self) -> LlamaCppConfig:
+        if self.context_window is None:
+            self.context_window = self.n_ctx
+        return self
 
 
 @functools.cache

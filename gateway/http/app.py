@@ -29,7 +29,7 @@ from gateway.pipeline.context import RequestContext
 from gateway.pipeline.routing import Router, build_targets
 from gateway.pipeline.service import Gateway
 from gateway.registry import Registry, build_registry
-from gateway.telemetry import make_trackers
+from gateway.telemetry import Tracker, make_trackers
 
 log = logging.getLogger("switchyard")
 
@@ -74,12 +74,12 @@ def build_backends(settings: Settings, registry: Registry,
             backends[cfg.name] = factory(cfg, ctx)
         except SwitchyardError as e:
             errors.append((path, e.message))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - reported, never raised to the client
             errors.append((path, f"cannot create backend: {type(e).__name__}: {e}"))
     for i, route in enumerate(settings.routes):
         if route.policy not in registry.policies:
-            errors.append((f"routes[{i}].policy", f"unknown policy {route.policy!r} "
-                           f"(known: {', '.join(sorted(registry.policies))})"))
+            known = ", ".join(sorted(registry.policies))
+            errors.append((f"routes[{i}].policy", f"unknown policy {route.policy!r} (known: {known})"))
     if errors:
         raise ConfigError(errors)
     return Built(registry, backends, ctx)
@@ -89,19 +89,33 @@ async def _no_auth(request: Request, ctx: RequestContext) -> None:
     return None
 
 
+async def _probe(name: str, backend: Backend, t: Tracker, timeout_s: float,
+                 unhealthy_after: int = 2) -> None:
+    """One active health check. A backend is marked unhealthy after ``unhealthy_after``
+    failed checks in a row (one slow answer is not an outage), healthy after one success."""
+    try:
+        await asyncio.wait_for(backend.probe(), timeout=timeout_s)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # noqa: BLE001 - reported, never raised to the client
+        t.probe_failures += 1
+        if t.probe_failures >= unhealthy_after and t.last_probe_ok is not False:
+            log.warning("backend %s failed %d health checks: %s", name, t.probe_failures,
+                        type(e).__name__)
+            t.last_probe_ok = False
+        return
+    if t.last_probe_ok is False:
+        log.info("backend %s passed its health check again", name)
+    t.probe_failures = 0
+    t.last_probe_ok = True
+
+
 async def _probe_loop(gw: Gateway, interval_s: float) -> None:
+    """Checks every backend concurrently, so one slow backend does not delay the others."""
+    timeout_s = max(1.0, interval_s)
     while True:
-        for name, backend in gw.backends.items():
-            t = gw.trackers[name]
-            try:
-                await asyncio.wait_for(backend.probe(), timeout=max(1.0, interval_s))
-                t.last_probe_ok = True
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                if t.last_probe_ok is not False:
-                    log.warning("backend %s failed its health check: %s", name, type(e).__name__)
-                t.last_probe_ok = False
+        await asyncio.gather(*(_probe(n, b, gw.trackers[n], timeout_s)
+                               for n, b in gw.backends.items()))
         await asyncio.sleep(interval_s)
 
 

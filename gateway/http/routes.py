@@ -59,11 +59,12 @@ async def inference(request: Request, endpoint: Endpoint) -> Response:
     gw: Gateway = state.gateway
     rid = new_request_id(request, state.settings.server.request_id_header)
     try:
+        # the key first: an unauthenticated client learns nothing and sends no body we read
+        ctx = RequestContext(request_id=rid, policy=request.headers.get("x-switchyard-policy"))
+        await state.authenticate(request, ctx)
         raw = await read_body(request, state.settings.server.max_body_bytes)
         body = parse_body(raw)
         validate(endpoint, body)
-        ctx = RequestContext(request_id=rid, policy=request.headers.get("x-switchyard-policy"))
-        await state.authenticate(request, ctx)
         if body.get("stream") and endpoint != "embeddings":
             it, rec = await gw.stream(endpoint, body, ctx)
             headers = {"x-switchyard-request-id": rid, "cache-control": "no-cache",

@@ -291,12 +291,14 @@ class Gateway:
         ``flight`` is (tracker, in-flight token, loop-time deadline of the total timeout)."""
         tracker, token, deadline = flight
         ttft: float | None = None
-        chunks = 0
+        chunks = 0  # chunks that carried generated text: the token count when none is reported
         usage: Usage | None = None
         status, code = 200, None
+        last: dict[str, Any] | None = None
         try:
             chunk = first
             while chunk is not None:
+                last = chunk
                 u = chunk.get("usage")
                 if u:
                     usage = Usage.from_openai(u)
@@ -304,7 +306,8 @@ class Gateway:
                 if choices:
                     if ttft is None:
                         ttft = time.perf_counter() - t0
-                    chunks += 1
+                    if _has_content(choices):
+                        chunks += 1
                     if u and not want_usage:
                         chunk = {k: v for k, v in chunk.items() if k != "usage"}
                     yield sse(chunk)
@@ -315,6 +318,11 @@ class Gateway:
                         chunk = await it.__anext__()
                 except StopAsyncIteration:
                     chunk = None
+            if want_usage and usage is None:
+                # the backend reports no usage (llama.cpp's server ignores include_usage):
+                # the client still gets the usage chunk it asked for, counted here
+                usage = meter.usage or Usage(features.prompt_tokens, chunks)
+                yield sse(_usage_chunk(last, usage))
             yield _DONE
         except (asyncio.CancelledError, GeneratorExit):
             status, code = 499, "client_disconnected"
@@ -377,15 +385,43 @@ class Gateway:
         if self.ledger is not None:
             self.ledger.write(rec)
         if self._observe:
-            for res in self.registry.pm.hook.switchyard_request_recorded(record=rec):
+            try:
+                results = self.registry.pm.hook.switchyard_request_recorded(record=rec)
+            except Exception:
+                log.exception("a switchyard_request_recorded observer failed")
+                return
+            for res in results:
                 if isinstance(res, Awaitable):
                     task = asyncio.ensure_future(res)
                     self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    task.add_done_callback(self._observed)
+
+    def _observed(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a switchyard_request_recorded observer failed: %r", task.exception())
 
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _has_content(choices: list[dict[str, Any]]) -> bool:
+    for ch in choices:
+        d = ch.get("delta")
+        if d is not None:
+            if d.get("content") or d.get("tool_calls") or d.get("reasoning_content"):
+                return True
+        elif ch.get("text"):
+            return True
+    return False
+
+
+def _usage_chunk(last: dict[str, Any] | None, usage: Usage) -> dict[str, Any]:
+    last = last or {}
+    return {"id": last.get("id"), "object": last.get("object", "chat.completion.chunk"),
+            "created": last.get("created"), "model": last.get("model"), "choices": [],
+            "usage": usage.to_openai()}
 
 
 async def _aclose(it: AsyncIterator[Any]) -> None:

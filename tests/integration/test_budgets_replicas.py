@@ -213,8 +213,9 @@ def test_budget_for_k_requests_admits_exactly_k_across_three_replicas(
     statuses = Counter((s, c) for s, c, _ in results)
     assert statuses == {(200, ""): k, (429, "team_budget_exceeded"): 9 * k}, statuses
     assert all(h["x-should-retry"] == "false" for s, _, h in results if s == 429)
-    per_replica = Counter(i % 3 for i, (s, _, _) in enumerate(results) if s == 200)
-    assert len(per_replica) > 1, "the successes came through more than one replica"
+    # every replica enforced the one shared budget (which replica wins the K is up to timing)
+    refused = Counter(i % 3 for i, (s, _, _) in enumerate(results) if s == 429)
+    assert len(refused) == 3, refused
     spend = reps.admin("GET", "/admin/teams/acme/spend", i=2)
     assert spend["spent_usd"] == pytest.approx(k * cost, abs=1e-9)
     assert spend["spent_usd"] <= spend["budget_usd"] and spend["reserved_usd"] == 0

@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
-from support import free_port
 from fakes.harness import gateway, sdk
+from support import free_port
 
 from plugins.llamacpp import smollm2_path
 
@@ -85,7 +85,11 @@ def test_chat_streams_chunk_by_chunk(client: Any) -> None:
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(pieces) >= 3  # relayed token by token, not as one buffered block
     assert any(c.choices and c.choices[0].finish_reason for c in chunks)
-    # llama_cpp.server ignores stream_options.include_usage: no usage chunk to relay
+    # llama_cpp.server ignores stream_options.include_usage; the gateway still ends the
+    # stream with the usage chunk the client asked for, counting the relayed tokens
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == len(pieces)
+    assert chunks[-1].usage.prompt_tokens > 0
 
 
 def test_legacy_completions(client: Any) -> None:

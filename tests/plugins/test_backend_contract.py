@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from support import LiveServer
 from fakes.fake_vllm import FakeVLLM
 from fakes.harness import KEY, upstream_server
 from fakes.openai_upstream import RecordingUpstream
+from support import LiveServer
 
 from gateway import Backend, BackendCall, BackendContext, Meter
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import openai
 import pytest
-from support import LiveServer
 from fakes.harness import KEY, gateway, sdk, upstream_server
 from fakes.openai_upstream import RecordingUpstream
+from support import LiveServer
 
 MSG = [{"role": "user", "content": "Say hello"}]
 # litellm's stream types warn while pydantic first builds them; tests run warnings as errors
@@ -37,7 +37,8 @@ def rec(upstream: tuple[RecordingUpstream, LiveServer]) -> Iterator[RecordingUps
 def client(tmp_path: Path, upstream: tuple[RecordingUpstream, LiveServer]) -> Iterator[Any]:
     cfg = {"name": "mini", "plugin": "litellm", "model": "openai/gpt-4o-mini",
            "api_base": upstream[1].url + "/v1", "api_key": KEY}
-    with gateway(tmp_path, cfg) as gw, sdk(gw.url) as c:
+    # no gateway retries here, so the upstream count shows litellm did not retry on its own
+    with gateway(tmp_path, cfg, health={"retry": {"retries": 0}}) as gw, sdk(gw.url) as c:
         yield c
 
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import openai
 import pytest
-from support import LiveServer, free_port
 from fakes.harness import KEY, gateway, sdk, upstream_server
 from fakes.openai_upstream import RecordingUpstream
+from support import LiveServer, free_port
 
 MSG = [{"role": "user", "content": "Say hello"}]
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-from support import LiveServer
 from fakes.fake_vllm import FakeVLLM
 from fakes.harness import gateway, sdk, upstream_server
+from support import LiveServer
 
 from gateway import BackendContext, BackendLoad
 from plugins.vllm import VLLMBackend, VLLMConfig

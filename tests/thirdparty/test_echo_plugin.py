@@ -78,3 +78,26 @@ def test_the_echo_backend_streams_word_by_word(echo_client: Any) -> None:
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert pieces == ["you", " said:", " one", " two", " three"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+
+
+def test_a_failing_observer_never_breaks_a_request(settings_factory: Any) -> None:
+    from gateway import hookimpl
+    from support import serve
+
+    seen: list[str] = []
+
+    class Broken:
+        @hookimpl
+        def switchyard_request_recorded(self, record: Any) -> None:
+            seen.append(record.request_id)
+            raise RuntimeError("observer bug")
+
+    settings = settings_factory(
+        backends=[{"name": "parrot", "plugin": "echo"}],
+        routes=[{"name": "auto", "backends": ["parrot"]}],
+    )
+    with serve(create_app(settings, extra_plugins=[Broken()])) as srv:
+        c = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        out = c.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
+        assert out.choices[0].message.content.endswith("hi")
+        assert len(seen) == 1
