@@ -13,7 +13,9 @@ from typing import Any
 import openai
 import pytest
 import uvicorn
+from support import serve
 
+from gateway import hookimpl
 from gateway.http.app import create_app
 from gateway.registry import build_registry
 
@@ -81,9 +83,6 @@ def test_the_echo_backend_streams_word_by_word(echo_client: Any) -> None:
 
 
 def test_a_failing_observer_never_breaks_a_request(settings_factory: Any) -> None:
-    from gateway import hookimpl
-    from support import serve
-
     seen: list[str] = []
 
     class Broken:
