@@ -49,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     uvicorn.run(app, host=settings.server.host, port=settings.server.port, loop="uvloop",
                 http="httptools", log_level=settings.log_level, access_log=args.access_log,
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=10, proxy_headers=False, server_header=False)
     return 0
 
 

@@ -8,6 +8,7 @@ returns, so a clean shutdown loses nothing.
 from __future__ import annotations
 
 import logging
+import operator
 import queue
 import sqlite3
 import threading
@@ -51,16 +52,21 @@ COLUMNS: list[tuple[str, str]] = [
 ]
 _NAMES = [c for c, _ in COLUMNS]
 _INSERT = (
-    f"INSERT OR IGNORE INTO requests ({', '.join(_NAMES)}) "
+    f"INSERT INTO requests ({', '.join(_NAMES)}) "
     f"VALUES ({', '.join('?' for _ in _NAMES)})"
 )
 
 
+_GET = operator.attrgetter(*_NAMES)
+_STREAM, _DECISION = _NAMES.index("stream"), _NAMES.index("decision")
+
+
 def _row(rec: UsageRecord) -> tuple[Any, ...]:
-    d = rec.as_row()
-    d["stream"] = int(d["stream"])
-    d["decision"] = orjson.dumps(d["decision"]).decode() if d["decision"] is not None else None
-    return tuple(d[n] for n in _NAMES)
+    row = list(_GET(rec))  # attrgetter, not dataclasses.asdict: this runs for every request
+    row[_STREAM] = int(row[_STREAM])
+    if row[_DECISION] is not None:
+        row[_DECISION] = orjson.dumps(row[_DECISION]).decode()
+    return tuple(row)
 
 
 class Ledger:
@@ -81,7 +87,10 @@ class Ledger:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         cols = ", ".join(f"{n} {t}" for n, t in COLUMNS)
-        conn.execute(f"CREATE TABLE IF NOT EXISTS requests ({cols}, PRIMARY KEY (request_id))")
+        # request_id is not the key: a client may send its own x-request-id twice, and the
+        # ledger must keep both rows (a batch is one transaction, so a retry never duplicates)
+        conn.execute(f"CREATE TABLE IF NOT EXISTS requests ({cols})")
+        conn.execute("CREATE INDEX IF NOT EXISTS requests_request_id ON requests(request_id)")
         conn.execute("CREATE INDEX IF NOT EXISTS requests_team_time ON requests(team, started_at)")
         return conn
 

@@ -4,6 +4,7 @@ with backend, tokens, energy, latency, and the same figures the client saw in th
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +76,17 @@ def test_embeddings_and_error_rows(client, embedded_server):
     ctx_row = row_from_file(embedded_server, bad)
     assert ctx_row["status"] == 400 and ctx_row["error_code"] == "context_length_exceeded"
     assert ctx_row["backend"] == "local-smol"
+
+
+def test_a_reused_client_request_id_keeps_every_row(client, embedded_server):
+    """Clients may send the same x-request-id twice: both requests are billed and kept."""
+    rid = request_id()
+    for _ in range(2):
+        client.chat.completions.create(model="auto", messages=HI, max_tokens=2,
+                                       extra_headers={"x-request-id": rid})
+    ledger = embedded_server.app.state.ledger
+    deadline = time.monotonic() + 30
+    while len(rows := ledger.query("SELECT status FROM requests WHERE request_id = ?", (rid,))) < 2:
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.05)
+    assert [r["status"] for r in rows] == [200, 200]
