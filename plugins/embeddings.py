@@ -22,6 +22,7 @@ from gateway import (
     BackendContext,
     BackendResult,
     BaseBackend,
+    Endpoint,
     EnergyProfile,
     InvalidRequest,
     Meter,
@@ -50,7 +51,7 @@ class EmbeddingsConfig(BackendConfig):
 
 class SentenceTransformersBackend(BaseBackend):
     config: EmbeddingsConfig
-    capabilities = frozenset({"embeddings"})  # type: ignore[assignment]
+    capabilities: frozenset[Endpoint] = frozenset({"embeddings"})
 
     def __init__(self, config: EmbeddingsConfig, context: BackendContext | None = None) -> None:
         super().__init__(config, context)

@@ -24,6 +24,7 @@ from gateway import (
     BackendTimeout,
     BackendUnavailable,
     BaseBackend,
+    Endpoint,
     InvalidRequest,
     Meter,
     Pricing,
@@ -84,7 +85,10 @@ class LiteLLMBackend(BaseBackend):
 
     def __init__(self, config: LiteLLMConfig, context: BackendContext | None = None) -> None:
         super().__init__(config, context)
-        self.capabilities = frozenset({"chat", "completions"} | ({"embeddings"} if config.embeddings else set()))  # type: ignore[assignment]
+        caps: set[Endpoint] = {"chat", "completions"}
+        if config.embeddings:
+            caps.add("embeddings")
+        self.capabilities = frozenset(caps)
         self._ll = _litellm()
         info: dict[str, Any] = {}
         try:

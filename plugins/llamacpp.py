@@ -35,6 +35,7 @@ from gateway import (
     BackendLoad,
     BackendResult,
     BaseBackend,
+    Endpoint,
     EnergyProfile,
     InvalidRequest,
     Meter,
@@ -93,7 +94,7 @@ def _accepted(fn: Callable[..., Any]) -> frozenset[str]:
 
 class LlamaCppBackend(BaseBackend):
     config: LlamaCppConfig
-    capabilities = frozenset({"chat", "completions"})  # type: ignore[assignment]
+    capabilities: frozenset[Endpoint] = frozenset({"chat", "completions"})
 
     def __init__(self, config: LlamaCppConfig, context: BackendContext | None = None) -> None:
         super().__init__(config, context)

@@ -23,6 +23,7 @@ from gateway import (
     BackendTimeout,
     BackendUnavailable,
     BaseBackend,
+    Endpoint,
     InvalidRequest,
     Meter,
     Usage,
@@ -87,8 +88,10 @@ class OpenAICompatibleBackend(BaseBackend):
         self._secrets = tuple(
             x for x in (config.api_key.get_secret_value() if config.api_key else "",) if x
         )
-        caps = {"chat", "completions"} | ({"embeddings"} if config.embeddings else set())
-        self.capabilities = frozenset(caps)  # type: ignore[assignment]
+        caps: set[Endpoint] = {"chat", "completions"}
+        if config.embeddings:
+            caps.add("embeddings")
+        self.capabilities = frozenset(caps)
         t = config.timeouts
         self._timeout = aiohttp.ClientTimeout(total=t.total_s, sock_connect=t.connect_s)
         self._stream_timeout = aiohttp.ClientTimeout(
