@@ -51,10 +51,11 @@ def pin(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 else []  # type: ignore[operator]
 
 
-def run_wrk(url: str, conns: int, seconds: int) -> dict[str, float]:
+def run_wrk(url: str, conns: int, seconds: int, key: str = "") -> dict[str, float]:
     lua = Path(tempfile.mkstemp(suffix=".lua")[1])
+    auth = f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else ""
     lua.write_text(
-        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n' + auth +
         f"wrk.body = [[{BODY}]]\n"
         "done = function(summary, latency, requests)\n"
         '  io.write(string.format("RESULT %d %d %f %f %f\\n", summary.requests, summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout, latency:percentile(50), latency:percentile(99), summary.duration))\n'
@@ -72,7 +73,7 @@ def run_wrk(url: str, conns: int, seconds: int) -> dict[str, float]:
             "p50_ms": float(p50) / 1000, "p99_ms": float(p99) / 1000}
 
 
-def run_python(url: str, conns: int, seconds: int) -> dict[str, float]:
+def run_python(url: str, conns: int, seconds: int, key: str = "") -> dict[str, float]:
     code = f"""
 import asyncio, time, aiohttp, json, statistics
 async def main():
@@ -83,7 +84,7 @@ async def main():
             nonlocal errors
             while time.perf_counter()<end:
                 t=time.perf_counter()
-                async with s.post({url!r}, data={BODY!r}, headers={{'content-type':'application/json'}}) as r:
+                async with s.post({url!r}, data={BODY!r}, headers={{'content-type':'application/json', **({{'authorization': 'Bearer {key}'}} if {bool(key)!r} else {{}})}}) as r:
                     await r.read()
                     if r.status!=200: errors+=1
                 lat.append(time.perf_counter()-t)
@@ -98,11 +99,27 @@ asyncio.run(main())
     return json.loads(out.strip().splitlines()[-1])
 
 
+def make_team_key(port: int) -> str:
+    """A team with a budget and rate limits far above the load, and a key for it."""
+    import httpx
+
+    admin = {"authorization": "Bearer bench-admin-key"}
+    base = f"http://127.0.0.1:{port}/admin"
+    httpx.post(f"{base}/teams", headers=admin, json={
+        "name": "bench", "budget_usd": 1_000_000, "period": "day",
+        "rpm": 10_000_000, "tpm": 10_000_000_000}).raise_for_status()
+    r = httpx.post(f"{base}/keys", headers=admin, json={"team": "bench", "name": "wrk"})
+    r.raise_for_status()
+    return str(r.json()["key"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--json")
     ap.add_argument("--no-ledger", action="store_true", help="turn the SQLite ledger off")
+    ap.add_argument("--budget", action="store_true",
+                    help="send a team's virtual key: auth, rate limits and budget reservation on")
     args = ap.parse_args()
     load = run_wrk if shutil.which("wrk") else run_python
     up_port, gw_port = free_port(), free_port()
@@ -121,6 +138,7 @@ routes:
     backends: [upstream]
 ledger: {{kind: {"none" if args.no_ledger else "sqlite"}, path: {tmp / "ledger.sqlite3"}}}
 log_level: warning
+admin_key: bench-admin-key
 """)
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     procs = [subprocess.Popen([*pin(1), PY, str(HERE / "upstream.py"), str(up_port)])]
@@ -130,16 +148,18 @@ log_level: warning
         wait_port(up_port)
         wait_port(gw_port)
         time.sleep(1)
+        key = make_team_key(gw_port) if args.budget else ""
         rows = []
         for conns in (1, 32):
-            load(f"http://127.0.0.1:{gw_port}/v1/chat/completions", conns, 2)  # warm up
+            load(f"http://127.0.0.1:{gw_port}/v1/chat/completions", conns, 2, key)  # warm up
             direct = load(f"http://127.0.0.1:{up_port}/v1/chat/completions", conns, args.seconds)
-            via = load(f"http://127.0.0.1:{gw_port}/v1/chat/completions", conns, args.seconds)
+            via = load(f"http://127.0.0.1:{gw_port}/v1/chat/completions", conns, args.seconds, key)
             rows.append({"connections": conns, "direct": direct, "gateway": via,
                          "added_p50_ms": via["p50_ms"] - direct["p50_ms"],
                          "added_p99_ms": via["p99_ms"] - direct["p99_ms"]})
         print(f"load generator: {load.__name__[4:]}; gateway: 1 process on CPU 0, accounting on"
-              f"{', ledger off' if args.no_ledger else ''}")
+              f"{', ledger off' if args.no_ledger else ''}"
+              f"{', virtual key + team budget + rpm/tpm (memory state)' if args.budget else ''}")
         print(f"{'conns':>5} {'direct rps':>11} {'gateway rps':>12} {'added p50 ms':>13} {'added p99 ms':>13} {'errors':>7}")
         for r in rows:
             print(f"{r['connections']:>5} {r['direct']['rps']:>11.0f} {r['gateway']['rps']:>12.0f} "
