@@ -78,6 +78,8 @@ class RetrySettings(Strict):
 
 class HealthConfig(Strict):
     probe_interval_s: float = Field(5.0, gt=0, description="active health checks")
+    share_interval_s: float = Field(
+        1.0, gt=0, description="how often a replica publishes and reads backend health marks")
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     retry: RetrySettings = Field(default_factory=RetrySettings)
 

@@ -1,4 +1,5 @@
-"""Shared state behind one small Protocol: teams, virtual keys, budgets, rate limits.
+"""Shared state behind one small Protocol: teams, virtual keys, budgets, rate limits, and
+the backends some replica has found down.
 
 Two implementations are registered as plugins through ``switchyard_register_state_stores``:
 ``memory`` (in-process, the embedded default) and ``redis`` (several gateway replicas; every
@@ -120,7 +121,7 @@ class Spend:
 
 @runtime_checkable
 class StateStore(Protocol):
-    """The shared state of teams, keys, budgets and rate limits.
+    """The shared state of teams, keys, budgets, rate limits and backend health.
 
     Every method is atomic on its own: with the Redis store, across replicas."""
 
@@ -196,4 +197,20 @@ class StateStore(Protocol):
 
     async def add(self, team: str, limits: Sequence[Limit]) -> None:
         """Record ``cost`` (which may be negative: a correction) without a check."""
+        ...
+
+    # ---- backend health ----------------------------------------------------------------
+
+    async def mark_backend_down(self, backend: str, replica: str, until: float,
+                                reason: str) -> None:
+        """Mark ``backend`` down until ``until`` (wall-clock seconds), when the mark
+        expires by itself. A mark that lasts longer is kept: the latest ``until`` wins."""
+        ...
+
+    async def clear_backend_down(self, backend: str) -> None:
+        """Remove the mark (any replica's) on ``backend``."""
+        ...
+
+    async def backends_down(self, names: Sequence[str]) -> dict[str, tuple[float, str, str]]:
+        """The unexpired marks among ``names``: backend -> (until, replica, reason)."""
         ...

@@ -102,8 +102,15 @@ class Tracker:
         self.last_probe_ok: bool | None = None
         self.probe_failures = 0
         self.last_error: str | None = None
+        # another replica marked it down (gateway.pipeline.health): (until, replica, reason)
+        # as read from the state store, and ``until`` on this process' monotonic clock
+        self.remote_down: tuple[float, str, str] | None = None
+        self.remote_down_until = 0.0
         self._inflight: dict[int, float] = {}  # insertion order is start order
         self._ids = itertools.count()
+
+    def set_remote_down(self, mark: tuple[float, str, str] | None, until_monotonic: float) -> None:
+        self.remote_down, self.remote_down_until = mark, until_monotonic
 
     # ---- in flight ----------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""``state: {kind: memory}``: teams, keys, budgets and rate limits in this process.
+"""``state: {kind: memory}``: teams, keys, budgets, rate limits and backend marks in this
+process.
 
 The embedded default, and the local fallback of the Redis store when it fails open. Every
 method runs without an ``await`` between its check and its update, so on one event loop
@@ -57,6 +58,7 @@ class MemoryStore:
         self._keys: dict[str, KeyRecord] = {}
         self._periods: dict[tuple[str, str], _Period] = {}
         self._windows: dict[tuple[str, str], _Window] = {}
+        self._down: dict[str, tuple[float, str, str]] = {}  # backend -> (until, replica, reason)
 
     async def start(self) -> None:
         return None
@@ -213,6 +215,25 @@ class MemoryStore:
             w = self._window(team, lim, now)
             w.entries.append((now, lim.cost))
             w.total += lim.cost
+
+    # ---- backend health ----------------------------------------------------------------
+
+    async def mark_backend_down(self, backend: str, replica: str, until: float,
+                                reason: str) -> None:
+        now = self._clock()
+        cur = self._down.get(backend)
+        if until <= now or (cur is not None and cur[0] > now and cur[0] >= until):
+            return
+        self._down[backend] = (until, replica, reason)
+
+    async def clear_backend_down(self, backend: str) -> None:
+        self._down.pop(backend, None)
+
+    async def backends_down(self, names: Sequence[str]) -> dict[str, tuple[float, str, str]]:
+        now = self._clock()
+        for name in [n for n, m in self._down.items() if m[0] <= now]:
+            del self._down[name]
+        return {n: self._down[n] for n in names if n in self._down}
 
 
 @hookimpl(trylast=True)

@@ -15,11 +15,17 @@ Keys (``P`` is ``state.prefix``)::
     P{team}:b:<period>   hash: spent, reserved, alerted, r:<id> (holds), c:<id> (charges)
     P{team}:bx:<period>  zset: reservation id -> expiry (ms)
     P{team}:rl:<name>    zset: sliding-window entries "<seq>:<cost>" scored by ms; :sum
+    P{health}:down:<b>   "<until ms>|<replica>|<reason>": backend b is down; expires (PX) at until
+
+The health marks share one hash tag, so ``backends_down`` is one ``MGET`` even on a Cluster.
+Their ``until`` is the marking replica's wall clock: replicas' clocks should agree to well
+within a health-check interval (NTP does).
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -196,6 +202,17 @@ redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'budget', ARGV[2], 'soft', ARGV[3])
 return 1
 """
 
+# KEYS: mark   ARGV: until_ms, value, ttl_ms. A mark that lasts longer is kept.
+MARK_DOWN = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local u = tonumber(string.match(cur, '^(%d+)|'))
+  if u and u >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+
 _GLOB = re.compile(r"([*?\[\]\\])")
 
 
@@ -218,6 +235,7 @@ class RedisStore:
         self._hit = self.r.register_script(HIT)
         self._add = self.r.register_script(ADD)
         self._update_team = self.r.register_script(UPDATE_TEAM)
+        self._mark_down = self.r.register_script(MARK_DOWN)
 
     # ---- key names ---------------------------------------------------------------------
 
@@ -362,6 +380,35 @@ class RedisStore:
     async def add(self, team: str, limits: Sequence[Limit]) -> None:
         keys, args = self._window_args(team, limits)
         await self._do(self._add(keys=keys, args=args))
+
+    # ---- backend health ----------------------------------------------------------------
+
+    def _down_key(self, backend: str) -> str:
+        return f"{self.prefix}{{health}}:down:{backend}"
+
+    async def mark_backend_down(self, backend: str, replica: str, until: float,
+                                reason: str) -> None:
+        until_ms = int(until * 1000)
+        ttl_ms = until_ms - int(time.time() * 1000)
+        if ttl_ms <= 0:
+            return
+        await self._do(self._mark_down(keys=[self._down_key(backend)],
+                                       args=[until_ms, f"{until_ms}|{replica}|{reason}", ttl_ms]))
+
+    async def clear_backend_down(self, backend: str) -> None:
+        await self._do(self.r.delete(self._down_key(backend)))
+
+    async def backends_down(self, names: Sequence[str]) -> dict[str, tuple[float, str, str]]:
+        if not names:
+            return {}
+        values = await self._do(self.r.mget([self._down_key(n) for n in names]))
+        now = time.time()
+        out: dict[str, tuple[float, str, str]] = {}
+        for name, v in zip(names, values, strict=True):
+            parts = str(v).split("|", 2) if v else []
+            if len(parts) == 3 and parts[0].isdigit() and int(parts[0]) / 1000 > now:
+                out[name] = (int(parts[0]) / 1000, parts[1], parts[2])
+        return out
 
 
 @hookimpl(trylast=True)

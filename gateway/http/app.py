@@ -26,6 +26,7 @@ from gateway.interfaces import Backend
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
 from gateway.pipeline.context import RequestContext
+from gateway.pipeline.health import SharedHealth
 from gateway.pipeline.routing import Router, build_targets
 from gateway.pipeline.service import Gateway
 from gateway.registry import Registry, build_registry
@@ -110,12 +111,21 @@ async def _probe(name: str, backend: Backend, t: Tracker, timeout_s: float,
     t.last_probe_ok = True
 
 
-async def _probe_loop(gw: Gateway, interval_s: float) -> None:
-    """Checks every backend concurrently, so one slow backend does not delay the others."""
+async def _probe_loop(gw: Gateway, interval_s: float, shared: SharedHealth) -> None:
+    """Checks every backend concurrently, so one slow backend does not delay the others,
+    then shares what it found with the other replicas."""
     timeout_s = max(1.0, interval_s)
     while True:
         await asyncio.gather(*(_probe(n, b, gw.trackers[n], timeout_s)
                                for n, b in gw.backends.items()))
+        await shared.after_probes()
+        await asyncio.sleep(interval_s)
+
+
+async def _share_loop(shared: SharedHealth, interval_s: float) -> None:
+    """Publishes breakers that opened here and reads the marks of the other replicas."""
+    while True:
+        await shared.tick()
         await asyncio.sleep(interval_s)
 
 
@@ -150,6 +160,8 @@ def create_app(
             if m is not None:
                 meters[name] = m
     budgets = build_budgets(settings, registry, metrics)
+    probe_interval_s = health_interval_s or settings.health.probe_interval_s
+    shared = SharedHealth(budgets.store, trackers, probe_interval_s)
     gw = Gateway(backends=built.backends, router=router, trackers=trackers, metrics=metrics,
                  registry=registry, ledger=ledger, energy_meters=meters,
                  admission=budgets.admission,
@@ -163,8 +175,8 @@ def create_app(
             await b.start()
             log.info("backend %s ready in %.1f s", name, time.perf_counter() - t0)
         await budgets.start()
-        prober = asyncio.create_task(
-            _probe_loop(gw, health_interval_s or settings.health.probe_interval_s))
+        prober = asyncio.create_task(_probe_loop(gw, probe_interval_s, shared))
+        sharer = asyncio.create_task(_share_loop(shared, settings.health.share_interval_s))
         app.state.ready = True
         log.info("switchyard ready: %d backends, models: %s", len(built.backends),
                  ", ".join(router.targets))
@@ -172,9 +184,10 @@ def create_app(
             yield
         finally:
             app.state.ready = False
-            prober.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await prober
+            for task in (prober, sharer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await gw.close()
             await budgets.close()
             for b in built.backends.values():
@@ -211,6 +224,7 @@ def create_app(
     app.state.registry = registry
     app.state.authenticate = budgets.authenticate
     app.state.budgets = budgets
+    app.state.shared_health = shared
     app.state.started_at = time.time()
     app.state.ready = False
     return app

@@ -121,12 +121,17 @@ async def readyz(request: Request) -> Response:
     now = time.monotonic()
     backends = {}
     for name, t in gw.trackers.items():
+        elsewhere = t.remote_down if t.remote_down_until > now else None
         backends[name] = {"breaker": t.breaker.peek(now), "inflight": t.inflight,
-                          "probe_ok": t.last_probe_ok, "last_error": t.last_error}
+                          "probe_ok": t.last_probe_ok, "last_error": t.last_error,
+                          "down_elsewhere": elsewhere and {
+                              "until": elsewhere[0], "replica": elsewhere[1],
+                              "reason": elsewhere[2]}}
     ready = request.app.state.ready and any(
         b["breaker"] != "open" and b["probe_ok"] is not False for b in backends.values()
     )
-    return json_response({"status": "ready" if ready else "not ready", "backends": backends},
+    return json_response({"status": "ready" if ready else "not ready", "backends": backends,
+                          "replica": request.app.state.shared_health.replica},
                          200 if ready else 503)
 
 

@@ -70,7 +70,8 @@ class Router:
             stats = t.snapshot(features.prompt_tokens, b.load(), now)
             static = self._static.get(name) or self._describe(name, b)
             out.append(Candidate(*static, stats=stats,  # type: ignore[misc]
-                                 healthy=stats.breaker != "open" and t.last_probe_ok is not False,
+                                 healthy=stats.breaker != "open" and t.last_probe_ok is not False
+                                 and t.remote_down_until <= now,
                                  concurrency=b.config.concurrency))
         return out
 

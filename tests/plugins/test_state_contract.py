@@ -7,8 +7,9 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from support import free_port
 
-from gateway.state import KeyRecord, Limit, StateStore, Team
+from gateway.state import KeyRecord, Limit, StateStore, StateUnavailable, Team
 from plugins.state_memory import MemoryStore
 from plugins.state_redis import RedisStore
 
@@ -168,3 +169,56 @@ async def test_token_window_with_corrections(store: StateStore) -> None:
     await store.add("acme", [Limit("team:tpm", 100, -30, 30)])  # the call used fewer
     assert await store.hit("acme", [Limit("team:tpm", 100, 70, 30)]) == 0
     assert await store.hit("acme", [Limit("team:tpm", 100, 500, 30)]) == 30, "never fits"
+
+
+# ---- backend health ----------------------------------------------------------------------
+
+
+async def test_backend_marks_are_read_by_name_and_cleared(store: StateStore) -> None:
+    until = time.time() + 60
+    await store.mark_backend_down("gpu-a", "replica-1", until, "circuit breaker open")
+    down = await store.backends_down(["gpu-a", "gpu-b"])
+    assert list(down) == ["gpu-a"]
+    got_until, replica, reason = down["gpu-a"]
+    assert abs(got_until - until) < 0.01 and (replica, reason) == ("replica-1", "circuit breaker open")
+    assert await store.backends_down(["gpu-b"]) == {}, "only the names asked for"
+    assert await store.backends_down([]) == {}
+    await store.clear_backend_down("gpu-a")
+    assert await store.backends_down(["gpu-a", "gpu-b"]) == {}
+    await store.clear_backend_down("gpu-a")  # clearing nothing is fine
+
+
+async def test_the_longest_backend_mark_wins(store: StateStore) -> None:
+    now = time.time()
+    await store.mark_backend_down("gpu-a", "r1", now + 60, "health check failed")
+    await store.mark_backend_down("gpu-a", "r2", now + 30, "circuit breaker open")
+    assert (await store.backends_down(["gpu-a"]))["gpu-a"][1] == "r1", "a shorter mark is ignored"
+    await store.mark_backend_down("gpu-a", "r2", now + 90, "reason with | a bar")
+    assert (await store.backends_down(["gpu-a"]))["gpu-a"][1:] == ("r2", "reason with | a bar")
+    await store.mark_backend_down("gpu-b", "r1", now - 1, "already over")
+    assert "gpu-b" not in await store.backends_down(["gpu-b"]), "a mark in the past is no mark"
+
+
+async def test_backend_marks_expire_by_themselves(store: StateStore) -> None:
+    await store.mark_backend_down("gpu-a", "r1", time.time() + 0.2, "health check failed")
+    assert "gpu-a" in await store.backends_down(["gpu-a"])
+    deadline = time.monotonic() + 5
+    while await store.backends_down(["gpu-a"]):
+        assert time.monotonic() < deadline, "the mark never expired"
+        await asyncio.sleep(0.05)
+    # an expired mark does not block a new, shorter one
+    await store.mark_backend_down("gpu-a", "r2", time.time() + 30, "circuit breaker open")
+    assert (await store.backends_down(["gpu-a"]))["gpu-a"][1] == "r2"
+
+
+async def test_an_unreachable_redis_raises_state_unavailable() -> None:
+    dead = RedisStore(f"redis://127.0.0.1:{free_port()}/0", "switchyard-test-dead:")
+    try:
+        with pytest.raises(StateUnavailable):
+            await dead.mark_backend_down("gpu-a", "r1", time.time() + 5, "x")
+        with pytest.raises(StateUnavailable):
+            await dead.backends_down(["gpu-a"])
+        with pytest.raises(StateUnavailable):
+            await dead.clear_backend_down("gpu-a")
+    finally:
+        await dead.close()
