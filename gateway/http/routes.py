@@ -65,13 +65,16 @@ async def inference(request: Request, endpoint: Endpoint) -> Response:
     state = request.app.state
     gw: Gateway = state.gateway
     rid = new_request_id(request, state.settings.server.request_id_header)
+    ctx = RequestContext(request_id=rid, policy=request.headers.get("x-switchyard-policy"))
+    body: dict[str, Any] = {}
+    in_pipeline = False  # past this, the pipeline records its own failures
     try:
         # the key first: an unauthenticated client learns nothing and sends no body we read
-        ctx = RequestContext(request_id=rid, policy=request.headers.get("x-switchyard-policy"))
         await state.authenticate(request, ctx)
         raw = await read_body(request, state.settings.server.max_body_bytes)
         body = parse_body(raw)
         validate(endpoint, body)
+        in_pipeline = True
         if body.get("stream") and endpoint != "embeddings":
             it, rec = await gw.stream(endpoint, body, ctx)
             headers = {"x-switchyard-request-id": rid, "cache-control": "no-cache",
@@ -82,10 +85,14 @@ async def inference(request: Request, endpoint: Endpoint) -> Response:
         out, rec = await gw.complete(endpoint, body, ctx)
         return json_response(out, headers=rec.headers())
     except SwitchyardError as e:
+        if not in_pipeline:  # every request leaves a record, refused ones too
+            gw.reject(endpoint, body.get("model"), ctx, e)
         return error_response(e, rid)
     except Exception:
         log.exception("unhandled error in request %s", rid)
-        return error_response(InternalError(f"Internal error (request id {rid})."), rid)
+        err = InternalError(f"Internal error (request id {rid}).")
+        gw.reject(endpoint, body.get("model"), ctx, err)
+        return error_response(err, rid)
 
 
 async def chat_completions(request: Request) -> Response:

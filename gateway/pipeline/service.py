@@ -142,12 +142,32 @@ class Gateway:
             fwd = {k: v for k, v in body.items() if k != "switchyard"}
         return features, plan, rec, fwd
 
+    async def _prepare_or_record(
+        self, endpoint: Endpoint, body: dict[str, Any], ctx: RequestContext
+    ) -> tuple[RequestFeatures, Plan, UsageRecord, dict[str, Any]]:
+        try:
+            return await self._prepare(endpoint, body, ctx)
+        except SwitchyardError as e:  # unknown model, rate limited, nothing fits...
+            self.reject(endpoint, body.get("model"), ctx, e)
+            raise
+
+    def reject(self, endpoint: Endpoint, requested: Any, ctx: RequestContext,
+               err: SwitchyardError) -> None:
+        """Account a request refused before any backend was called: one record, no cost."""
+        rec = UsageRecord(
+            request_id=ctx.request_id, endpoint=endpoint,
+            requested=requested if isinstance(requested, str) else "",
+            team=ctx.team, key_id=ctx.key_id, status=err.status, error_code=err.code,
+        )
+        rec.latency_ms = (time.perf_counter() - ctx.received_at) * 1000.0
+        self._emit(rec)
+
     # ---- non-streaming -------------------------------------------------------------
 
     async def complete(
         self, endpoint: Endpoint, body: dict[str, Any], ctx: RequestContext
     ) -> tuple[dict[str, Any], UsageRecord]:
-        features, plan, rec, fwd = await self._prepare(endpoint, body, ctx)
+        features, plan, rec, fwd = await self._prepare_or_record(endpoint, body, ctx)
         attempts = Attempts(plan.order, self.trackers, self.retry)
         last: SwitchyardError | None = None
         while (name := await attempts.next(last)) is not None:
@@ -228,7 +248,7 @@ class Gateway:
         self, endpoint: Endpoint, body: dict[str, Any], ctx: RequestContext
     ) -> tuple[AsyncIterator[bytes], UsageRecord]:
         """Open a stream: everything that can fail cheaply fails here, before the first byte."""
-        features, plan, rec, fwd = await self._prepare(endpoint, body, ctx)
+        features, plan, rec, fwd = await self._prepare_or_record(endpoint, body, ctx)
         want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         attempts = Attempts(plan.order, self.trackers, self.retry)
         last: SwitchyardError | None = None

@@ -90,3 +90,25 @@ def test_a_reused_client_request_id_keeps_every_row(client, embedded_server):
         assert time.monotonic() < deadline, rows
         time.sleep(0.05)
     assert [r["status"] for r in rows] == [200, 200]
+
+
+def test_refused_requests_leave_a_record(client, embedded_server):
+    """An unknown model and a malformed body cost nothing, but each is in the ledger with
+    its status and error code, and in the requests counter."""
+    bad_model, bad_body = request_id(), request_id()
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=HI,
+                                       extra_headers={"x-request-id": bad_model})
+    import httpx
+
+    r = httpx.post(embedded_server.url + "/v1/chat/completions", content=b"{not json",
+                   headers={"x-request-id": bad_body, "content-type": "application/json"})
+    assert r.status_code == 400
+    row = ledger_row(embedded_server.app, bad_model)
+    assert (row["status"], row["error_code"], row["requested"]) == (404, "model_not_found",
+                                                                   "no-such-model")
+    assert row["cost_usd"] == 0 and row["backend"] is None
+    row = ledger_row(embedded_server.app, bad_body)
+    assert (row["status"], row["error_code"]) == (400, "invalid_request")
+    metrics = httpx.get(embedded_server.url + "/metrics").text
+    assert 'status="404"' in metrics and 'status="400"' in metrics
