@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gateway.backend import BackendContext
 from gateway.config import BackendConfig, Settings, validation_errors
@@ -129,6 +130,26 @@ async def _share_loop(shared: SharedHealth, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
 
 
+class SwitchyardApp(Starlette):
+    """Starlette, with the inference endpoints served without its middleware and router
+    (their handlers catch every error themselves): a few dozen microseconds less per
+    request on the hot path. Everything else goes through Starlette as usual."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fast_routes: dict[str, Callable[[Request], Awaitable[Response]]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.fast_routes.get(scope["path"])
+            if handler is not None:
+                scope["app"] = self
+                response = await handler(Request(scope, receive))
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -204,7 +225,7 @@ def create_app(
         return r.error_response(MethodNotAllowed(
             f"{request.method} is not allowed on {request.url.path}.", headers=headers))
 
-    app = Starlette(
+    app = SwitchyardApp(
         routes=[
             Route("/v1/chat/completions", r.chat_completions, methods=["POST"]),
             Route("/v1/completions", r.completions, methods=["POST"]),
@@ -218,6 +239,11 @@ def create_app(
         exception_handlers={404: not_found, 405: method_not_allowed},
         lifespan=lifespan,
     )
+    app.fast_routes = {
+        "/v1/chat/completions": r.chat_completions,
+        "/v1/completions": r.completions,
+        "/v1/embeddings": r.embeddings,
+    }
     app.state.settings = settings
     app.state.gateway = gw
     app.state.ledger = ledger
