@@ -43,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.http.app import create_app
 
     try:
-        app = create_app(settings)
+        app = create_app(settings, freeze_gc=True)
     except ConfigError as e:
         print(f"switchyard: {e}", file=sys.stderr)
         return 2
