@@ -23,7 +23,7 @@ from gateway.config import BackendConfig, Settings, validation_errors
 from gateway.energy import FairShare, open_meter
 from gateway.errors import ConfigError, MethodNotAllowed, NotFound, SwitchyardError
 from gateway.http import routes as r
-from gateway.http.admin import admin_routes, build_budgets
+from gateway.http.admin import Budgets, admin_routes, build_budgets
 from gateway.interfaces import Backend
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
@@ -151,44 +151,67 @@ class SwitchyardApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def create_app(
-    settings: Settings,
-    *,
-    extra_plugins: Iterable[object] = (),
-    load_entry_points: bool = True,
-    context: BackendContext | None = None,
-    health_interval_s: float | None = None,
-    freeze_gc: bool = False,
-) -> Starlette:
-    registry = build_registry_for(settings, extra_plugins, load_entry_points)
-    built = build_backends(settings, registry, context)
-    trackers = make_trackers(settings.health, built.backends)
+@dataclass
+class Parts:
+    """Everything ``create_app`` builds, in the order the lifespan starts it."""
+
+    settings: Settings
+    built: Built
+    router: Router
+    gateway: Gateway
+    budgets: Budgets
+    shared: SharedHealth
+    ledger: Ledger | None
+    probe_interval_s: float
+
+
+def _build_router(settings: Settings, registry: Registry, built: Built,
+                  trackers: dict[str, Tracker]) -> Router:
     policies = {name: e.value({}) for name, e in registry.policies.items()}
     for route in settings.routes:
         if route.policy_options:
-            policies[f"{route.name}:{route.policy}"] = registry.policies[route.policy].value(route.policy_options)
-    router = Router(
+            factory = registry.policies[route.policy].value
+            policies[f"{route.name}:{route.policy}"] = factory(route.policy_options)
+    return Router(
         backends=built.backends,
         trackers=trackers,
         targets=build_targets(built.backends, _routes_with_options(settings)),
         policies=policies,
         editors=[e.value for e in registry.plan_editors.values()],
     )
-    metrics = Metrics()
-    ledger = Ledger(settings.ledger.path, settings.ledger.flush_interval_s) if settings.ledger.kind == "sqlite" else None
+
+
+def _energy_meters(backends: dict[str, Backend]) -> dict[str, FairShare]:
     meters: dict[str, FairShare] = {}
-    for name, b in built.backends.items():
+    for name, b in backends.items():
         if b.config.energy.measure != "profile":
             m = open_meter(b.config.energy.measure)
             if m is not None:
                 meters[name] = m
+    return meters
+
+
+def build_parts(settings: Settings, *, extra_plugins: Iterable[object] = (),
+                load_entry_points: bool = True, context: BackendContext | None = None,
+                health_interval_s: float | None = None) -> Parts:
+    registry = build_registry_for(settings, extra_plugins, load_entry_points)
+    built = build_backends(settings, registry, context)
+    trackers = make_trackers(settings.health, built.backends)
+    router = _build_router(settings, registry, built, trackers)
+    metrics = Metrics()
+    ledger = (Ledger(settings.ledger.path, settings.ledger.flush_interval_s)
+              if settings.ledger.kind == "sqlite" else None)
     budgets = build_budgets(settings, registry, metrics)
     probe_interval_s = health_interval_s or settings.health.probe_interval_s
-    shared = SharedHealth(budgets.store, trackers, probe_interval_s)
     gw = Gateway(backends=built.backends, router=router, trackers=trackers, metrics=metrics,
-                 registry=registry, ledger=ledger, energy_meters=meters,
-                 admission=budgets.admission,
-                 retry=settings.health.retry)
+                 registry=registry, ledger=ledger, energy_meters=_energy_meters(built.backends),
+                 admission=budgets.admission, retry=settings.health.retry)
+    shared = SharedHealth(budgets.store, trackers, probe_interval_s)
+    return Parts(settings, built, router, gw, budgets, shared, ledger, probe_interval_s)
+
+
+def _lifespan(parts: Parts, freeze_gc: bool) -> Callable[[Starlette], Any]:
+    gw, built, budgets = parts.gateway, parts.built, parts.budgets
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -198,17 +221,18 @@ def create_app(
             await b.start()
             log.info("backend %s ready in %.1f s", name, time.perf_counter() - t0)
         await budgets.start()
-        prober = asyncio.create_task(_probe_loop(gw, probe_interval_s, shared))
-        sharer = asyncio.create_task(_share_loop(shared, settings.health.share_interval_s))
+        prober = asyncio.create_task(_probe_loop(gw, parts.probe_interval_s, parts.shared))
+        sharer = asyncio.create_task(
+            _share_loop(parts.shared, parts.settings.health.share_interval_s))
         if freeze_gc:
             # what start-up loaded lives as long as the process: out of the collector's way,
             # so a full collection does not walk the libraries' graph (p99 at 32 connections
-            # 36 ms -> 10 ms in bench/overhead.py). Only for a process that serves one app.
+            # 36 ms -> 13 ms in bench/overhead.py). Only for a process that serves one app.
             gc.collect()
             gc.freeze()
         app.state.ready = True
         log.info("switchyard ready: %d backends, models: %s", len(built.backends),
-                 ", ".join(router.targets))
+                 ", ".join(parts.router.targets))
         try:
             yield
         finally:
@@ -222,45 +246,60 @@ def create_app(
             for b in built.backends.values():
                 await b.close()
             await built.context.close()
-            if ledger is not None:
-                ledger.close()
+            if parts.ledger is not None:
+                parts.ledger.close()
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return r.error_response(NotFound(f"Unknown path {request.url.path}."))
+    return lifespan
 
-    async def method_not_allowed(request: Request, exc: Exception) -> Response:
-        headers = dict(getattr(exc, "headers", None) or {})  # Starlette's Allow header
-        return r.error_response(MethodNotAllowed(
-            f"{request.method} is not allowed on {request.url.path}.", headers=headers))
 
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return r.error_response(NotFound(f"Unknown path {request.url.path}."))
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    headers = dict(getattr(exc, "headers", None) or {})  # Starlette's Allow header
+    return r.error_response(MethodNotAllowed(
+        f"{request.method} is not allowed on {request.url.path}.", headers=headers))
+
+
+_INFERENCE = {
+    "/v1/chat/completions": r.chat_completions,
+    "/v1/completions": r.completions,
+    "/v1/embeddings": r.embeddings,
+}
+
+
+def create_app(
+    settings: Settings,
+    *,
+    extra_plugins: Iterable[object] = (),
+    load_entry_points: bool = True,
+    context: BackendContext | None = None,
+    health_interval_s: float | None = None,
+    freeze_gc: bool = False,
+) -> Starlette:
+    parts = build_parts(settings, extra_plugins=extra_plugins,
+                        load_entry_points=load_entry_points, context=context,
+                        health_interval_s=health_interval_s)
     app = SwitchyardApp(
         routes=[
-            Route("/v1/chat/completions", r.chat_completions, methods=["POST"]),
-            Route("/v1/completions", r.completions, methods=["POST"]),
-            Route("/v1/embeddings", r.embeddings, methods=["POST"]),
+            *(Route(path, handler, methods=["POST"]) for path, handler in _INFERENCE.items()),
             Route("/v1/models", r.list_models, methods=["GET"]),
             Route("/healthz", r.healthz, methods=["GET"]),
             Route("/readyz", r.readyz, methods=["GET"]),
             Route("/metrics", r.metrics, methods=["GET"]),
             *admin_routes(),
         ],
-        exception_handlers={404: not_found, 405: method_not_allowed},
-        lifespan=lifespan,
+        exception_handlers={404: _not_found, 405: _method_not_allowed},
+        lifespan=_lifespan(parts, freeze_gc),
     )
-    app.fast_routes = {
-        "/v1/chat/completions": r.chat_completions,
-        "/v1/completions": r.completions,
-        "/v1/embeddings": r.embeddings,
-    }
-    app.state.settings = settings
-    app.state.gateway = gw
-    app.state.ledger = ledger
-    app.state.registry = registry
-    app.state.authenticate = budgets.authenticate
-    app.state.budgets = budgets
-    app.state.shared_health = shared
-    app.state.started_at = time.time()
-    app.state.ready = False
+    app.fast_routes = dict(_INFERENCE)
+    s = app.state
+    s.settings, s.gateway, s.ledger = settings, parts.gateway, parts.ledger
+    s.registry, s.budgets, s.shared_health = parts.built.registry, parts.budgets, parts.shared
+    s.authenticate = parts.budgets.authenticate
+    s.started_at = time.time()
+    s.ready = False
     return app
 
 
