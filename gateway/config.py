@@ -45,6 +45,11 @@ class EnergyProfile(Strict):
     watts_busy: float | None = Field(None, ge=0)
     joules_per_token: float | None = Field(None, ge=0)
     measure: Literal["profile", "nvml", "rapl"] = "profile"
+    device: int = Field(0, ge=0, description="the GPU index NVML reads (measure: nvml)")
+    rapl_path: str = Field(
+        "/sys/class/powercap/intel-rapl:[0-9]*",
+        description="glob of the RAPL package domains (measure: rapl)",
+    )
     grid_g_per_kwh: float = Field(400.0, ge=0, description="grams CO2e per kWh at this backend")
 
 

@@ -185,7 +185,8 @@ def _energy_meters(backends: dict[str, Backend]) -> dict[str, FairShare]:
     meters: dict[str, FairShare] = {}
     for name, b in backends.items():
         if b.config.energy.measure != "profile":
-            m = open_meter(b.config.energy.measure)
+            prof = b.config.energy
+            m = open_meter(prof.measure, device=prof.device, rapl_glob=prof.rapl_path)
             if m is not None:
                 meters[name] = m
     return meters
