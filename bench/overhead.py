@@ -120,6 +120,8 @@ def main() -> None:
     ap.add_argument("--no-ledger", action="store_true", help="turn the SQLite ledger off")
     ap.add_argument("--budget", action="store_true",
                     help="send a team's virtual key: auth, rate limits and budget reservation on")
+    ap.add_argument("--redis", metavar="URL",
+                    help="keep teams, budgets and limits in this Redis (a bench prefix, removed after)")
     args = ap.parse_args()
     load = run_wrk if shutil.which("wrk") else run_python
     up_port, gw_port = free_port(), free_port()
@@ -140,6 +142,10 @@ ledger: {{kind: {"none" if args.no_ledger else "sqlite"}, path: {tmp / "ledger.s
 log_level: warning
 admin_key: bench-admin-key
 """)
+    prefix = f"switchyard-bench:{os.getpid()}:"
+    if args.redis:
+        with cfg.open("a") as f:
+            f.write(f"state: {{kind: redis, url: '{args.redis}', prefix: '{prefix}'}}\n")
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     procs = [subprocess.Popen([*pin(1), PY, str(HERE / "upstream.py"), str(up_port)])]
     procs.append(subprocess.Popen([*pin(0), PY, "-m", "gateway.cli", "serve", "--config", str(cfg),
@@ -159,7 +165,8 @@ admin_key: bench-admin-key
                          "added_p99_ms": via["p99_ms"] - direct["p99_ms"]})
         print(f"load generator: {load.__name__[4:]}; gateway: 1 process on CPU 0, accounting on"
               f"{', ledger off' if args.no_ledger else ''}"
-              f"{', virtual key + team budget + rpm/tpm (memory state)' if args.budget else ''}")
+              f"{', virtual key + team budget + rpm/tpm' if args.budget else ''}"
+              f"{(' (Redis state)' if args.redis else ' (in-process state)') if args.budget else ''}")
         print(f"{'conns':>5} {'direct rps':>11} {'gateway rps':>12} {'added p50 ms':>13} {'added p99 ms':>13} {'errors':>7}")
         for r in rows:
             print(f"{r['connections']:>5} {r['direct']['rps']:>11.0f} {r['gateway']['rps']:>12.0f} "
@@ -174,6 +181,13 @@ admin_key: bench-admin-key
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if args.redis:
+            import redis
+
+            r = redis.Redis.from_url(args.redis)
+            keys = list(r.scan_iter(match=prefix + "*", count=1000))
+            if keys:
+                r.delete(*keys)
 
 
 if __name__ == "__main__":
