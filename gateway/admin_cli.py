@@ -1,4 +1,5 @@
-"""``switchyard teams ...``, ``switchyard keys ...``, ``switchyard spend``: the admin API from
+"""``switchyard teams ...``, ``switchyard keys ...``, ``switchyard spend``, ``switchyard
+backends list|drain|undrain``: the admin API from
 the shell. Talks to a running gateway (``--url``, default ``$SWITCHYARD_URL`` or
 http://127.0.0.1:8080) with the admin key (``--admin-key`` or ``$SWITCHYARD_ADMIN_KEY``).
 Prints the API's JSON; exits 1 with the API's error message on failure."""
@@ -10,6 +11,7 @@ import json
 import os
 import sys
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -94,6 +96,18 @@ def cmd_spend(args: argparse.Namespace) -> int:
     return _call(args, "GET", "/admin/spend", params=params)
 
 
+def cmd_backends(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        return _call(args, "GET", "/admin/backends")
+    path = f"/admin/backends/{quote(args.name, safe='/:@')}/{args.action}"
+    if args.action == "undrain":
+        return _call(args, "POST", path)
+    body: dict[str, Any] = {"reason": args.reason or ""}
+    if args.by:
+        body["by"] = args.by
+    return _call(args, "POST", path, json=body)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=os.environ.get("SWITCHYARD_URL", "http://127.0.0.1:8080"))
     p.add_argument("--admin-key", help="default: $SWITCHYARD_ADMIN_KEY")
@@ -111,7 +125,7 @@ def _team_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_admin_commands(sub: Any) -> None:
-    """Add ``teams``, ``keys`` and ``spend`` to the ``switchyard`` parser."""
+    """Add ``teams``, ``keys``, ``spend`` and ``backends`` to the ``switchyard`` parser."""
     teams = sub.add_parser("teams", help="manage teams (budgets, limits) on a running gateway")
     tsub = teams.add_subparsers(dest="action", required=True)
     for action, help_ in (("create", "create a team"), ("update", "change a team"),
@@ -150,3 +164,16 @@ def add_admin_commands(sub: Any) -> None:
     p.add_argument("--until")
     _common(p)
     p.set_defaults(fn=cmd_spend)
+
+    backends = sub.add_parser("backends", help="see backend health; drain and undrain backends")
+    bsub = backends.add_subparsers(dest="action", required=True)
+    _common(bsub.add_parser("list", help="every backend: breaker, health checks, drains"))
+    p = bsub.add_parser("drain", help="take a backend out of service on every replica")
+    p.add_argument("name")
+    p.add_argument("--reason", help="shown in /admin/backends and in 503s")
+    p.add_argument("--by", help="who drains (default: the replica that takes it)")
+    _common(p)
+    p = bsub.add_parser("undrain", help="put a drained backend back into service")
+    p.add_argument("name")
+    _common(p)
+    backends.set_defaults(fn=cmd_backends)

@@ -167,6 +167,8 @@ class Candidate:
     stats: BackendStats
     healthy: bool = True
     concurrency: int | None = None  # requests it serves at once (None: not known)
+    drained: bool = False  # an operator took it out of service: never planned, not even last
+    drained_reason: str = ""  # the operator's reason, for "out of service (drained: ...)"
 
 
 @dataclass(frozen=True, slots=True)

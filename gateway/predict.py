@@ -134,11 +134,18 @@ def worst_cost(request: RequestFeatures, c: Candidate, pred: Prediction) -> floa
 HEALTH, PERMISSION, CONTEXT, COST, SLO = "health", "permission", "context", "cost", "slo"
 
 
+def drained_reason(reason: str) -> str:
+    """Why a drained backend is left out, in every plan and error."""
+    return f"out of service (drained: {reason or 'no reason given'})"
+
+
 def check(
     request: RequestFeatures, c: Candidate, constraints: Constraints, pred: Prediction,
     opts: PredictOptions = DEFAULT_OPTIONS,
 ) -> tuple[str, str] | None:
     """The first hard constraint ``c`` breaks, as (kind, reason); None when it fits."""
+    if c.drained:
+        return HEALTH, drained_reason(c.drained_reason)
     if not c.healthy:
         return HEALTH, ("out of service (circuit open)" if c.stats.breaker == "open"
                         else "out of service (failed its health check)")

@@ -1,5 +1,5 @@
-"""Shared state behind one small Protocol: teams, virtual keys, budgets, rate limits, and
-the backends some replica has found down.
+"""Shared state behind one small Protocol: teams, virtual keys, budgets, rate limits, the
+backends some replica has found down, and the backends an operator drained.
 
 Two implementations are registered as plugins through ``switchyard_register_state_stores``:
 ``memory`` (in-process, the embedded default) and ``redis`` (several gateway replicas; every
@@ -213,4 +213,16 @@ class StateStore(Protocol):
 
     async def backends_down(self, names: Sequence[str]) -> dict[str, tuple[float, str, str]]:
         """The unexpired marks among ``names``: backend -> (until, replica, reason)."""
+        ...
+
+    # ---- drained backends (an operator's choice: never expires, no health check clears it)
+
+    async def set_backend_drained(self, backend: str, drained: bool, by: str,
+                                  reason: str) -> None:
+        """Drain ``backend`` (``by`` whom, why) or, with ``drained`` False, undrain it.
+        Draining a drained backend replaces its record (and its ``since``)."""
+        ...
+
+    async def backends_drained(self, names: Sequence[str]) -> dict[str, tuple[str, str, float]]:
+        """The drained among ``names``: backend -> (by, reason, since wall-clock seconds)."""
         ...

@@ -106,6 +106,9 @@ class Tracker:
         # as read from the state store, and ``until`` on this process' monotonic clock
         self.remote_down: tuple[float, str, str] | None = None
         self.remote_down_until = 0.0
+        # an operator drained it (the admin API, through the state store): (by, reason,
+        # since wall-clock). Never expires; no health check clears it. Routing leaves it out.
+        self.drained: tuple[str, str, float] | None = None
         self._inflight: dict[int, float] = {}  # insertion order is start order
         self._ids = itertools.count()
 

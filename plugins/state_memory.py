@@ -59,6 +59,7 @@ class MemoryStore:
         self._periods: dict[tuple[str, str], _Period] = {}
         self._windows: dict[tuple[str, str], _Window] = {}
         self._down: dict[str, tuple[float, str, str]] = {}  # backend -> (until, replica, reason)
+        self._drained: dict[str, tuple[str, str, float]] = {}  # backend -> (by, reason, since)
 
     async def start(self) -> None:
         return None
@@ -234,6 +235,16 @@ class MemoryStore:
         for name in [n for n, m in self._down.items() if m[0] <= now]:
             del self._down[name]
         return {n: self._down[n] for n in names if n in self._down}
+
+    async def set_backend_drained(self, backend: str, drained: bool, by: str,
+                                  reason: str) -> None:
+        if drained:
+            self._drained[backend] = (by, reason, self._clock())
+        else:
+            self._drained.pop(backend, None)
+
+    async def backends_drained(self, names: Sequence[str]) -> dict[str, tuple[str, str, float]]:
+        return {n: self._drained[n] for n in names if n in self._drained}
 
 
 @hookimpl(trylast=True)

@@ -16,6 +16,7 @@ Keys (``P`` is ``state.prefix``)::
     P{team}:bx:<period>  zset: reservation id -> expiry (ms)
     P{team}:rl:<name>    zset: sliding-window entries "<seq>:<cost>" scored by ms; :sum
     P{health}:down:<b>   "<until ms>|<replica>|<reason>": backend b is down; expires (PX) at until
+    P{health}:drained    hash: backend -> {"by", "reason", "since"} (JSON); never expires
 
 The health marks share one hash tag, so ``backends_down`` is one ``MGET`` even on a Cluster.
 Their ``until`` is the marking replica's wall clock: replicas' clocks should agree to well
@@ -408,6 +409,29 @@ class RedisStore:
             parts = str(v).split("|", 2) if v else []
             if len(parts) == 3 and parts[0].isdigit() and int(parts[0]) / 1000 > now:
                 out[name] = (int(parts[0]) / 1000, parts[1], parts[2])
+        return out
+
+    # ---- drained backends --------------------------------------------------------------
+
+    async def set_backend_drained(self, backend: str, drained: bool, by: str,
+                                  reason: str) -> None:
+        key = f"{self.prefix}{{health}}:drained"
+        if drained:
+            doc = orjson.dumps({"by": by, "reason": reason, "since": time.time()}).decode()
+            await self._do(self.r.hset(key, backend, doc))
+        else:
+            await self._do(self.r.hdel(key, backend))
+
+    async def backends_drained(self, names: Sequence[str]) -> dict[str, tuple[str, str, float]]:
+        if not names:
+            return {}
+        values = await self._do(self.r.hmget(f"{self.prefix}{{health}}:drained", list(names)))
+        out: dict[str, tuple[str, str, float]] = {}
+        for name, v in zip(names, values, strict=True):
+            if v:
+                d = orjson.loads(v)
+                out[name] = (str(d.get("by", "")), str(d.get("reason", "")),
+                             float(d.get("since", 0.0)))
         return out
 
 

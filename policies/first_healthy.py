@@ -1,4 +1,5 @@
-"""``first_healthy``: the route's backends in their configured order, healthy ones first."""
+"""``first_healthy``: the route's backends in their configured order, healthy ones first.
+Unhealthy ones are still tried last; drained ones (an operator's choice) never are."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ class FirstHealthy:
     def plan(
         self, request: RequestFeatures, candidates: Sequence[Candidate], constraints: Constraints
     ) -> Plan:
-        healthy = [c.name for c in candidates if c.healthy]
-        rest = [c.name for c in candidates if not c.healthy]
         if not candidates:
             return Plan([], "no candidate", self.name)
+        drained = {c.name: f"out of service (drained: {c.drained_reason or 'no reason given'})"
+                   for c in candidates if c.drained}
+        healthy = [c.name for c in candidates if c.healthy and not c.drained]
+        rest = [c.name for c in candidates if not c.healthy and not c.drained]
+        if not healthy and not rest:
+            return Plan([], "every backend is drained", self.name, rejected=drained)
         reason = "first healthy in route order" if healthy else "all unhealthy, trying anyway"
-        return Plan(healthy + rest, reason, self.name)
+        return Plan(healthy + rest, reason, self.name, rejected=drained)
 
 
 @hookimpl(trylast=True)

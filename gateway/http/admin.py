@@ -1,4 +1,5 @@
-"""The admin API under ``/admin``: teams, virtual keys, spend. Authorised by the admin key.
+"""The admin API under ``/admin``: teams, virtual keys, spend, and backends (drain, in
+``gateway.http.admin_backends``). Authorised by the admin key.
 
 Also builds the budget machinery for ``create_app``: the state store chosen in config, the
 key authenticator (the ``app.state.authenticate`` seam) and the admission (the pipeline's
@@ -408,6 +409,8 @@ def _spend_sql(groups: Iterable[str], team: str | None, since: float | None,
 
 
 def admin_routes() -> list[Route]:
+    from gateway.http.admin_backends import backend_routes  # it builds on this module
+
     r = admin_route
     return [
         Route("/admin/teams", r(create_team), methods=["POST"]),
@@ -422,4 +425,5 @@ def admin_routes() -> list[Route]:
         Route("/admin/keys/{key_id}", r(revoke_key), methods=["DELETE"]),
         Route("/admin/keys/{key_id}/rotate", r(rotate_key), methods=["POST"]),
         Route("/admin/spend", r(spend), methods=["GET"]),
+        *backend_routes(r),
     ]

@@ -14,6 +14,11 @@ mark expires or is cleared.
   stays until it expires: requests can fail while health checks pass.
 - A breaker here that closed again clears the mark it set.
 
+Drains are an operator's (``POST /admin/backends/{name}/drain``): kept in the store apart
+from the marks, they never expire and no health check clears them. ``tick`` reads them onto
+the trackers too; the replica that took the drain sets its own tracker at once
+(``apply_drain``).
+
 A store that cannot be reached is logged (once, until it answers again) and skipped: the
 marks already read expire on their own time. Nothing here ever raises into its loop.
 """
@@ -60,6 +65,7 @@ class SharedHealth:
         self._opened: dict[str, float] = {}  # backend -> breaker.opened_at published
         self._seen: dict[str, Mark] = {}  # the marks read last, ours included
         self._unreachable = False
+        self._drain_gen = 0  # bumped by apply_drain: a read begun before it is stale
 
     async def _call(self, aw: Awaitable[T]) -> tuple[T | None, bool]:
         try:
@@ -125,9 +131,14 @@ class SharedHealth:
                 own = self._own.get(name)
                 if own is not None and own[1] == BREAKER_OPEN and own[0] > now:
                     await self._clear(name)
+        gen = self._drain_gen
         marks, ok = await self._call(self.store.backends_down(self._names))
         if not ok or marks is None:
             return
+        drained, ok = await self._call(self.store.backends_drained(self._names))
+        if ok and drained is not None and gen == self._drain_gen:
+            for name, t in self.trackers.items():
+                t.drained = drained.get(name)
         now, mono = self._clock(), self._mono()
         self._seen = dict(marks)
         for name, t in self.trackers.items():
@@ -136,3 +147,9 @@ class SharedHealth:
                 t.set_remote_down(None, 0.0)
             else:
                 t.set_remote_down(m, mono + (m[0] - now))
+
+    def apply_drain(self, name: str, drained: tuple[str, str, float] | None) -> None:
+        """A drain (or undrain, with None) this replica just wrote to the store: on its
+        tracker at once, and not undone by a ``tick`` whose read began before the write."""
+        self._drain_gen += 1
+        self.trackers[name].drained = drained

@@ -19,7 +19,7 @@ from gateway.interfaces import (
     RequestFeatures,
     RoutingPolicy,
 )
-from gateway.predict import estimate, nothing_fits
+from gateway.predict import drained_reason, estimate, nothing_fits
 from gateway.telemetry import Tracker
 
 log = logging.getLogger("switchyard.routing")
@@ -71,8 +71,10 @@ class Router:
             static = self._static.get(name) or self._describe(name, b)
             out.append(Candidate(*static, stats=stats,  # type: ignore[misc]
                                  healthy=stats.breaker != "open" and t.last_probe_ok is not False
-                                 and t.remote_down_until <= now,
-                                 concurrency=b.config.concurrency))
+                                 and t.remote_down_until <= now and t.drained is None,
+                                 concurrency=b.config.concurrency,
+                                 drained=t.drained is not None,
+                                 drained_reason=t.drained[1] if t.drained else ""))
         return out
 
     def _describe(self, name: str, b: Backend) -> tuple[Any, ...]:
@@ -137,6 +139,11 @@ class Router:
             edited = editor(features, cands, plan)
             if edited is not None:
                 plan = edited
+        drained = {c.name: c.drained_reason for c in cands if c.drained}
+        if drained and any(n in drained for n in plan.order):  # whatever policy or editor
+            plan.order = [n for n in plan.order if n not in drained]
+            for n, why in drained.items():
+                plan.rejected.setdefault(n, drained_reason(why))
         if not plan.predictions:  # the ledger keeps every candidate's predictions
             plan.predictions = {c.name: estimate(features, c) for c in cands}
         if not plan.order:

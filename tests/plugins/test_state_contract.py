@@ -211,6 +211,29 @@ async def test_backend_marks_expire_by_themselves(store: StateStore) -> None:
     assert (await store.backends_down(["gpu-a"]))["gpu-a"][1] == "r2"
 
 
+async def test_drains_never_expire_and_are_apart_from_the_marks(store: StateStore) -> None:
+    assert await store.backends_drained(["gpu-a", "gpu-b"]) == {}
+    before = time.time()
+    await store.set_backend_drained("gpu-a", True, "ops@alice", "kernel upgrade")
+    drained = await store.backends_drained(["gpu-a", "gpu-b"])
+    assert list(drained) == ["gpu-a"]
+    by, reason, since = drained["gpu-a"]
+    assert (by, reason) == ("ops@alice", "kernel upgrade")
+    assert before - 1 <= since <= time.time() + 1
+    assert await store.backends_drained(["gpu-b"]) == {}, "only the names asked for"
+    assert await store.backends_drained([]) == {}
+    assert await store.backends_down(["gpu-a"]) == {}, "a drain is not a health mark"
+    await store.mark_backend_down("gpu-a", "r1", time.time() + 60, "health check failed")
+    await store.clear_backend_down("gpu-a")
+    assert "gpu-a" in await store.backends_drained(["gpu-a"]), "clearing a mark keeps the drain"
+    await store.set_backend_drained("gpu-a", True, "ops@bob", 'new "reason" | with {json}')
+    assert (await store.backends_drained(["gpu-a"]))["gpu-a"][:2] == (
+        "ops@bob", 'new "reason" | with {json}'), "a second drain replaces the first"
+    await store.set_backend_drained("gpu-a", False, "ops@bob", "")
+    assert await store.backends_drained(["gpu-a", "gpu-b"]) == {}
+    await store.set_backend_drained("gpu-a", False, "ops@bob", "")  # undraining twice is fine
+
+
 async def test_an_unreachable_redis_raises_state_unavailable() -> None:
     dead = RedisStore(f"redis://127.0.0.1:{free_port()}/0", "switchyard-test-dead:")
     try:
@@ -220,5 +243,9 @@ async def test_an_unreachable_redis_raises_state_unavailable() -> None:
             await dead.backends_down(["gpu-a"])
         with pytest.raises(StateUnavailable):
             await dead.clear_backend_down("gpu-a")
+        with pytest.raises(StateUnavailable):
+            await dead.set_backend_drained("gpu-a", True, "ops", "x")
+        with pytest.raises(StateUnavailable):
+            await dead.backends_drained(["gpu-a"])
     finally:
         await dead.close()

@@ -381,3 +381,47 @@ def test_the_example_policy(policies):
 def test_predict_options_come_from_the_route_options():
     o = PredictOptions.from_options({"fresh_s": 1, "weights": {"cost": 1}, "slots": {"a": 4}})
     assert o.fresh_s == 1 and o.slots == {"a": 4}
+
+
+# ---- drained backends (an operator's choice) ------------------------------------------------
+
+
+def test_every_policy_leaves_a_drained_backend_out_entirely(policies):
+    cs = [cand("first", ttft_s=0.1, age_s=0.0), cand("broken", healthy=False),
+          replace(cand("second", ttft_s=0.2, age_s=0.0), healthy=False, drained=True,
+                  drained_reason="disk swap")]
+    fh = make(policies, "first_healthy").plan(req(), cs, NONE)
+    assert fh.order == ["first", "broken"], "unhealthy is tried last, drained never"
+    assert fh.rejected == {"second": "out of service (drained: disk swap)"}
+    for name in ("cost", "latency", "energy", "weighted"):
+        plan = make(policies, name).plan(req(), cs, NONE)
+        assert plan.order == ["first"], name
+        assert plan.rejected["second"] == "out of service (drained: disk swap)", name
+
+
+def test_when_every_backend_is_drained_the_error_says_so(policies):
+    cs = [replace(cand(n), healthy=False, drained=True, drained_reason="" if n == "b" else "upgrade")
+          for n in ("a", "b")]
+    plan = make(policies, "first_healthy").plan(req(), cs, NONE)
+    assert plan.order == []
+    err = nothing_fits(req(), cs, NONE, plan.rejected)
+    assert isinstance(err, BackendUnavailable) and err.status == 503
+    assert "a: out of service (drained: upgrade)" in err.message
+    assert "b: out of service (drained: no reason given)" in err.message
+
+
+def test_the_router_drops_a_drained_backend_whatever_the_policy_or_editor(policies):
+    router, target = _router(policies)
+    router.trackers["dear"].drained = ("ops", "maintenance", 0.0)  # type: ignore[attr-defined]
+
+    def put_it_back(request: RequestFeatures, candidates: Any, plan: Plan) -> Plan:
+        return Plan(["dear", *plan.order], "editor", plan.policy, plan.predictions, plan.rejected)
+
+    router.editors = [put_it_back]
+    plan, cands = router.plan(target, req(), NONE)
+    assert plan.order == ["cheap"]
+    assert plan.rejected["dear"] == "out of service (drained: maintenance)"
+    assert [c.name for c in cands if c.drained] == ["dear"]
+    router.trackers["dear"].drained = None  # type: ignore[attr-defined]
+    router.editors = []
+    assert router.plan(target, req(), NONE)[0].order == ["dear", "cheap"]

@@ -129,3 +129,22 @@ async def test_an_unreachable_store_never_raises_and_marks_read_stay_until_they_
         assert len(warnings) == 1, "logged once, not on every tick"
     finally:
         await dead.close()
+
+
+async def test_a_drain_reaches_every_replica_and_no_health_check_clears_it(
+        store: MemoryStore) -> None:
+    a, b = replica(store, "a"), replica(store, "b")
+    await store.set_backend_drained("gpu", True, "ops", "maintenance")
+    a.apply_drain("gpu", ("ops", "maintenance", time.time()))
+    assert a.trackers["gpu"].drained is not None and b.trackers["gpu"].drained is None
+    await b.tick()
+    assert b.trackers["gpu"].drained is not None
+    assert b.trackers["gpu"].drained[:2] == ("ops", "maintenance")
+    assert b.trackers["cpu"].drained is None
+    probed(b, "gpu", ok=True)
+    await b.after_probes()
+    await b.tick()
+    assert b.trackers["gpu"].drained is not None, "a passing health check keeps the drain"
+    await store.set_backend_drained("gpu", False, "ops", "")
+    await b.tick()
+    assert b.trackers["gpu"].drained is None
