@@ -133,9 +133,13 @@ async def readyz(request: Request) -> Response:
                           "probe_ok": t.last_probe_ok, "last_error": t.last_error,
                           "down_elsewhere": elsewhere and {
                               "until": elsewhere[0], "replica": elsewhere[1],
-                              "reason": elsewhere[2]}}
+                              "reason": elsewhere[2]},
+                          "drained": t.drained and {
+                              "by": t.drained[0], "reason": t.drained[1], "since": t.drained[2]}}
+    # ready while some backend can take traffic: not drained, breaker not open, checks passing
     ready = request.app.state.ready and any(
-        b["breaker"] != "open" and b["probe_ok"] is not False for b in backends.values()
+        b["breaker"] != "open" and b["probe_ok"] is not False and not b["drained"]
+        for b in backends.values()
     )
     return json_response({"status": "ready" if ready else "not ready", "backends": backends,
                           "replica": request.app.state.shared_health.replica},

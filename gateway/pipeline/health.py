@@ -67,9 +67,11 @@ class SharedHealth:
         self._unreachable = False
         self._drain_gen = 0  # bumped by apply_drain: a read begun before it is stale
 
-    async def _call(self, aw: Awaitable[T]) -> tuple[T | None, bool]:
+    async def _call(self, op: Callable[[], Awaitable[T]]) -> tuple[T | None, bool]:
+        """Run one store operation; a missing method (a plugin store written before it
+        existed), an outage or a bug is logged once and skipped, never raised."""
         try:
-            out = await aw
+            out = await op()
         except StateUnavailable as e:
             if not self._unreachable:
                 log.warning("backend health is not shared while the state store is away: %s", e)
@@ -86,12 +88,13 @@ class SharedHealth:
         return out, True
 
     async def _mark(self, name: str, until: float, reason: str) -> None:
-        _, ok = await self._call(self.store.mark_backend_down(name, self.replica, until, reason))
+        _, ok = await self._call(
+            lambda: self.store.mark_backend_down(name, self.replica, until, reason))
         if ok:
             self._own[name] = (until, reason)
 
     async def _clear(self, name: str) -> None:
-        _, ok = await self._call(self.store.clear_backend_down(name))
+        _, ok = await self._call(lambda: self.store.clear_backend_down(name))
         if ok:
             self._own.pop(name, None)
             self._seen.pop(name, None)
@@ -132,10 +135,10 @@ class SharedHealth:
                 if own is not None and own[1] == BREAKER_OPEN and own[0] > now:
                     await self._clear(name)
         gen = self._drain_gen
-        marks, ok = await self._call(self.store.backends_down(self._names))
+        marks, ok = await self._call(lambda: self.store.backends_down(self._names))
         if not ok or marks is None:
             return
-        drained, ok = await self._call(self.store.backends_drained(self._names))
+        drained, ok = await self._call(lambda: self.store.backends_drained(self._names))
         if ok and drained is not None and gen == self._drain_gen:
             for name, t in self.trackers.items():
                 t.drained = drained.get(name)

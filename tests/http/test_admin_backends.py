@@ -81,12 +81,15 @@ def test_drain_moves_traffic_and_undrain_brings_it_back(gw: LiveServer) -> None:
     msg = e.value.body["message"]  # type: ignore[index]
     assert "one: out of service (drained: disk swap)" in msg
     assert "two: out of service (drained: no reason given)" in msg
+    ready = httpx.get(gw.url + "/readyz")  # nothing can take traffic: out of the balancer
+    assert ready.status_code == 503 and ready.json()["backends"]["one"]["drained"]
 
     for name in ("two", "one"):
         r = admin(gw, "POST", f"/admin/backends/{name}/undrain")
         assert r.status_code == 200 and r.json()["drained"] is None, r.text
     assert answered_by(gw) == "one"
     assert all(b["drained"] is None for b in listed(gw).values())
+    assert httpx.get(gw.url + "/readyz").status_code == 200
 
 
 def test_unknown_backends_bad_bodies_and_the_admin_key(gw: LiveServer) -> None:
