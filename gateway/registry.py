@@ -9,11 +9,13 @@ collected and reported at once as a ``ConfigError``; nothing half-loaded is ever
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import importlib
 import importlib.metadata
 import inspect
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -71,6 +73,21 @@ class Registry:
     plan_editors: dict[str, Entry] = field(default_factory=dict)
     state_stores: dict[str, Entry] = field(default_factory=dict)
 
+    def notify(self, hook: str, tasks: set[asyncio.Future[Any]], **kwargs: Any) -> None:
+        """Call an observer hook (datasette's await_me_maybe): every implementation runs; one
+        that raises is logged, never raised to the caller; an awaitable result is scheduled
+        and kept in ``tasks`` until it is done, its failure logged too."""
+        try:
+            results = getattr(self.pm.hook, hook)(**kwargs)
+        except Exception:
+            log.exception("a %s observer failed", hook)
+            return
+        for res in results:
+            if isinstance(res, Awaitable):
+                fut = asyncio.ensure_future(res)
+                tasks.add(fut)
+                fut.add_done_callback(functools.partial(_observed, tasks, hook))
+
     def has_observers(self, hook: str) -> bool:
         return bool(getattr(self.pm.hook, hook).get_hookimpls())
 
@@ -94,6 +111,12 @@ class SwitchyardPluginManager(pluggy.PluginManager):
             return {"wrapper": False, "hookwrapper": False, "optionalhook": False,
                     "tryfirst": False, "trylast": False, "specname": None}
         return opts
+
+
+def _observed(tasks: set[asyncio.Future[Any]], hook: str, fut: asyncio.Future[Any]) -> None:
+    tasks.discard(fut)
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("a %s observer failed: %r", hook, fut.exception())
 
 
 def _add(

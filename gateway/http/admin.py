@@ -105,28 +105,11 @@ def build_budgets(settings: Settings, registry: Registry, metrics: Metrics) -> B
 
     def alert(team: str, spent: float, budget: float, pct: float) -> None:
         metrics.budget_alerts.labels(team).inc()
-        try:
-            results = registry.pm.hook.switchyard_budget_alert(
-                team=team, spent_usd=spent, budget_usd=budget, pct=pct)
-        except Exception:
-            log.exception("a switchyard_budget_alert hook failed")
-            return
-        for res in results:
-            if isinstance(res, Awaitable):
-                fut = asyncio.ensure_future(res)
-                tasks.add(fut)
-                fut.add_done_callback(_log_failure(tasks))
+        registry.notify("switchyard_budget_alert", tasks, team=team, spent_usd=spent,
+                        budget_usd=budget, pct=pct)
 
     admission = BudgetAdmission(store, cfg, fail_open=fail_open, fallback=fallback, alert=alert)
     return Budgets(store, auth, admission)
-
-
-def _log_failure(tasks: set[asyncio.Future[Any]]) -> Callable[[asyncio.Future[Any]], None]:
-    def done(fut: asyncio.Future[Any]) -> None:
-        tasks.discard(fut)
-        if not fut.cancelled() and fut.exception() is not None:
-            log.error("a switchyard_budget_alert hook failed: %r", fut.exception())
-    return done
 
 
 # ---- request bodies -------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -81,7 +81,7 @@ class Gateway:
         self.retry = retry or RetrySettings()
         self.energy_meters = dict(energy_meters or {})
         self._observe = registry.has_observers("switchyard_request_recorded")
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     # ---- preparation ---------------------------------------------------------------
 
@@ -405,21 +405,7 @@ class Gateway:
         if self.ledger is not None:
             self.ledger.write(rec)
         if self._observe:
-            try:
-                results = self.registry.pm.hook.switchyard_request_recorded(record=rec)
-            except Exception:
-                log.exception("a switchyard_request_recorded observer failed")
-                return
-            for res in results:
-                if isinstance(res, Awaitable):
-                    task = asyncio.ensure_future(res)
-                    self._tasks.add(task)
-                    task.add_done_callback(self._observed)
-
-    def _observed(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("a switchyard_request_recorded observer failed: %r", task.exception())
+            self.registry.notify("switchyard_request_recorded", self._tasks, record=rec)
 
     async def close(self) -> None:
         if self._tasks:
