@@ -39,6 +39,7 @@ from gateway.interfaces import (
     Usage,
 )
 from gateway.predict import PredictOptions, estimate, evaluate
+from gateway.protocol import has_content
 from gateway.state import (
     KeyRecord,
     Limit,
@@ -96,5 +97,6 @@ __all__ = [
     "UsageRecord",
     "estimate",
     "evaluate",
+    "has_content",
     "hookimpl",
 ]

@@ -155,3 +155,16 @@ def prompt_text(endpoint: str, body: dict[str, Any]) -> str:
     if isinstance(p, list) and p and isinstance(p[0], str):
         return "\n".join(p)
     return ""
+
+
+def has_content(chunk: dict[str, Any]) -> bool:
+    """Whether a stream chunk (chat or legacy completion) carries generated output: the
+    token count of a stream whose backend reports no usage."""
+    for ch in chunk.get("choices") or ():
+        d = ch.get("delta")
+        if d is not None:
+            if d.get("content") or d.get("tool_calls") or d.get("reasoning_content"):
+                return True
+        elif ch.get("text"):
+            return True
+    return False

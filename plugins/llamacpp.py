@@ -42,6 +42,7 @@ from gateway import (
     Overloaded,
     SwitchyardError,
     Usage,
+    has_content,
     hookimpl,
 )
 
@@ -337,7 +338,7 @@ class LlamaCppBackend(BaseBackend):
                     break
                 if kind == "error":
                     raise _map_error(self.name, item)
-                if _has_content(item):
+                if has_content(item):
                     produced += 1
                 last = item
                 yield item
@@ -368,17 +369,6 @@ def _bias_processor(bias: dict[str, float]) -> Callable[[Any, Any], Any]:
         return scores
 
     return apply
-
-
-def _has_content(chunk: dict[str, Any]) -> bool:
-    for ch in chunk.get("choices") or ():
-        d = ch.get("delta")
-        if d is not None:
-            if d.get("content") or d.get("tool_calls"):
-                return True
-        elif ch.get("text"):
-            return True
-    return False
 
 
 def _map_error(name: str, e: BaseException) -> Exception:

@@ -40,7 +40,7 @@ from gateway.pipeline.admission import Admission, OpenAdmission
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.retry import Attempts
 from gateway.pipeline.routing import Router, vars_of
-from gateway.protocol import prompt_text
+from gateway.protocol import has_content, prompt_text
 from gateway.registry import Registry
 from gateway.telemetry import Tracker
 
@@ -188,15 +188,8 @@ class Gateway:
                 await self.admission.settle(ctx, reservation, 0.0, 0)
                 raise
             except Exception as e:  # noqa: BLE001 - any backend failure may fall back
-                if isinstance(e, TimeoutError):
-                    e = BackendTimeout(f"Backend '{name}' did not answer in time.")
-                err = self._failed(name, e)
-                await self.admission.settle(ctx, reservation, 0.0, 0)
-                if not err.retryable:
-                    self._account_error(rec, backend, err, ctx)
-                    raise err from None
-                last = err
-                self.metrics.fallbacks.labels(name, err.code).inc()
+                last = await self._attempt_failed(e, "did not answer in time", backend, ctx,
+                                                  reservation, rec)
                 continue
             finally:
                 tracker.finished(token)
@@ -231,6 +224,22 @@ class Gateway:
             f"Every backend for '{features.requested}' is unavailable "
             f"(circuit open: {', '.join(attempts.skipped)}).", retry_after=1,
         )
+
+    async def _attempt_failed(
+        self, e: BaseException, timed_out: str, backend: Backend, ctx: RequestContext,
+        reservation: Any, rec: UsageRecord,
+    ) -> SwitchyardError:
+        """One attempt failed: release its reservation; raise what the client must see, or
+        return the error so the next attempt (a retry or a fallback) can follow."""
+        if isinstance(e, TimeoutError):
+            e = BackendTimeout(f"Backend '{backend.name}' {timed_out}.")
+        err = self._failed(backend.name, e)
+        await self.admission.settle(ctx, reservation, 0.0, 0)
+        if not err.retryable:
+            self._account_error(rec, backend, err, ctx)
+            raise err from None
+        self.metrics.fallbacks.labels(backend.name, err.code).inc()
+        return err
 
     def _failed(self, name: str, e: BaseException) -> SwitchyardError:
         if isinstance(e, SwitchyardError):
@@ -281,15 +290,8 @@ class Gateway:
                 if isinstance(e, asyncio.CancelledError):
                     await self.admission.settle(ctx, reservation, 0.0, 0)
                     raise
-                if isinstance(e, TimeoutError):
-                    e = BackendTimeout(f"Backend '{name}' sent no first token in time.")
-                err = self._failed(name, e)
-                await self.admission.settle(ctx, reservation, 0.0, 0)
-                if not err.retryable:
-                    self._account_error(rec, backend, err, ctx)
-                    raise err from None
-                last = err
-                self.metrics.fallbacks.labels(name, err.code).inc()
+                last = await self._attempt_failed(e, "sent no first token in time", backend, ctx,
+                                                  reservation, rec)
                 continue
             rec.reason = self._reason(plan, attempts, last)
             rec.backend, rec.model = name, backend.model
@@ -326,7 +328,7 @@ class Gateway:
                 if choices:
                     if ttft is None:
                         ttft = time.perf_counter() - t0
-                    if _has_content(choices):
+                    if has_content(chunk):
                         chunks += 1
                     if u and not want_usage:
                         chunk = {k: v for k, v in chunk.items() if k != "usage"}
@@ -410,17 +412,6 @@ class Gateway:
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def _has_content(choices: list[dict[str, Any]]) -> bool:
-    for ch in choices:
-        d = ch.get("delta")
-        if d is not None:
-            if d.get("content") or d.get("tool_calls") or d.get("reasoning_content"):
-                return True
-        elif ch.get("text"):
-            return True
-    return False
 
 
 def _usage_chunk(last: dict[str, Any] | None, usage: Usage) -> dict[str, Any]:
