@@ -5,8 +5,10 @@ settlement, with the in-process store and with Redis, against no enforcement at 
 
 Runs the gateway's own objects (KeyAuthenticator, BudgetAdmission) as the pipeline calls
 them, on one event loop, without HTTP or a backend: the figure is the enforcement's own
-overhead. ``sequential`` is one request at a time (latency added to each request);
-``concurrent`` keeps ``--concurrency`` in flight (throughput of the enforcement path).
+overhead. Both ways are measured and printed, labelled: one request at a time (the latency
+each request pays), and ``--concurrency`` asyncio workers gathered on one loop, each sending
+its share back to back (throughput of the enforcement path, and each request's latency
+under that load; with Redis the workers' scripts queue on one connection pool).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from provenance import header as provenance_header
 
 from gateway.auth import KeyAuthenticator, mint_key
 from gateway.backend import BaseBackend
@@ -60,31 +64,60 @@ async def setup(store: StateStore, limits: bool) -> tuple[KeyAuthenticator, Budg
     return auth, BudgetAdmission(store, BudgetsConfig()), f"Bearer {key}"
 
 
-async def measure(auth: Any, adm: Any, header: str, n: int, conc: int) -> tuple[float, float]:
+def _pct(lat: list[float], q: float) -> float:
+    return sorted(lat)[min(len(lat) - 1, int(len(lat) * q))] * 1e6
+
+
+def count_calls(store: RedisStore) -> list[int]:
+    """Count the commands the store sends to Redis (each EVALSHA is one round trip)."""
+    calls = [0]
+    inner = store.r.execute_command
+
+    async def counted(*args: Any, **kw: Any) -> Any:
+        calls[0] += 1
+        return await inner(*args, **kw)
+
+    store.r.execute_command = counted  # type: ignore[method-assign]
+    return calls
+
+
+async def measure(auth: Any, adm: Any, header: str, n: int, conc: int,
+                  calls: list[int] | None = None) -> dict[str, float]:
+    """``n`` requests one at a time, then ``n`` requests by ``conc`` workers (asyncio.gather)
+    that each send their share back to back: latency per request and requests/s, both ways."""
     for _ in range(200):  # warm up: caches, script loading, connections
         await one(auth, adm, header)
-    lat = []
+    lat: list[float] = []
+    before = calls[0] if calls else 0
+    t0 = time.perf_counter()
     for _ in range(n):
-        t0 = time.perf_counter()
+        t = time.perf_counter()
         await one(auth, adm, header)
-        lat.append(time.perf_counter() - t0)
-    sem = asyncio.Semaphore(conc)
+        lat.append(time.perf_counter() - t)
+    seq_s = time.perf_counter() - t0
+    trips = (calls[0] - before) / n if calls else 0.0
+    clat: list[float] = []
+    shares = [n // conc + (1 if i < n % conc else 0) for i in range(conc)]
 
-    async def bounded() -> None:
-        async with sem:
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            t = time.perf_counter()
             await one(auth, adm, header)
+            clat.append(time.perf_counter() - t)
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(bounded() for _ in range(n)))
-    per_s = n / (time.perf_counter() - t0)
-    return statistics.median(lat) * 1e6, per_s
+    await asyncio.gather(*(worker(k) for k in shares))
+    conc_s = time.perf_counter() - t0
+    return {"seq_p50_us": statistics.median(lat) * 1e6, "seq_p99_us": _pct(lat, 0.99),
+            "seq_rps": n / seq_s, "conc_p50_us": statistics.median(clat) * 1e6,
+            "conc_p99_us": _pct(clat, 0.99), "conc_rps": n / conc_s, "redis_trips": trips}
 
 
 async def main(args: argparse.Namespace) -> None:
-    rows: list[tuple[str, float, float]] = []
+    rows: list[tuple[str, dict[str, float]]] = []
 
-    def add(name: str, r: tuple[float, float]) -> None:
-        rows.append((name, *r))
+    def add(name: str, r: dict[str, float]) -> None:
+        rows.append((name, r))
 
     add("none (OpenAdmission)", await measure(None, OpenAdmission(), "", args.n, args.concurrency))
     for limits in (False, True):
@@ -96,18 +129,32 @@ async def main(args: argparse.Namespace) -> None:
             prefix = f"switchyard-bench:{uuid.uuid4().hex[:8]}:"
             store = RedisStore(args.redis, prefix)
             try:
+                calls = count_calls(store)
                 auth, adm, header = await setup(store, limits)
                 add(f"redis{' + rpm/tpm' if limits else ''}",
-                    await measure(auth, adm, header, args.n, args.concurrency))
+                    await measure(auth, adm, header, args.n, args.concurrency, calls))
             finally:
                 keys = [k async for k in store.r.scan_iter(match=prefix + "*")]
                 if keys:
                     await store.r.delete(*keys)
                 await store.close()
-    print(f"budget enforcement per request (n={args.n}, concurrency={args.concurrency})")
-    print(f"{'store':<24}{'median latency':>16}{'requests/s':>14}")
-    for name, lat_us, per_s in rows:
-        print(f"{name:<24}{lat_us:>13.1f} us{per_s:>14,.0f}")
+    print(provenance_header())
+    print(f"budget enforcement per request: key check, rate limits, reservation, settlement "
+          f"(n={args.n} each way)")
+    print(f"  one at a time: latency each request pays; {args.concurrency} concurrent: "
+          f"{args.concurrency} asyncio workers on one event loop (throughput, and latency "
+          "under that load)")
+    print(f"{'':<24}{'---- one at a time ----':^38}{f'---- {args.concurrency} concurrent ----':^38}")
+    print(f"{'store':<24}{'p50':>13}{'p99':>13}{'req/s':>12}{'p50':>13}{'p99':>13}{'req/s':>12}"
+          f"{'Redis trips/req':>17}")
+
+    def us(x: float) -> str:
+        return f"{x:>10.1f} us"
+
+    for name, r in rows:
+        trips = f"{r['redis_trips']:.2f}" if name.startswith("redis") else "-"
+        print(f"{name:<24}{us(r['seq_p50_us'])}{us(r['seq_p99_us'])}{r['seq_rps']:>12,.0f}"
+              f"{us(r['conc_p50_us'])}{us(r['conc_p99_us'])}{r['conc_rps']:>12,.0f}{trips:>17}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """On a GPU host (NVML, CUDA torch): the gateway in front of an upstream that does one second
 of real GPU work per request, with ``energy.measure: nvml``. Prints what each request was
-billed against the GPU's own energy counter. Run from the repository root:
+billed against the GPU's own energy counter; then the counter check on its own: two
+concurrent requests sharing the GPU during 3 s of matmuls, attributed by the gateway's
+FairShare over NVML's energy counter, as average watts against NVML's instantaneous power
+readings taken meanwhile. Run from the repository root:
 
     python bench/gpu_energy.py
 
@@ -22,6 +25,7 @@ import pynvml
 import torch
 import uvicorn
 from aiohttp import web
+from provenance import header
 
 A = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
 
@@ -65,6 +69,7 @@ threading.Thread(target=server.run, daemon=True).start()
 while not server.started: time.sleep(0.1)
 time.sleep(1)
 pynvml.nvmlInit(); h = pynvml.nvmlDeviceGetHandleByIndex(0)
+print(header())
 print("gpu:", pynvml.nvmlDeviceGetName(h))
 body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 def one():
@@ -83,4 +88,31 @@ print(f"two concurrent: billed {billed[0]:.1f} J + {billed[1]:.1f} J = {sum(bill
 time.sleep(0.5)
 conn = sqlite3.connect(tmp + "/l.sqlite3")
 print("ledger:", conn.execute("select energy_source, round(energy_j,1) from requests").fetchall())
+
+# the counter on its own: two requests active together during 3 s of matmuls, split by the
+# gateway's FairShare over NVML's energy counter; average watts against NVML's power readings
+from gateway.energy import FairShare, NvmlCounter
+
+fs = FairShare(NvmlCounter(0).joules)
+watts = []
+sampling = threading.Event()
+
+def sample_power():
+    while not sampling.wait(0.25):
+        watts.append(pynvml.nvmlDeviceGetPowerUsage(h) / 1000)
+
+sampler = threading.Thread(target=sample_power, daemon=True)
+sampler.start()
+a, b = fs.start(), fs.start()
+t0 = time.perf_counter()
+gpu_work(3.0)
+ja, jb = fs.stop(a), fs.stop(b)
+dt = time.perf_counter() - t0
+sampling.set()
+sampler.join()
+watts = sorted(watts) or [pynvml.nvmlDeviceGetPowerUsage(h) / 1000]
+print(f"counter check: two concurrent requests during {dt:.2f} s of matmuls were attributed "
+      f"{ja:,.0f} J and {jb:,.0f} J, {(ja + jb) / dt:,.0f} W on average; NVML's instantaneous "
+      f"power meanwhile: median {watts[len(watts) // 2]:,.0f} W "
+      f"({len(watts)} readings, {watts[0]:,.0f} to {watts[-1]:,.0f} W)")
 server.should_exit = True

@@ -24,6 +24,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
+from provenance import header
+
 BODY = (b'{"model":"m","messages":[{"role":"user","content":"hello"}],"max_tokens":8}')
 ANSWER = (b'{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"m","choices":'
           b'[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],'
@@ -139,6 +141,7 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+    print(header())
     print(f"{args.concurrency} concurrent, {args.seconds:g} s each, {os.cpu_count()} cores, "
           "upstream aiohttp.web in its own process")
     print(f"{'client':42} {'requests/s':>12}")

@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Any
 
+from provenance import header
+
 PROMPT_WORDS = ("The lighthouse keeper climbed the stairs every evening to light the lamp, "
                 "watching ships pass far out at sea while the wind moved over the rocks. ")
 
@@ -86,6 +88,7 @@ def main() -> None:
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+    print(header())
     print(f"SmolLM2-135M Q4_1, n_ctx 2048, {rows[0]['prompt_tokens']}-token prompt, 128 tokens, "
           f"best of {args.runs}, {os.cpu_count()} CPUs")
     print(f"{'logits_all':>10} {'logprobs':>8} {'load s':>7} {'TTFT ms':>8} {'decode tok/s':>13} "

@@ -1,12 +1,15 @@
 """Gateway overhead: the gateway in front of a fixed-response upstream on loopback, against
 hitting that upstream directly, at 1 and 32 concurrent connections.
 
-Reports requests/s and the latency the gateway adds (p50, p99). The gateway runs as one
-worker process pinned to CPU 0 with all its accounting on (pricing, energy profile, SQLite
-ledger, Prometheus metrics); the upstream and the load generator (wrk, or a Python client
-where wrk is missing) share CPU 1.
+Reports requests/s (2xx responses only) and the latency the gateway adds (p50, p99). The
+gateway runs as one worker process pinned to CPU 0 with all its accounting on (pricing,
+energy profile, SQLite ledger, Prometheus metrics); the upstream and the load generator
+(wrk, or a Python client where wrk is missing) share CPU 1.
 
-    python bench/overhead.py [--seconds 10] [--json out.json]
+    python bench/overhead.py [--seconds 10] [--json out.json] [--budget] [--redis URL]
+
+Any response outside 2xx, or a socket error, is printed and makes the script exit 1: a
+figure with errors in it is not a figure.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from provenance import header
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -52,13 +57,26 @@ def pin(cpu: int) -> list[str]:
 
 
 def run_wrk(url: str, conns: int, seconds: int, key: str = "") -> dict[str, float]:
+    """wrk with a ``response`` hook that counts every status outside 2xx (wrk's own
+    ``errors.status`` counts only those above 399); requests/s counts 2xx only."""
     lua = Path(tempfile.mkstemp(suffix=".lua")[1])
     auth = f'wrk.headers["Authorization"] = "Bearer {key}"\n' if key else ""
     lua.write_text(
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n' + auth +
         f"wrk.body = [[{BODY}]]\n"
-        "done = function(summary, latency, requests)\n"
-        '  io.write(string.format("RESULT %d %d %f %f %f\\n", summary.requests, summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout, latency:percentile(50), latency:percentile(99), summary.duration))\n'
+        "local threads = {}\n"
+        "function setup(thread) table.insert(threads, thread) end\n"
+        "function init(args) non2xx = 0 end\n"
+        "function response(status, headers, body)\n"
+        "  if status < 200 or status > 299 then non2xx = non2xx + 1 end\n"
+        "end\n"
+        "function done(summary, latency, requests)\n"
+        "  local bad = 0\n"
+        "  for _, t in ipairs(threads) do bad = bad + t:get('non2xx') end\n"
+        "  local e = summary.errors\n"
+        '  io.write(string.format("RESULT %d %d %d %f %f %f\\n", summary.requests, bad, '
+        "e.connect + e.read + e.write + e.timeout, latency:percentile(50), "
+        "latency:percentile(99), summary.duration))\n"
         "end\n"
     )
     out = subprocess.run(
@@ -66,37 +84,47 @@ def run_wrk(url: str, conns: int, seconds: int, key: str = "") -> dict[str, floa
         capture_output=True, text=True, check=True,
     ).stdout
     lua.unlink()
-    m = re.search(r"RESULT (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)", out)
+    m = re.search(r"RESULT (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)", out)
     assert m, out
-    n, errors, p50, p99, dur = m.groups()
-    return {"rps": int(n) / (float(dur) / 1e6), "errors": int(errors),
-            "p50_ms": float(p50) / 1000, "p99_ms": float(p99) / 1000}
+    n, non2xx, sock, p50, p99, dur = m.groups()
+    ok = int(n) - int(non2xx)
+    return {"rps": ok / (float(dur) / 1e6), "ok": ok, "non2xx": int(non2xx),
+            "socket_errors": int(sock), "p50_ms": float(p50) / 1000, "p99_ms": float(p99) / 1000}
 
 
 def run_python(url: str, conns: int, seconds: int, key: str = "") -> dict[str, float]:
+    """The fallback where wrk is missing: aiohttp on one core; requests/s counts 2xx only."""
     code = f"""
-import asyncio, time, aiohttp, json, statistics
+import asyncio, time, aiohttp, json
 async def main():
-    lat=[]; errors=0
+    lat=[]; ok=0; non2xx=0; sock=0
+    headers={{'content-type':'application/json', **({{'authorization': 'Bearer {key}'}} if {bool(key)!r} else {{}})}}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
         end=time.perf_counter()+{seconds}
         async def worker():
-            nonlocal errors
+            nonlocal ok, non2xx, sock
             while time.perf_counter()<end:
                 t=time.perf_counter()
-                async with s.post({url!r}, data={BODY!r}, headers={{'content-type':'application/json', **({{'authorization': 'Bearer {key}'}} if {bool(key)!r} else {{}})}}) as r:
-                    await r.read()
-                    if r.status!=200: errors+=1
+                try:
+                    async with s.post({url!r}, data={BODY!r}, headers=headers) as r:
+                        await r.read()
+                        if 200 <= r.status < 300: ok+=1
+                        else: non2xx+=1
+                except (aiohttp.ClientError, OSError):
+                    sock+=1
+                    continue
                 lat.append(time.perf_counter()-t)
         t0=time.perf_counter()
         await asyncio.gather(*[worker() for _ in range({conns})])
         dur=time.perf_counter()-t0
     lat.sort()
-    print(json.dumps({{"rps":len(lat)/dur,"errors":errors,"p50_ms":lat[len(lat)//2]*1e3,"p99_ms":lat[int(len(lat)*.99)]*1e3}}))
+    print(json.dumps({{"rps":ok/dur,"ok":ok,"non2xx":non2xx,"socket_errors":sock,
+                      "p50_ms":lat[len(lat)//2]*1e3 if lat else 0.0,
+                      "p99_ms":lat[int(len(lat)*.99)]*1e3 if lat else 0.0}}))
 asyncio.run(main())
 """
     out = subprocess.run([*pin(1), PY, "-c", code], capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return dict(json.loads(out.strip().splitlines()[-1]))
 
 
 def make_team_key(port: int) -> str:
@@ -123,6 +151,7 @@ def main() -> None:
     ap.add_argument("--redis", metavar="URL",
                     help="keep teams, budgets and limits in this Redis (a bench prefix, removed after)")
     args = ap.parse_args()
+    status = 1
     load = run_wrk if shutil.which("wrk") else run_python
     up_port, gw_port = free_port(), free_port()
     tmp = Path(tempfile.mkdtemp())
@@ -163,16 +192,27 @@ admin_key: bench-admin-key
             rows.append({"connections": conns, "direct": direct, "gateway": via,
                          "added_p50_ms": via["p50_ms"] - direct["p50_ms"],
                          "added_p99_ms": via["p99_ms"] - direct["p99_ms"]})
+        print(header())
         print(f"load generator: {load.__name__[4:]}; gateway: 1 process on CPU 0, accounting on"
               f"{', ledger off' if args.no_ledger else ''}"
               f"{', virtual key + team budget + rpm/tpm' if args.budget else ''}"
-              f"{(' (Redis state)' if args.redis else ' (in-process state)') if args.budget else ''}")
-        print(f"{'conns':>5} {'direct rps':>11} {'gateway rps':>12} {'added p50 ms':>13} {'added p99 ms':>13} {'errors':>7}")
+              f"{(' (Redis state)' if args.redis else ' (in-process state)') if args.budget else ''}"
+              f"; {args.seconds} s per cell; requests/s counts 2xx responses only")
+        print(f"{'conns':>5} {'direct rps':>11} {'gateway rps':>12} {'added p50 ms':>13} "
+              f"{'added p99 ms':>13} {'non-2xx':>8} {'sock err':>9}")
         for r in rows:
             print(f"{r['connections']:>5} {r['direct']['rps']:>11.0f} {r['gateway']['rps']:>12.0f} "
-                  f"{r['added_p50_ms']:>13.3f} {r['added_p99_ms']:>13.3f} {r['gateway']['errors']:>7}")
+                  f"{r['added_p50_ms']:>13.3f} {r['added_p99_ms']:>13.3f} "
+                  f"{r['gateway']['non2xx']:>8} {r['gateway']['socket_errors']:>9}")
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
+        failed = [(r["connections"], side, r[side]["non2xx"], r[side]["socket_errors"])
+                  for r in rows for side in ("direct", "gateway")
+                  if r[side]["non2xx"] or r[side]["socket_errors"]]
+        for conns, side, non2xx, sock in failed:
+            print(f"FAIL: {side} at {conns} connections: {non2xx} non-2xx responses, "
+                  f"{sock} socket errors; these figures are not valid", file=sys.stderr)
+        status = 1 if failed else 0
     finally:
         for p in procs:
             p.send_signal(signal.SIGINT)
@@ -188,6 +228,7 @@ admin_key: bench-admin-key
             keys = list(r.scan_iter(match=prefix + "*", count=1000))
             if keys:
                 r.delete(*keys)
+    sys.exit(status)
 
 
 if __name__ == "__main__":
