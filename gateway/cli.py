@@ -38,19 +38,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if overrides:
         settings = settings.model_copy(update={"server": settings.server.model_copy(update=overrides)})
     _setup_logging(settings.log_level)
-    import uvicorn
-
     from gateway.http.app import create_app
+    from gateway.http.server import serve
 
     try:
         app = create_app(settings, freeze_gc=True)
     except ConfigError as e:
         print(f"switchyard: {e}", file=sys.stderr)
         return 2
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port, loop="uvloop",
-                http="httptools", log_level=settings.log_level, access_log=args.access_log,
-                timeout_graceful_shutdown=10, proxy_headers=False, server_header=False)
-    return 0
+    started = serve(app, settings, access_log=args.access_log)
+    return 0 if started else 3  # uvicorn's exit status for a failed start
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -137,6 +137,18 @@ class ServerConfig(Strict):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
     request_id_header: str = "x-request-id"
+    # what uvicorn does not limit (gateway.http.server): a larger head gets 431, a late one 408
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="request line's URL plus every header name and value")
+    max_headers: int = Field(100, ge=1, description="headers in one request")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="time to send a request's headers (on a new connection, "
+        "from its opening)")
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="time to send the whole body, once the headers are in")
+    keep_alive_s: float = Field(5.0, gt=0, description="an idle kept-alive connection is closed")
+    max_connections: int | None = Field(
+        None, ge=1, description="open connections or requests in flight; past it, 503")
 
 
 class LedgerConfig(Strict):

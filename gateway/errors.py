@@ -83,10 +83,36 @@ class Conflict(SwitchyardError):
     code = "conflict"
 
 
+class RequestTimeout(SwitchyardError):
+    """The client did not send its request's headers or body in time (408); the server
+    answers it and closes the connection."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class PayloadTooLarge(SwitchyardError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class HeadersTooLarge(SwitchyardError):
+    """The request's headers are larger, or more, than the server takes (431)."""
+
+    status = 431
+    type = "invalid_request_error"
+    code = "request_headers_too_large"
+
+
+class ClientDisconnected(SwitchyardError):
+    """The client went away before its request was read (499, nginx's code): recorded in
+    the ledger and the metrics, never sent (there is nobody to send it to)."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_disconnected"
 
 
 class RateLimited(SwitchyardError):

@@ -22,16 +22,21 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """A real uvicorn serving an app on a loopback port, in a background thread."""
+    """A real uvicorn serving an app on a loopback port, in a background thread: the server
+    ``switchyard serve`` runs (``gateway.http.server``), with the app's ``server`` limits
+    (a gateway app's settings, else the defaults)."""
 
     def __init__(self, app: Any, port: int | None = None) -> None:
-        import uvicorn
+        from gateway.config import ServerConfig
+        from gateway.http.server import build_server
 
         self.port = port or free_port()
         self.app = app
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                loop="asyncio", lifespan="on", timeout_graceful_shutdown=5)
-        self.server = uvicorn.Server(config)
+        settings = getattr(getattr(app, "state", None), "settings", None)
+        limits = settings.server if isinstance(settings, Settings) else ServerConfig()
+        self.server = build_server(app, limits, host="127.0.0.1", port=self.port,
+                                   log_level="warning", loop="asyncio", lifespan="on",
+                                   timeout_graceful_shutdown=5)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

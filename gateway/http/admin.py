@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -28,6 +28,7 @@ from gateway.budgets import Period, period_end, period_id, period_start, to_usd
 from gateway.config import Settings, StateConfig, format_loc
 from gateway.errors import (
     AuthenticationFailed,
+    ClientDisconnected,
     ConfigError,
     Conflict,
     InvalidRequest,
@@ -187,6 +188,10 @@ def admin_route(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
             return await fn(request, budgets, settings)
         except SwitchyardError as e:
             return error_response(e)
+        except ClientDisconnect:  # while its body was read: nobody to answer, no error
+            log.info("client disconnected while sending %s %s", request.method,
+                     request.url.path)
+            return error_response(ClientDisconnected("The client disconnected."))
         except StateUnavailable:
             from gateway.errors import ServiceUnavailable
 

@@ -9,10 +9,17 @@ import time
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway.errors import InternalError, PayloadTooLarge, SwitchyardError
+from gateway.errors import (
+    ClientDisconnected,
+    InternalError,
+    PayloadTooLarge,
+    RequestTimeout,
+    SwitchyardError,
+)
+from gateway.http.server import TIMED_OUT
 from gateway.interfaces import Endpoint
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.service import Gateway
@@ -35,16 +42,28 @@ def error_response(err: SwitchyardError, request_id: str | None = None) -> Respo
 
 
 async def read_body(request: Request, limit: int) -> bytes:
+    """The body, up to ``limit`` bytes (else 413). A client that goes away while sending it
+    is a 499 ``ClientDisconnected`` (or a 408 ``RequestTimeout`` when the server gave up
+    waiting for it, see ``gateway.http.server``), logged at info: not a server error."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"The request body is larger than the {limit}-byte limit.")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body is larger than the {limit}-byte limit.")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The request body is larger than the {limit}-byte limit.")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        client = request.client and f"{request.client.host}:{request.client.port}"
+        if request.scope.get(TIMED_OUT):
+            raise RequestTimeout(f"The body did not arrive in time ({size} bytes of "
+                                 f"{declared or 'a chunked body'}).") from None
+        log.info("client %s disconnected after %d bytes of its %s %s body", client, size,
+                 request.method, request.url.path)
+        raise ClientDisconnected("The client disconnected while sending its body.") from None
     return b"".join(chunks)
 
 
