@@ -77,9 +77,25 @@ def period_ttl_s(period: Period, now: float, keep_s: int = 35 * 86400) -> int:
     return int(end.timestamp() - now) + keep_s
 
 
+def completion_bound(max_tokens: int | None, context_window: int | None,
+                     default_max_tokens: int) -> int:
+    """The most tokens one completion can write: ``max_tokens``; without it the backend's
+    context window (prompt and completion share it); without either, the configured cap."""
+    if max_tokens is not None and max_tokens > 0:
+        out = max_tokens
+    else:
+        out = context_window or default_max_tokens
+    return min(out, context_window) if context_window else out
+
+
 def worst_case_usd(price_in: float, price_out: float, prompt_tokens: int,
-                   max_tokens: int | None, default_max_tokens: int) -> float:
-    """The most a call can cost: its prompt plus ``max_tokens`` (or the configured cap
-    when the client set none) at the backend's per-token prices."""
-    out = max_tokens if max_tokens is not None and max_tokens > 0 else default_max_tokens
-    return price_in * max(0, prompt_tokens) + price_out * out
+                   max_tokens: int | None, default_max_tokens: int, *,
+                   context_window: int | None = None, choices: int = 1) -> float:
+    """The most a call can cost at the backend's per-token prices: ``prompt_tokens`` (an
+    upper bound of them, at most the context window) plus ``choices`` completions of
+    ``completion_bound`` tokens each (no completion for an embedding: ``choices=0``)."""
+    prompt = max(0, prompt_tokens)
+    if context_window:
+        prompt = min(prompt, context_window)
+    out = completion_bound(max_tokens, context_window, default_max_tokens) if choices > 0 else 0
+    return price_in * prompt + price_out * out * choices

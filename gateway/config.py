@@ -168,7 +168,8 @@ class BudgetsConfig(Strict):
     """Budget enforcement (teams and keys live in the state store, see ``switchyard teams``)."""
 
     default_max_tokens: int = Field(
-        4096, gt=0, description="completion tokens reserved when a request sets no max_tokens")
+        4096, gt=0, description="completion tokens reserved when a request sets no max_tokens "
+        "and its backend's context window is not known")
     reservation_ttl_s: float = Field(
         900.0, gt=0, description="a hold not settled by then (its replica died) is released")
     key_cache_ttl_s: float = Field(

@@ -92,16 +92,16 @@ async def inference(request: Request, endpoint: Endpoint) -> Response:
         await state.authenticate(request, ctx)
         raw = await read_body(request, state.settings.server.max_body_bytes)
         body = parse_body(raw)
-        validate(endpoint, body)
+        req = validate(endpoint, body)
         in_pipeline = True
-        if body.get("stream") and endpoint != "embeddings":
-            it, rec = await gw.stream(endpoint, body, ctx)
+        if req.streaming:
+            it, rec = await gw.stream(endpoint, body, ctx, req)
             headers = {"x-switchyard-request-id": rid, "cache-control": "no-cache",
                        "x-switchyard-backend": rec.backend or ""}
             if rec.backend:
                 headers["x-switchyard-route"] = f"{rec.backend}; {rec.reason}"
             return StreamingResponse(it, media_type="text/event-stream", headers=headers)
-        out, rec = await gw.complete(endpoint, body, ctx)
+        out, rec = await gw.complete(endpoint, body, ctx, req)
         return json_response(out, headers=rec.headers())
     except SwitchyardError as e:
         if not in_pipeline:  # every request leaves a record, refused ones too

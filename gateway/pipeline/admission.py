@@ -23,9 +23,23 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.auth import Identity
-from gateway.budgets import period_id, period_ttl_s, to_nano, to_nano_ceil, to_usd, worst_case_usd
+from gateway.budgets import (
+    completion_bound,
+    period_id,
+    period_ttl_s,
+    to_nano,
+    to_nano_ceil,
+    to_usd,
+    worst_case_usd,
+)
 from gateway.config import BudgetsConfig
-from gateway.errors import AuthenticationFailed, BudgetExceeded, RateLimited, ServiceUnavailable
+from gateway.errors import (
+    AuthenticationFailed,
+    BudgetExceeded,
+    InvalidRequest,
+    RateLimited,
+    ServiceUnavailable,
+)
 from gateway.interfaces import Backend, RequestFeatures
 from gateway.pipeline.context import RequestContext
 from gateway.state import Limit, Reserved, Settled, StateStore, StateUnavailable, Team
@@ -93,6 +107,63 @@ def _limits(ident: Identity, prompt_tokens: int) -> list[Limit]:
     if k.tpm:
         out.append(Limit(f"key:{k.key_id}:tpm", k.tpm, prompt_tokens))
     return out
+
+
+_MAX_HOLD = 2**50  # nano-dollars (about $1.1M): sums of holds stay exact in Redis' doubles
+
+
+def _worst_case(backend: Backend, features: RequestFeatures,
+                default_max_tokens: int) -> tuple[float, str]:
+    """The most the call can cost on ``backend`` (a true upper bound: the prompt counted at
+    one token per byte where the backend's own count may be lower), and what it is made of."""
+    pin, pout = backend.price_per_token()
+    window = backend.config.context_window
+    prompt = max(features.prompt_tokens, features.prompt_tokens_max or 0)
+    if window:
+        prompt = min(prompt, window)
+    usd = worst_case_usd(pin, pout, prompt, features.max_tokens, default_max_tokens,
+                         context_window=window, choices=features.choices)
+    if features.choices <= 0:
+        return usd, f"up to {prompt} prompt tokens at backend '{backend.name}''s prices"
+    out = completion_bound(features.max_tokens, window, default_max_tokens)
+    if features.max_tokens:
+        why = f"max_tokens={features.max_tokens}"
+    elif window:
+        why = f"no max_tokens: up to the backend's {window}-token context window"
+    else:
+        why = f"no max_tokens: budgets.default_max_tokens={default_max_tokens}"
+    n = f"{features.choices} x " if features.choices > 1 else ""
+    return usd, (f"up to {prompt} prompt tokens and {n}{out} completion tokens ({why}) at "
+                 f"backend '{backend.name}''s prices")
+
+
+def _refuse_if_never_fits(team: Team, features: RequestFeatures, amount: int,
+                          made_of: str) -> None:
+    """400 for a request that costs more than the team's whole budget at worst: waiting
+    cannot help, a smaller request can (a huge max_tokens is the usual cause)."""
+    budget = team.budget_nano
+    if budget <= 0 or amount <= budget:
+        return
+    ask = "lower max_tokens" if features.choices > 0 else "send less input"
+    param = {"chat": "max_tokens", "completions": "max_tokens", "embeddings": "input"}
+    raise InvalidRequest(
+        f"This request may cost up to ${to_usd(amount):.6f} ({made_of}), more than team "
+        f"'{team.name}''s whole {team.period} budget of ${to_usd(budget):.6f}; {ask}.",
+        param=param[features.endpoint], code="request_exceeds_budget")
+
+
+def _exceeded(team: Team, r: Reserved, amount: int, made_of: str) -> BudgetExceeded:
+    held = f"${to_usd(r.reserved):.6f} held by requests in flight"
+    cost = f"this request may cost up to ${to_usd(amount):.6f} ({made_of})"
+    if r.spent >= r.budget:
+        return BudgetExceeded(
+            f"Team '{team.name}' has used its {team.period} budget of ${to_usd(r.budget):.6f} "
+            f"(spent ${to_usd(r.spent):.6f}, {held}); {cost}.")
+    left = r.budget - r.spent - r.reserved
+    return BudgetExceeded(
+        f"Team '{team.name}' has ${to_usd(max(0, left)):.6f} left of its {team.period} budget "
+        f"of ${to_usd(r.budget):.6f} (spent ${to_usd(r.spent):.6f}, {held}), and {cost}: "
+        f"lower max_tokens, or retry when requests in flight finish.")
 
 
 def _describe(limits: list[Limit]) -> str:
@@ -211,9 +282,11 @@ class BudgetAdmission:
         if ident is None:
             return None
         team = ident.team
-        pin, pout = backend.price_per_token()
-        amount = to_nano_ceil(worst_case_usd(pin, pout, features.prompt_tokens,
-                                             features.max_tokens, self.config.default_max_tokens))
+        hold_usd, made_of = _worst_case(backend, features, self.config.default_max_tokens)
+        amount = to_nano_ceil(hold_usd)
+        _refuse_if_never_fits(team, features, amount, made_of)
+        if team.budget_nano < 0:  # nothing to enforce: the hold only shows in the spend report
+            amount = min(amount, _MAX_HOLD)
         now = self._clock()
         period = period_id(team.period, now)
         keep = period_ttl_s(team.period, now)
@@ -231,11 +304,7 @@ class BudgetAdmission:
         if not local:
             self._remember(team.name, period, r.spent + r.reserved)
         if not r.ok:
-            raise BudgetExceeded(
-                f"Team '{team.name}' has used its {team.period} budget of "
-                f"${to_usd(r.budget):.6f} (spent ${to_usd(r.spent):.6f}, "
-                f"${to_usd(r.reserved):.6f} held by requests in flight); this request may "
-                f"cost up to ${to_usd(amount):.6f}.")
+            raise _exceeded(team, r, amount, made_of)
         store = self._local() if local else self.store
         return Reservation(team, period, res_id, amount, store, local)
 

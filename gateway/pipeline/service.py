@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -21,6 +21,7 @@ from gateway.errors import (
     BackendError,
     BackendTimeout,
     BackendUnavailable,
+    InvalidRequest,
     Overloaded,
     SwitchyardError,
 )
@@ -40,7 +41,7 @@ from gateway.pipeline.admission import Admission, OpenAdmission
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.retry import Attempts
 from gateway.pipeline.routing import Router, vars_of
-from gateway.protocol import has_content, prompt_text
+from gateway.protocol import WireRequest, has_content, max_prompt_tokens, prompt_text, validate
 from gateway.registry import Registry
 from gateway.telemetry import Tracker
 
@@ -85,30 +86,35 @@ class Gateway:
 
     # ---- preparation ---------------------------------------------------------------
 
-    def _features(self, endpoint: Endpoint, body: dict[str, Any], requested: str, ctx: RequestContext,
-                  backend: Backend) -> RequestFeatures:
-        opts = body.get("switchyard") or {}
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+    def _features(self, endpoint: Endpoint, body: dict[str, Any], req: WireRequest,
+                  ctx: RequestContext, backend: Backend) -> RequestFeatures:
+        """What routing and admission know of the request: read from the validated ``req``
+        (typed), the prompt from ``body`` (the same values, as the client sent them)."""
+        opts = req.switchyard
         call = BackendCall(endpoint, body, ctx.request_id)
         return RequestFeatures(
             endpoint=endpoint,
-            requested=requested,
+            requested=req.model,
             prompt_tokens=backend.count_tokens(call),
-            max_tokens=max_tokens,
-            stream=bool(body.get("stream")),
-            latency_target=opts.get("latency_target") or "ttft",
+            max_tokens=req.max_output,
+            stream=req.streaming,
+            latency_target=(opts.latency_target if opts else None) or "ttft",
             text=prompt_text(endpoint, body),
+            # only budgets hold on it: without them, it costs nothing
+            prompt_tokens_max=(None if type(self.admission) is OpenAdmission
+                               else max_prompt_tokens(endpoint, body)),
+            choices=req.choices,
         )
 
-    def _constraints(self, body: dict[str, Any], ctx: RequestContext) -> Constraints:
-        opts = body.get("switchyard")
+    def _constraints(self, req: WireRequest, ctx: RequestContext) -> Constraints:
+        opts = req.switchyard
         base = ctx.constraints
-        if not opts:
+        if opts is None:
             return base
         # a request may tighten its team's limits, never loosen them
-        max_cost = opts.get("max_cost_usd")
-        slo = opts.get("ttft_slo_ms")
-        co2 = opts.get("include_co2")
+        max_cost = opts.max_cost_usd
+        slo = opts.ttft_slo_ms
+        co2 = opts.include_co2
         return replace(
             base,
             max_cost_usd=_tighter(max_cost, base.max_cost_usd),
@@ -116,17 +122,32 @@ class Gateway:
             include_co2=base.include_co2 if co2 is None else bool(co2),
         )
 
+    def _check_output_fits(self, names: Sequence[str], req: WireRequest,
+                           features: RequestFeatures) -> None:
+        """400 for a max_tokens no candidate's context window can hold, whatever the policy
+        (a policy that predicts also weighs the prompt; this needs no prediction)."""
+        want = features.max_tokens
+        if not want:
+            return
+        windows = [self.backends[n].config.context_window for n in names]
+        if all(w is not None and want >= w for w in windows):
+            param = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
+            raise InvalidRequest(
+                f"{param}={want} does not fit '{features.requested}': the largest context "
+                f"window of its backends is {max(w or 0 for w in windows)} tokens, shared by "
+                f"the prompt and the completion.", param=param, code="context_length_exceeded")
+
     async def _prepare(
-        self, endpoint: Endpoint, body: dict[str, Any], ctx: RequestContext
+        self, endpoint: Endpoint, body: dict[str, Any], req: WireRequest, ctx: RequestContext
     ) -> tuple[RequestFeatures, Plan, UsageRecord, dict[str, Any]]:
-        requested: str = body["model"]
+        requested = req.model
         target = self.router.resolve(requested, endpoint)
         first = self.backends[target.backends[0]]
-        features = self._features(endpoint, body, requested, ctx, first)
+        features = self._features(endpoint, body, req, ctx, first)
+        self._check_output_fits(target.backends, req, features)
         await self.admission.admit(ctx, features)
-        opts = body.get("switchyard") or {}
-        policy = opts.get("policy") or ctx.policy
-        plan, _ = self.router.plan(target, features, self._constraints(body, ctx), policy)
+        policy = (req.switchyard.policy if req.switchyard else None) or ctx.policy
+        plan, _ = self.router.plan(target, features, self._constraints(req, ctx), policy)
         rec = UsageRecord(
             request_id=ctx.request_id, endpoint=endpoint, requested=requested,
             route=target.name if target.kind == "route" else None,
@@ -142,11 +163,22 @@ class Gateway:
             fwd = {k: v for k, v in body.items() if k != "switchyard"}
         return features, plan, rec, fwd
 
+    def _validated(self, endpoint: Endpoint, body: dict[str, Any], req: WireRequest | None,
+                   ctx: RequestContext) -> WireRequest:
+        """``req``, or ``body`` validated for a caller that did not (the HTTP layer does)."""
+        if req is not None:
+            return req
+        try:
+            return validate(endpoint, body)
+        except SwitchyardError as e:
+            self.reject(endpoint, body.get("model"), ctx, e)
+            raise
+
     async def _prepare_or_record(
-        self, endpoint: Endpoint, body: dict[str, Any], ctx: RequestContext
+        self, endpoint: Endpoint, body: dict[str, Any], req: WireRequest, ctx: RequestContext
     ) -> tuple[RequestFeatures, Plan, UsageRecord, dict[str, Any]]:
         try:
-            return await self._prepare(endpoint, body, ctx)
+            return await self._prepare(endpoint, body, req, ctx)
         except SwitchyardError as e:  # unknown model, rate limited, nothing fits...
             self.reject(endpoint, body.get("model"), ctx, e)
             raise
@@ -165,16 +197,19 @@ class Gateway:
     # ---- non-streaming -------------------------------------------------------------
 
     async def complete(
-        self, endpoint: Endpoint, body: dict[str, Any], ctx: RequestContext
+        self, endpoint: Endpoint, body: dict[str, Any], ctx: RequestContext,
+        req: WireRequest | None = None,
     ) -> tuple[dict[str, Any], UsageRecord]:
-        features, plan, rec, fwd = await self._prepare_or_record(endpoint, body, ctx)
+        """Serve ``body``; ``req`` is its validated form (validated here when not given)."""
+        req = self._validated(endpoint, body, req, ctx)
+        features, plan, rec, fwd = await self._prepare_or_record(endpoint, body, req, ctx)
         attempts = Attempts(plan.order, self.trackers, self.retry)
         last: SwitchyardError | None = None
         while (name := await attempts.next(last)) is not None:
             backend = self.backends[name]
             tracker = self.trackers[name]
             rec.attempts += 1
-            reservation = await self.admission.reserve(ctx, backend, features)
+            reservation = await self._reserve(ctx, backend, features, rec)
             call = BackendCall(endpoint, {**fwd, "model": backend.model}, ctx.request_id)
             meter = Meter()
             token = tracker.started()
@@ -205,6 +240,16 @@ class Gateway:
         err = self._exhausted(features, attempts, last)
         self._account_error(rec, None, err, ctx)
         raise err
+
+    async def _reserve(self, ctx: RequestContext, backend: Backend, features: RequestFeatures,
+                       rec: UsageRecord) -> Any:
+        """Hold the call's worst-case cost; a refusal (budget spent, a request that can never
+        fit) is recorded like every other."""
+        try:
+            return await self.admission.reserve(ctx, backend, features)
+        except SwitchyardError as e:
+            self._account_error(rec, None, e, ctx)
+            raise
 
     @staticmethod
     def _reason(plan: Plan, attempts: Attempts, last: SwitchyardError | None) -> str:
@@ -254,18 +299,21 @@ class Gateway:
     # ---- streaming -----------------------------------------------------------------
 
     async def stream(
-        self, endpoint: Endpoint, body: dict[str, Any], ctx: RequestContext
+        self, endpoint: Endpoint, body: dict[str, Any], ctx: RequestContext,
+        req: WireRequest | None = None,
     ) -> tuple[AsyncIterator[bytes], UsageRecord]:
         """Open a stream: everything that can fail cheaply fails here, before the first byte."""
-        features, plan, rec, fwd = await self._prepare_or_record(endpoint, body, ctx)
-        want_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        req = self._validated(endpoint, body, req, ctx)
+        features, plan, rec, fwd = await self._prepare_or_record(endpoint, body, req, ctx)
+        opts = getattr(req, "stream_options", None)
+        want_usage = bool(opts is not None and opts.include_usage)
         attempts = Attempts(plan.order, self.trackers, self.retry)
         last: SwitchyardError | None = None
         while (name := await attempts.next(last)) is not None:
             backend = self.backends[name]
             tracker = self.trackers[name]
             rec.attempts += 1
-            reservation = await self.admission.reserve(ctx, backend, features)
+            reservation = await self._reserve(ctx, backend, features, rec)
             call_body = {**fwd, "model": backend.model, "stream": True,
                          "stream_options": {**(fwd.get("stream_options") or {}), "include_usage": True}}
             call = BackendCall(endpoint, call_body, ctx.request_id, stream=True)

@@ -2,8 +2,9 @@
 hold exactly across them, and a Redis restart mid-load neither crashes a replica nor loses
 or double-bills a request.
 
-The backend is the third-party ``echo`` plugin (tests/thirdparty), loaded by module name:
-its usage is the gateway's own token estimate, so a request costs exactly what it reserved.
+The backend is the third-party ``echo`` plugin (tests/thirdparty), loaded by module name.
+Its prompt tokens are free and it writes exactly ``max_tokens``, so a request costs exactly
+what it reserved (a hold counts the prompt at one token per byte, the echo bills far fewer).
 Each test starts its own redis-server (append-only file, fsync always) on a free port.
 """
 
@@ -101,7 +102,7 @@ class Replicas:
             ledger = tmp / f"ledger{i}.sqlite3"
             cfg = {
                 "backends": [{"name": "echo", "plugin": "echo",
-                              "pricing": {"input_per_mtok": 1000, "output_per_mtok": 2000}}],
+                              "pricing": {"input_per_mtok": 0, "output_per_mtok": 2000}}],
                 "plugins": ["switchyard_echo"],
                 "state": {"kind": "redis", "url": redis_url, "prefix": "sy-replicas:",
                           "failure_mode": failure_mode},
