@@ -1,6 +1,7 @@
 """Helpers shared by the tests (importable as ``support``: pytest puts tests/ on sys.path).
 
-A real uvicorn serving an app on a loopback port; settings for a test's own temp dir."""
+A real uvicorn serving an app on a loopback port; settings for a test's own temp dir;
+``wait_until`` to poll for a state instead of sleeping."""
 
 from __future__ import annotations
 
@@ -8,11 +9,26 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.config import Settings, load_settings
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 30.0, what: str = "",
+               interval: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something truthy, and return that. ``timeout`` is
+    a safety net on a loaded machine, never a timing assertion: make it generous."""
+    deadline = time.monotonic() + timeout
+    while not (out := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for "
+                                 f"{what or getattr(predicate, '__name__', 'a condition')}")
+        time.sleep(interval)
+    return out
 
 
 def free_port() -> int:

@@ -129,8 +129,9 @@ class RecordingUpstream:
             yield _sse({"id": rid, "object": obj, "created": created, "model": body["model"],
                         "choices": [choice]})
             await asyncio.sleep(0.005)
-        last: dict[str, Any] = ({"index": 0, "delta": {}, "finish_reason": "stop"}
-                                if endpoint == "chat" else {"index": 0, "text": "", "finish_reason": "stop"})
+        finish = _finish(words)
+        last: dict[str, Any] = ({"index": 0, "delta": {}, "finish_reason": finish}
+                                if endpoint == "chat" else {"index": 0, "text": "", "finish_reason": finish})
         yield _sse({"id": rid, "object": obj, "created": created, "model": body["model"],
                     "choices": [last]})
         if (body.get("stream_options") or {}).get("include_usage"):
@@ -152,6 +153,11 @@ def _words(body: dict[str, Any]) -> list[str]:
     return REPLY.split()[: max(1, n)]
 
 
+def _finish(words: list[str]) -> str:
+    """As a real server says it: ``length`` when max_tokens cut the reply short."""
+    return "length" if len(words) < len(REPLY.split()) else "stop"
+
+
 def _usage(body: dict[str, Any], endpoint: str, completion: int,
            fixed: tuple[int, int] | None) -> dict[str, int]:
     if fixed is not None:
@@ -168,11 +174,11 @@ def _complete_body(body: dict[str, Any], endpoint: str, words: list[str],
                    usage: dict[str, int]) -> dict[str, Any]:
     text = " ".join(words)
     if endpoint == "chat":
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "logprobs": None,
+        choice: dict[str, Any] = {"index": 0, "finish_reason": _finish(words), "logprobs": None,
                                   "message": {"role": "assistant", "content": text}}
         obj, prefix = "chat.completion", "chatcmpl-"
     else:
-        choice = {"index": 0, "finish_reason": "stop", "logprobs": None, "text": text}
+        choice = {"index": 0, "finish_reason": _finish(words), "logprobs": None, "text": text}
         obj, prefix = "text_completion", "cmpl-"
     return {"id": prefix + uuid.uuid4().hex, "object": obj, "created": int(time.time()),
             "model": body["model"], "choices": [choice], "usage": usage}
