@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 from fakes.openai_upstream import RecordingUpstream
+from support import wait_until
 
 from gateway import hookimpl
 from gateway.http.app import create_app
@@ -91,7 +92,7 @@ def new_team(srv: LiveServer, name: str = "acme", **kw: Any) -> str:
 
 
 def test_open_until_a_team_exists_then_keys_are_required(gw: LiveServer) -> None:
-    assert ask(sdk(gw)).choices[0].message.content
+    assert ask(sdk(gw)).choices[0].message.content == "Hello from the recording upstream"
     key = new_team(gw)
     assert key.startswith("sk-sy-")
     with pytest.raises(openai.AuthenticationError):
@@ -226,18 +227,14 @@ def test_spend_report_from_the_ledger(gw: LiveServer) -> None:
     key = new_team(gw)
     ask(sdk(gw, key))
     ask(sdk(gw, key))
-    import time
 
-    deadline = time.monotonic() + 10
-    rows: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
+    def both_requests() -> list[dict[str, Any]] | None:
         r = admin(gw, "GET", "/admin/spend", params={"group_by": "team,model,backend,day"})
         assert r.status_code == 200
         rows = [x for x in r.json()["data"] if x["team"] == "acme"]
-        if rows and rows[0]["requests"] == 2:
-            break
-        time.sleep(0.05)
-    (row,) = rows
+        return rows if rows and rows[0]["requests"] == 2 else None
+
+    (row,) = wait_until(both_requests, what="the ledger to report both requests")
     assert row["backend"] == "up" and row["model"] == "up-model" and len(row["day"]) == 10
     assert row["cost_usd"] == pytest.approx(2 * PER_REQUEST) and row["completion_tokens"] == 10
     bad = admin(gw, "GET", "/admin/spend", params={"group_by": "team,colour"})

@@ -15,6 +15,12 @@ from fakes.openai_upstream import RecordingUpstream
 from support import LiveServer, free_port
 
 MSG = [{"role": "user", "content": "Say hello"}]
+# Happy paths get timeouts a loaded 2-core machine never trips; only the timeout tests use
+# SHORT, against an upstream scripted to wait far past it (SLOW_S), so neither can flake.
+GENEROUS = {"connect_s": 5.0, "first_token_s": 60.0, "total_s": 120.0}
+SHORT = {"connect_s": 5.0, "first_token_s": 2.0, "total_s": 4.0}
+SLOW_S = 15.0
+PRICES = {"input_per_mtok": 3.0, "output_per_mtok": 7.0}
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +44,17 @@ def backend(base_url: str, **kw: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def client(tmp_path: Path, upstream: tuple[RecordingUpstream, LiveServer]) -> Iterator[Any]:
-    with gateway(tmp_path, backend(upstream[1].url + "/v1",
-                                   timeouts={"total_s": 1.5, "first_token_s": 1.0})) as gw:
+    with gateway(tmp_path, backend(upstream[1].url + "/v1", timeouts=GENEROUS,
+                                   pricing=PRICES)) as gw:
+        c = sdk(gw.url)
+        yield c
+        c.close()
+
+
+@pytest.fixture
+def short_client(tmp_path: Path, upstream: tuple[RecordingUpstream, LiveServer]) -> Iterator[Any]:
+    """A gateway whose backend times out after SHORT: for the timeout tests only."""
+    with gateway(tmp_path, backend(upstream[1].url + "/v1", timeouts=SHORT)) as gw:
         c = sdk(gw.url)
         yield c
         c.close()
@@ -48,12 +63,14 @@ def client(tmp_path: Path, upstream: tuple[RecordingUpstream, LiveServer]) -> It
 def test_unknown_fields_and_extra_body_reach_the_backend_unchanged(client: Any, rec: Any) -> None:
     schema = {"type": "object", "properties": {"city": {"type": "string"}}}
     out = client.chat.completions.create(
-        model="up", messages=MSG, max_tokens=4,
+        model="up", messages=MSG, max_tokens=4, user="user-1234",
         extra_body={"guided_json": schema, "repetition_penalty": 1.15, "top_k": 7,
                     "chat_template_kwargs": {"enable_thinking": False}},
     )
-    assert out.choices[0].message.content
+    assert out.choices[0].message.content == "Hello from the recording"
+    assert out.choices[0].finish_reason == "length"  # max_tokens cut the upstream's reply
     sent = rec.last.body
+    assert sent["user"] == "user-1234"
     assert sent["guided_json"] == schema
     assert sent["repetition_penalty"] == 1.15
     assert sent["top_k"] == 7
@@ -63,9 +80,16 @@ def test_unknown_fields_and_extra_body_reach_the_backend_unchanged(client: Any, 
 
 
 def test_gateway_sets_model_to_the_backends_own(client: Any, rec: Any) -> None:
+    rec.behave("ok", usage=(1200, 345))
     r = client.chat.completions.with_raw_response.create(model="up", messages=MSG, max_tokens=3)
     assert rec.last.body["model"] == "upstream-model"
     assert r.headers["x-switchyard-backend"] == "up"
+    # billed from the usage the upstream reported, at the configured prices
+    usage = r.parse().usage
+    assert (usage.prompt_tokens, usage.completion_tokens) == (1200, 345)
+    expected = (1200 * PRICES["input_per_mtok"] + 345 * PRICES["output_per_mtok"]) / 1e6
+    assert float(r.headers["x-switchyard-cost-usd"]) == pytest.approx(expected, abs=1e-8)
+    assert expected > 0
     # the model's own name works as well, and is what is sent on
     client.completions.create(model="upstream-model", prompt="Once", max_tokens=3)
     assert rec.last.path == "/v1/completions" and rec.last.body["model"] == "upstream-model"
@@ -73,11 +97,14 @@ def test_gateway_sets_model_to_the_backends_own(client: Any, rec: Any) -> None:
 
 def test_stream_passes_fields_and_relays_every_chunk(client: Any, rec: Any) -> None:
     stream = client.chat.completions.create(model="up", messages=MSG, max_tokens=6, stream=True,
+                                            user="user-5678",
                                             extra_body={"repetition_penalty": 1.3})
     chunks = list(stream)
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert pieces == ["Hello", " from", " the", " recording", " upstream", " ,"]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert rec.last.body["repetition_penalty"] == 1.3 and rec.last.body["stream"] is True
+    assert rec.last.body["user"] == "user-5678"
 
 
 @pytest.mark.parametrize(("upstream_status", "client_error", "client_status"), [
@@ -111,26 +138,31 @@ def test_connection_refused_is_503(tmp_path: Path) -> None:
         assert info.value.body["code"] == "backend_unavailable"  # type: ignore[index]
 
 
-def test_slow_upstream_is_504(client: Any, rec: Any) -> None:
-    rec.behave("slow", delay_s=3.0)
+def test_slow_upstream_is_504(short_client: Any, rec: Any) -> None:
+    rec.behave("slow", delay_s=SLOW_S)
     with pytest.raises(openai.APIStatusError) as info:
-        client.chat.completions.create(model="up", messages=MSG, max_tokens=3)
+        short_client.chat.completions.create(model="up", messages=MSG, max_tokens=3)
     assert info.value.status_code == 504
+    assert info.value.body["code"] == "backend_timeout"  # type: ignore[index]
 
 
-def test_stream_without_first_token_in_time_is_504(client: Any, rec: Any) -> None:
-    rec.behave("slow", delay_s=3.0)
+def test_stream_without_first_token_in_time_is_504(short_client: Any, rec: Any) -> None:
+    rec.behave("slow", delay_s=SLOW_S)
     with pytest.raises(openai.APIStatusError) as info:
-        list(client.chat.completions.create(model="up", messages=MSG, max_tokens=3, stream=True))
+        list(short_client.chat.completions.create(model="up", messages=MSG, max_tokens=3,
+                                                  stream=True))
     assert info.value.status_code == 504
+    assert info.value.body["code"] == "backend_timeout"  # type: ignore[index]
 
 
 @pytest.mark.parametrize("kind", ["break_stream", "stall_stream"])
-def test_failure_after_the_stream_started_is_one_error_event(client: Any, rec: Any,
+def test_failure_after_the_stream_started_is_one_error_event(short_client: Any, rec: Any,
                                                              kind: str) -> None:
-    rec.behave(kind, chunks=2, delay_s=3.0)
+    """A stream that breaks, or stalls past the read timeout, after its first chunks."""
+    rec.behave(kind, chunks=2, delay_s=SLOW_S)
     got: list[str] = []
-    stream = client.chat.completions.create(model="up", messages=MSG, max_tokens=10, stream=True)
+    stream = short_client.chat.completions.create(model="up", messages=MSG, max_tokens=10,
+                                                  stream=True)
     with pytest.raises(openai.APIError) as info:
         for chunk in stream:
             got.append(chunk.choices[0].delta.content or "")

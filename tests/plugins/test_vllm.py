@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fakes.fake_vllm import FakeVLLM
 from fakes.harness import gateway, sdk, upstream_server
-from support import LiveServer
+from support import LiveServer, wait_until
 
 from gateway import BackendContext, BackendLoad
 from plugins.vllm import VLLMBackend, VLLMConfig
@@ -28,15 +28,17 @@ def fake() -> Iterator[tuple[FakeVLLM, LiveServer]]:
         yield f, srv
 
 
-async def wait_for(backend: VLLMBackend, ok: Callable[[BackendLoad], bool]) -> BackendLoad:
-    """The load once ``ok`` holds, waiting at most about 50 scrape intervals."""
+async def wait_for(backend: VLLMBackend, ok: Callable[[BackendLoad], bool],
+                   timeout: float = 30.0) -> BackendLoad:
+    """The load once ``ok`` holds (polled every scrape interval; ``timeout`` is only a
+    safety net for a loaded machine)."""
     import asyncio
 
-    for _ in range(50):
-        if ok(backend.load()):
-            return backend.load()
+    deadline = time.monotonic() + timeout
+    while not ok(load := backend.load()):
+        assert time.monotonic() < deadline, f"the scraped load never got there: {load}"
         await asyncio.sleep(INTERVAL)
-    return backend.load()
+    return load
 
 
 def make_backend(url: str) -> VLLMBackend:
@@ -111,17 +113,18 @@ def test_chat_through_the_gateway(tmp_path: Path, fake: tuple[FakeVLLM, LiveServ
             model="gpu", messages=[{"role": "user", "content": "hi there"}], max_tokens=5)
         out = r.parse()
         assert out.choices[0].message.content == "The quick brown fox jumps"
+        assert out.choices[0].finish_reason == "length"  # max_tokens cut the engine's reply
         assert r.headers["x-switchyard-completion-tokens"] == "5"
+        assert float(r.headers["x-switchyard-cost-usd"]) == 0.0  # no pricing: a free backend
         assert int(r.headers["x-switchyard-prompt-tokens"]) == out.usage.prompt_tokens > 0
         chunks = list(c.chat.completions.create(
             model="gpu", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True,
             stream_options={"include_usage": True}))
         pieces = [ch.choices[0].delta.content for ch in chunks if ch.choices]
         assert "".join(p or "" for p in pieces) == "The quick brown fox"
+        assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
         f.set_load(waiting=7)  # the gateway's own /metrics shows the engine's queue
-        deadline = time.monotonic() + 5
         line = 'switchyard_backend_queue_depth{backend="gpu"} 7.0'
-        while line not in httpx.get(gw.url + "/metrics").text and time.monotonic() < deadline:
-            time.sleep(INTERVAL)
-        assert line in httpx.get(gw.url + "/metrics").text
+        wait_until(lambda: line in httpx.get(gw.url + "/metrics").text, what=line,
+                   interval=INTERVAL)

@@ -2,11 +2,10 @@
 reads and leaves out of its plans; what a passing health check contradicts is cleared.
 
 Two ``SharedHealth`` (two replicas) over one in-process store; the Redis store and real
-gateways are in tests/integration/test_shared_health.py."""
+gateways are in tests/integration/test_shared_health_replicas.py."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -97,13 +96,15 @@ async def test_a_passing_check_leaves_another_replicas_breaker_mark(store: Memor
 
 
 async def test_a_replica_clears_its_own_mark_when_its_check_passes(store: MemoryStore) -> None:
-    a, b = replica(store, "A", open_s=0.01), replica(store, "B")
+    a, b = replica(store, "A"), replica(store, "B")
     a.trackers["gpu"].observe_failure(time.monotonic(), "backend_unavailable")
     probed(a, "gpu", ok=False)
     await a.after_probes()
     await b.tick()
     assert b.trackers["gpu"].remote_down is not None
-    await asyncio.sleep(0.02)  # the breaker is half open: no longer a reason to keep the mark
+    # open_s (30 s) has gone by: the breaker is half open, no longer a reason to keep the mark
+    a.trackers["gpu"].breaker.opened_at -= 30.0
+    assert a.trackers["gpu"].breaker.peek(time.monotonic()) == "half_open"
     probed(a, "gpu", ok=True)
     await a.after_probes()
     await b.tick()
