@@ -44,13 +44,14 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
     return t, out
 
 
-def metric(url: str, name: str, backend: str) -> float:
+def metric(url: str, name: str, backend: str, **labels: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
     total = 0.0
     for fam in text_string_to_metric_families(httpx.get(url + "/metrics").text):
         for s in fam.samples:
-            if s.name == name and s.labels.get("backend") == backend:
+            if s.name == name and s.labels.get("backend") == backend and all(
+                    s.labels.get(k) == v for k, v in labels.items()):
                 total += s.value
     return total
 
@@ -74,6 +75,8 @@ def test_generation_does_not_block_the_event_loop(client, embedded_server, no_eo
 
 def test_disconnect_mid_stream_stops_generation(client, embedded_server, no_eos):
     rid = request_id()
+    gone_before = metric(embedded_server.url, "switchyard_requests_total", "local-smol",
+                         status="499")
     stream = client.chat.completions.create(
         model="auto", messages=TALK, max_tokens=400, logit_bias=no_eos, stream=True,
         extra_headers={"x-request-id": rid})
@@ -90,7 +93,8 @@ def test_disconnect_mid_stream_stops_generation(client, embedded_server, no_eos)
     assert row["error_code"] == "client_disconnected"
     assert 2 <= row["completion_tokens"] < 200  # not the 400 it would have written
     assert row["backend"] == "local-smol"
-    assert metric(embedded_server.url, "switchyard_requests_total", "local-smol") >= 1
+    assert metric(embedded_server.url, "switchyard_requests_total", "local-smol",
+                  status="499") == gone_before + 1
     # the backend is free again: the next request is served
     nxt = client.chat.completions.create(model="auto", messages=TALK, max_tokens=3)
     assert nxt.usage.completion_tokens >= 1

@@ -216,9 +216,10 @@ def test_energy_policy_picks_the_frugal_backend_and_requests_switch_within_the_r
         r = ask(c, extra_body={"switchyard": {"max_cost_usd": 0.000001}})
         assert r.headers["x-switchyard-route"].startswith("local; energy: fewest joules")
         assert r.headers["x-switchyard-route"].endswith("(only fit)")
-        with pytest.raises(openai.BadRequestError, match="local: context window 512 tokens") as e:
+        with pytest.raises(openai.BadRequestError,
+                           match="largest context window of its backends is 512 tokens") as e:
             ask(c, max_tokens=600)
-        assert e.value.code == "context_length_exceeded"
+        assert e.value.code == "context_length_exceeded" and e.value.param == "max_tokens"
         # the example plugin (an installed package): code goes to the GPU backend
         plain = ask(c, "code", messages=[{"role": "user", "content": "Name a colour."}])
         assert plain.headers["x-switchyard-backend"] == "local"

@@ -1,5 +1,6 @@
 """One contract, every backend kind that runs here: call() returns an OpenAI body and usage,
-stream() yields chunks and sets meter.usage, count_tokens() > 0, cost_usd() >= 0.
+stream() yields chunks and sets meter.usage, count_tokens() > 0, and cost_usd() is exactly
+the reported usage at the configured (or litellm's) prices: 0.0 where the backend is free.
 
 llamacpp runs SmolLM2 in process; openai_compatible talks to the recording upstream, vllm to
 the fake vLLM server, litellm to the recording upstream on loopback (all on real uvicorn)."""
@@ -41,6 +42,23 @@ def config(kind: str, servers: dict[str, LiveServer]) -> dict[str, Any]:
     }[kind]
 
 
+def prices(kind: str) -> tuple[float, float, float]:
+    """(input, output) dollars per token and dollars per hour busy, as configured above
+    (litellm: its bundled cost map)."""
+    if kind == "litellm":
+        import litellm
+
+        info = litellm.model_cost["gpt-4o-mini"]
+        return float(info["input_cost_per_token"]), float(info["output_cost_per_token"]), 0.0
+    return {"llamacpp": (0.0, 0.0, 0.0), "openai_compatible": (1e-6, 2e-6, 0.0),
+            "vllm": (0.0, 0.0, 2.5)}[kind]
+
+
+def expected_cost(backend: Backend, usage: Any, busy_s: float) -> float:
+    pin, pout, per_hour = prices(backend.name.removeprefix("contract-"))
+    return usage.prompt_tokens * pin + usage.completion_tokens * pout + per_hour * busy_s / 3600
+
+
 @pytest.fixture(params=KINDS)
 async def backend(request: pytest.FixtureRequest,
                   servers: dict[str, LiveServer]) -> AsyncIterator[Backend]:
@@ -77,7 +95,8 @@ async def test_call_returns_an_openai_body_and_usage(backend: Backend) -> None:
     assert choice["message"]["role"] == "assistant" and choice["message"]["content"]
     assert result.body["object"] == "chat.completion"
     assert result.usage.prompt_tokens > 0 and 0 < result.usage.completion_tokens <= 4
-    assert backend.cost_usd(result.usage, busy_s=0.5) >= 0
+    assert backend.cost_usd(result.usage, busy_s=0.5) == pytest.approx(
+        expected_cost(backend, result.usage, 0.5), rel=1e-9, abs=0)
 
 
 async def test_stream_yields_chunks_and_sets_usage(backend: Backend) -> None:
@@ -95,6 +114,11 @@ async def test_count_tokens_and_cost(backend: Backend) -> None:
     assert backend.count_tokens(chat(backend)) > 0
     meter = Meter()
     result = await backend.call(chat(backend), meter)
-    assert backend.cost_usd(result.usage, busy_s=1.0) >= 0
-    pin, pout = backend.price_per_token()
-    assert pin >= 0 and pout >= 0
+    cost = backend.cost_usd(result.usage, busy_s=1.0)
+    assert cost == pytest.approx(expected_cost(backend, result.usage, 1.0), rel=1e-9, abs=0)
+    if backend.name == "contract-llamacpp":
+        assert cost == 0.0  # a free backend
+    else:
+        assert cost > 0  # a priced one: every priced kind bills this call
+    pin, pout, _ = prices(backend.name.removeprefix("contract-"))
+    assert backend.price_per_token() == pytest.approx((pin, pout), rel=1e-9, abs=0)

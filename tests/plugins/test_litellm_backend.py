@@ -52,9 +52,10 @@ def litellm_price() -> tuple[float, float]:
 def test_chat_cost_comes_from_litellms_cost_map(client: Any, rec: RecordingUpstream) -> None:
     rec.behave("ok", usage=(1200, 345))
     r = client.chat.completions.with_raw_response.create(
-        model="mini", messages=MSG, max_tokens=4, extra_body={"top_k": 3})
+        model="mini", messages=MSG, max_tokens=4, user="user-1234", extra_body={"top_k": 3})
     out = r.parse()
     assert out.choices[0].message.content == "Hello from the recording"
+    assert out.choices[0].finish_reason == "length"  # max_tokens cut the upstream's reply
     assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (1200, 345)
     pin, pout = litellm_price()
     assert pin > 0 and pout > 0
@@ -62,6 +63,7 @@ def test_chat_cost_comes_from_litellms_cost_map(client: Any, rec: RecordingUpstr
                                                                       abs=1e-8)
     sent = rec.last.body
     assert sent["model"] == "gpt-4o-mini" and sent["top_k"] == 3
+    assert sent["user"] == "user-1234"
     assert rec.last.headers["authorization"] == f"Bearer {KEY}"
 
 
@@ -71,6 +73,9 @@ def test_stream_through_litellm(client: Any, rec: RecordingUpstream) -> None:
         stream_options={"include_usage": True}))
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert pieces == ["Hello", " from", " the", " recording", " upstream"]
+    # one finish reason, the upstream's (litellm's usage chunk carries an empty choice)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert [f for f in finishes if f] == ["length"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
     assert rec.last.body["stream"] is True
 
