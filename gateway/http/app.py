@@ -24,6 +24,7 @@ from gateway.energy import FairShare, open_meter
 from gateway.errors import ConfigError, MethodNotAllowed, NotFound, SwitchyardError
 from gateway.http import routes as r
 from gateway.http.admin import Budgets, admin_routes, build_budgets
+from gateway.http.openapi import openapi_route
 from gateway.interfaces import Backend
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
@@ -287,6 +288,7 @@ def create_app(
             *(Route(path, handler, methods=["POST"]) for path, handler in _INFERENCE.items()),
             Route("/v1/models", r.list_models, methods=["GET"]),
             Route("/healthz", r.healthz, methods=["GET"]),
+            openapi_route(),
             Route("/readyz", r.readyz, methods=["GET"]),
             Route("/metrics", r.metrics, methods=["GET"]),
             *admin_routes(),
