@@ -6,6 +6,12 @@ behave like one: no read-then-write race between them. Scripts read the clock wi
 the hash tag ``{team}``, so a team's scripts touch a single slot and Redis Cluster accepts
 them. Money is in integer nano-dollars (``HINCRBY``: no float drift).
 
+Numbers never pass from Lua arithmetic back into a Redis command: Redis formats a Lua number
+with ``%.17g``, so a negated zero reaches ``HINCRBY`` as ``-0`` and 10**17 as ``1e+17``, and
+both are refused ("value is not an integer"). Amounts stay the decimal strings Python sent:
+negated as text (``neg``), compared exactly as (high, low) halves (``over``), and returned
+as the strings Redis holds, so every amount up to 2**63 - 1 nano-dollars is exact.
+
 Keys (``P`` is ``state.prefix``)::
 
     P:teams              set of team names
@@ -55,15 +61,46 @@ local _t = redis.call('TIME')
 local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
 """
 
+# Integer strings, handled as text (see the module docstring): ``neg`` negates one,
+# ``over(budget, a, b, c)`` says whether a + b + c > budget, exactly, by adding 9-digit
+# halves (each sum stays far below 2**53). ``int`` formats a small Lua integer for a
+# command (string.format('%d') never writes "-0").
+_NUM = """
+local function neg(s)
+  if string.sub(s, 1, 1) == '-' then return string.sub(s, 2) end
+  if s == '0' then return s end
+  return '-' .. s
+end
+local function halves(s)
+  local sign = 1
+  if string.sub(s, 1, 1) == '-' then sign, s = -1, string.sub(s, 2) end
+  local n = #s
+  if n <= 9 then return 0, sign * tonumber(s) end
+  return sign * tonumber(string.sub(s, 1, n - 9)), sign * tonumber(string.sub(s, n - 8))
+end
+local function over(budget, ...)
+  local hi, lo = 0, 0
+  for _, s in ipairs({...}) do
+    local h, l = halves(s)
+    hi, lo = hi + h, lo + l
+  end
+  hi, lo = hi + math.floor(lo / 1e9), lo % 1e9
+  local bh, bl = halves(budget)
+  bh, bl = bh + math.floor(bl / 1e9), bl % 1e9
+  return hi > bh or (hi == bh and lo > bl)
+end
+local function int(x) return string.format('%d', x) end
+"""
+
 # Release holds whose replica never settled them (it died): tombstone 'x' so a late
 # settle still bills the spend, exactly once.
-_PURGE = """
+_PURGE = _NUM + """
 local function purge(b, bx, now)
   local old = redis.call('ZRANGEBYSCORE', bx, '-inf', now)
   for _, id in ipairs(old) do
     local a = redis.call('HGET', b, 'r:' .. id)
     if a and a ~= 'x' then
-      redis.call('HINCRBY', b, 'reserved', -tonumber(a))
+      redis.call('HINCRBY', b, 'reserved', neg(a))
       redis.call('HSET', b, 'r:' .. id, 'x')
     end
   end
@@ -71,12 +108,14 @@ local function purge(b, bx, now)
 end
 """
 
-_ADD_SPEND = """
+_ADD_SPEND = _NUM + """
 local function add_spend(team, b, amount)
-  local spent = redis.call('HINCRBY', b, 'spent', amount)
-  local soft = tonumber(redis.call('HGET', team, 'soft') or '-1')
+  redis.call('HINCRBY', b, 'spent', amount)
+  local spent = redis.call('HGET', b, 'spent')
+  local soft = redis.call('HGET', team, 'soft') or '-1'
   local alert = 0
-  if soft >= 0 and spent >= soft and redis.call('HSETNX', b, 'alerted', '1') == 1 then
+  if string.sub(soft, 1, 1) ~= '-' and not over(spent, soft)
+      and redis.call('HSETNX', b, 'alerted', '1') == 1 then
     alert = 1
   end
   return {1, spent, alert}
@@ -87,23 +126,20 @@ end
 RESERVE = _NOW + _PURGE + """
 local budget = redis.call('HGET', KEYS[1], 'budget')
 if not budget then return {-1, 0, 0, -1} end
-budget = tonumber(budget)
 purge(KEYS[2], KEYS[3], now)
-local spent = tonumber(redis.call('HGET', KEYS[2], 'spent') or '0')
-local reserved = tonumber(redis.call('HGET', KEYS[2], 'reserved') or '0')
-local amount = tonumber(ARGV[2])
-if budget >= 0 and spent + reserved + amount > budget then
+local spent = redis.call('HGET', KEYS[2], 'spent') or '0'
+local reserved = redis.call('HGET', KEYS[2], 'reserved') or '0'
+if string.sub(budget, 1, 1) ~= '-' and over(budget, spent, reserved, ARGV[2]) then
   return {0, spent, reserved, budget}
 end
 redis.call('HINCRBY', KEYS[2], 'reserved', ARGV[2])
 redis.call('HSET', KEYS[2], 'r:' .. ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
-local keep = tonumber(ARGV[4])
-if keep > 0 then
-  redis.call('EXPIRE', KEYS[2], keep)
-  redis.call('EXPIRE', KEYS[3], keep)
+redis.call('ZADD', KEYS[3], int(now + tonumber(ARGV[3])), ARGV[1])
+if tonumber(ARGV[4]) > 0 then
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
 end
-return {1, spent, reserved + amount, budget}
+return {1, spent, redis.call('HGET', KEYS[2], 'reserved'), budget}
 """
 
 # KEYS: team, b, bx   ARGV: res_id, actual
@@ -111,9 +147,9 @@ SETTLE = _ADD_SPEND + """
 local f = 'r:' .. ARGV[1]
 local a = redis.call('HGET', KEYS[2], f)
 if not a then
-  return {0, tonumber(redis.call('HGET', KEYS[2], 'spent') or '0'), 0}
+  return {0, redis.call('HGET', KEYS[2], 'spent') or '0', 0}
 end
-if a ~= 'x' then redis.call('HINCRBY', KEYS[2], 'reserved', -tonumber(a)) end
+if a ~= 'x' then redis.call('HINCRBY', KEYS[2], 'reserved', neg(a)) end
 redis.call('HDEL', KEYS[2], f)
 redis.call('ZREM', KEYS[3], ARGV[1])
 return add_spend(KEYS[1], KEYS[2], ARGV[2])
@@ -122,10 +158,9 @@ return add_spend(KEYS[1], KEYS[2], ARGV[2])
 # KEYS: team, b   ARGV: charge_id, amount, keep_s
 CHARGE = _ADD_SPEND + """
 if redis.call('HSETNX', KEYS[2], 'c:' .. ARGV[1], '1') == 0 then
-  return {0, tonumber(redis.call('HGET', KEYS[2], 'spent') or '0'), 0}
+  return {0, redis.call('HGET', KEYS[2], 'spent') or '0', 0}
 end
-local keep = tonumber(ARGV[3])
-if keep > 0 then redis.call('EXPIRE', KEYS[2], keep) end
+if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
 return add_spend(KEYS[1], KEYS[2], ARGV[2])
 """
 
@@ -133,10 +168,10 @@ return add_spend(KEYS[1], KEYS[2], ARGV[2])
 SPEND = _NOW + _PURGE + """
 purge(KEYS[1], KEYS[2], now)
 local v = redis.call('HMGET', KEYS[1], 'spent', 'reserved', 'alerted')
-return {tonumber(v[1] or '0'), tonumber(v[2] or '0'), v[3] and 1 or 0}
+return {v[1] or '0', v[2] or '0', v[3] and 1 or 0}
 """
 
-_WINDOW = _NOW + """
+_WINDOW = _NOW + _NUM + """
 local function entry_cost(m) return tonumber(string.match(m, ':(%-?%d+)$')) end
 local function prune(z, s, cutoff)
   local old = redis.call('ZRANGEBYSCORE', z, '-inf', cutoff)
@@ -144,7 +179,7 @@ local function prune(z, s, cutoff)
   local sub = 0
   for _, m in ipairs(old) do sub = sub + entry_cost(m) end
   redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
-  return redis.call('DECRBY', s, sub)
+  return redis.call('DECRBY', s, int(sub))
 end
 local function record(n, now)
   local seq = redis.call('INCR', KEYS[1])
@@ -153,8 +188,8 @@ local function record(n, now)
     local z, s, cost, win = KEYS[2*i], KEYS[2*i+1], ARGV[3*i], tonumber(ARGV[3*i+1])
     redis.call('ZADD', z, now, seq .. ':' .. cost)
     redis.call('INCRBY', s, cost)
-    redis.call('PEXPIRE', z, win + 1000)
-    redis.call('PEXPIRE', s, win + 1000)
+    redis.call('PEXPIRE', z, int(win + 1000))
+    redis.call('PEXPIRE', s, int(win + 1000))
   end
 end
 """

@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator
 import pytest
 from support import free_port
 
-from gateway.state import KeyRecord, Limit, StateStore, StateUnavailable, Team
+from gateway.state import KeyRecord, Limit, Spend, StateStore, StateUnavailable, Team
 from plugins.state_memory import MemoryStore
 from plugins.state_redis import RedisStore
 
 KEEP = 3600
+# Amounts in nano-dollars at the edges: zero (Lua writes -0 for its negation, which Redis
+# refused), one, and one beyond what a double holds exactly (Lua writes 1e+18).
+AMOUNTS = pytest.mark.parametrize("amount", [0, 1, 10**18 + 1], ids=["zero", "1nano", "huge"])
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -136,6 +139,73 @@ async def test_soft_limit_alert_fires_once_per_period(store: StateStore) -> None
     assert (await store.settle("acme", "p2", "x", 600)).alert, "again in the next period"
 
 
+@AMOUNTS
+async def test_amounts_are_held_settled_and_charged_exactly(store: StateStore,
+                                                            amount: int) -> None:
+    await store.create_team(team())  # no budget: every amount fits
+    r = await store.reserve("acme", "p1", "r1", amount, 60, KEEP)
+    assert r.ok and (r.spent, r.reserved) == (0, amount)
+    s = await store.settle("acme", "p1", "r1", amount)
+    assert s.applied and s.spent == amount
+    again = await store.settle("acme", "p1", "r1", amount)
+    assert not again.applied and again.spent == amount
+    assert await store.spend("acme", "p1") == Spend(amount, 0, False)
+    c = await store.charge("acme", "p1", "c1", amount, KEEP)
+    assert c.applied and c.spent == 2 * amount
+    assert (await store.charge("acme", "p1", "c1", amount, KEEP)).spent == 2 * amount
+
+
+@AMOUNTS
+async def test_a_hold_released_unused_frees_its_amount(store: StateStore, amount: int) -> None:
+    """What a failed or timed-out call settles: the actual cost is zero."""
+    await store.create_team(team())
+    assert (await store.reserve("acme", "p1", "r1", amount, 60, KEEP)).ok
+    s = await store.settle("acme", "p1", "r1", 0)
+    assert s.applied and s.spent == 0
+    assert await store.spend("acme", "p1") == Spend(0, 0, False)
+
+
+@AMOUNTS
+async def test_an_expired_hold_of_any_amount_is_released(store: StateStore, amount: int) -> None:
+    await store.create_team(team())
+    assert (await store.reserve("acme", "p1", "dead", amount, 0.01, KEEP)).ok
+    deadline = time.monotonic() + 10
+    while (await store.spend("acme", "p1")).reserved:
+        assert time.monotonic() < deadline, "the hold never expired"
+        await asyncio.sleep(0.02)
+    late = await store.settle("acme", "p1", "dead", amount)
+    assert late.applied and late.spent == amount, "released, and still billed once"
+
+
+@AMOUNTS
+async def test_a_budget_of_exactly_the_amount_admits_it_and_nothing_more(
+        store: StateStore, amount: int) -> None:
+    await store.create_team(team())
+    t = await store.get_team("acme")
+    assert t is not None
+    t.budget_usd = amount / 1e9
+    await store.update_team(t)
+    budget = t.budget_nano  # as close to amount as a float in dollars gets
+    assert (await store.reserve("acme", "p1", "r1", budget, 60, KEEP)).ok
+    over = await store.reserve("acme", "p1", "r2", 1, 60, KEEP)
+    assert not over.ok and (over.spent, over.reserved, over.budget) == (0, budget, budget)
+    await store.settle("acme", "p1", "r1", budget)
+    assert not (await store.reserve("acme", "p1", "r3", 1, 60, KEEP)).ok
+    assert (await store.reserve("acme", "p1", "r4", 0, 60, KEEP)).ok, "zero always fits"
+
+
+@AMOUNTS
+async def test_the_soft_limit_alerts_at_exactly_its_amount(store: StateStore,
+                                                           amount: int) -> None:
+    await store.create_team(team(budget_usd=2 * (amount + 1) / 1e9, soft_limit_pct=50))
+    soft = (await store.get_team("acme")).soft_nano  # type: ignore[union-attr]
+    assert soft >= 1
+    await store.reserve("acme", "p1", "below", soft - 1, 60, KEEP)
+    assert not (await store.settle("acme", "p1", "below", soft - 1)).alert, "1 nano short"
+    await store.reserve("acme", "p1", "at", 1, 60, KEEP)
+    assert (await store.settle("acme", "p1", "at", 1)).alert
+
+
 async def test_charge_is_idempotent(store: StateStore) -> None:
     await store.create_team(team(budget_usd=1.0))
     assert (await store.charge("acme", "p1", "c1", 40, KEEP)).applied
@@ -144,12 +214,25 @@ async def test_charge_is_idempotent(store: StateStore) -> None:
 
 
 async def test_sliding_window_takes_exactly_the_limit(store: StateStore) -> None:
-    lim = [Limit("team:rpm", 5, 1, 0.5)]
+    # a window far longer than the hits take, however loaded the machine
+    lim = [Limit("team:rpm", 5, 1, 60)]
     results = await asyncio.gather(*(store.hit("acme", lim) for _ in range(12)))
     assert sum(r == 0 for r in results) == 5
-    assert all(0 < r <= 0.5 for r in results if r)
-    await asyncio.sleep(0.6)
-    assert await store.hit("acme", lim) == 0, "the window slid"
+    assert all(0 < r <= 60 for r in results if r)
+
+
+async def test_the_window_slides_once_the_first_hit_is_older_than_it(store: StateStore) -> None:
+    win = 0.5
+    lim = [Limit("team:rpm", 1, 1, win)]
+    before = time.time()  # the hit's own time is no earlier than this
+    assert await store.hit("acme", lim) == 0
+    deadline = time.monotonic() + 30
+    while (wait := await store.hit("acme", lim)) > 0:
+        assert wait <= win
+        assert time.monotonic() < deadline, "the window never slid"
+        await asyncio.sleep(min(wait, 0.05))
+    # taken again only once the first hit left the window (the stores' clock is wall time)
+    assert time.time() - before >= win - 0.002
 
 
 async def test_all_limits_or_none(store: StateStore) -> None:
