@@ -256,14 +256,19 @@ class RedisStore:
     kind = "redis"
 
     def __init__(self, url: str, prefix: str = "switchyard:", *, connect_timeout_s: float = 0.5,
-                 timeout_s: float = 2.0) -> None:
+                 timeout_s: float = 2.0, max_connections: int = 64) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("state.prefix must not contain '{' or '}' (Redis hash tags)")
         self.prefix = prefix
-        self.r = aioredis.Redis.from_url(
+        # A burst waits (up to timeout_s) for a free connection: redis-py's plain pool
+        # raises at its cap (100 since redis-py 8), which read as an outage and failed
+        # every request closed for a reconcile interval.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url, decode_responses=True, socket_connect_timeout=connect_timeout_s,
             socket_timeout=timeout_s, retry=Retry(NoBackoff(), 1),
+            max_connections=max_connections, timeout=timeout_s,
         )
+        self.r = aioredis.Redis.from_pool(pool)
         self._reserve = self.r.register_script(RESERVE)
         self._settle = self.r.register_script(SETTLE)
         self._charge = self.r.register_script(CHARGE)

@@ -86,6 +86,15 @@ async def test_reservations_never_exceed_the_budget_under_concurrency(store: Sta
     assert refused.budget == 1000 and refused.spent + refused.reserved == 1000
 
 
+async def test_a_burst_wider_than_the_connection_pool_waits_its_turn(store: StateStore) -> None:
+    """250 calls at once: more than redis-py's own pool cap (100), whose refusal read as an
+    outage and failed requests closed."""
+    await store.create_team(team(budget_usd=1e-6))
+    results = await asyncio.gather(*(
+        store.reserve("acme", "p1", f"r{i}", 10, 60, KEEP) for i in range(250)))
+    assert sum(r.ok for r in results) == 100
+
+
 async def test_settle_releases_the_rest_once(store: StateStore) -> None:
     await store.create_team(team(budget_usd=1e-6))
     assert (await store.reserve("acme", "p1", "r1", 600, 60, KEEP)).ok
