@@ -9,12 +9,15 @@ When the state store is unreachable: with ``failure_mode: closed`` a request get
 with ``open`` it is enforced against a local in-process store (seeded with the last spend
 seen) and its spend is charged to the shared store when it returns. Settlements that could
 not reach the store are queued and retried (they are idempotent), so no request is billed
-twice or not at all; the ledger keeps every record either way.
+twice or not at all; the ledger keeps every record either way. A settlement the store
+refuses for another reason (a script error, say) is logged and retried the same way: a
+request the backend answered is answered, never turned into a 500 after the fact.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -93,6 +96,17 @@ class _Pending:
     op_id: str
     amount: int
     keep_s: int
+    tries: int = 0  # refusals other than an outage; dropped (logged) after _MAX_TRIES
+
+
+_MAX_TRIES = 20
+
+
+def _why(e: BaseException) -> str:
+    """An error for the log: its class and the first line of its message (a store's own
+    text: no request body, no key)."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
 def _limits(ident: Identity, prompt_tokens: int) -> list[Limit]:
@@ -332,7 +346,13 @@ class BudgetAdmission:
         task = asyncio.ensure_future(self._settle(ctx, reservation, cost_usd, tokens))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        await asyncio.shield(task)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the backend answered: the client gets it
+            log.error("settling a request of team %s failed (%s); its record is in the "
+                      "ledger", reservation.team.name, _why(e))
 
     async def _settle(self, ctx: RequestContext, r: Reservation, cost_usd: float,
                       tokens: int) -> None:
@@ -341,20 +361,30 @@ class BudgetAdmission:
         r.settled = True
         actual = to_nano(cost_usd)
         keep = period_ttl_s(r.team.period, self._clock())
-        res: Settled | None = None
         if r.local:
-            res = await r.store.settle(r.team.name, r.period, r.res_id, actual)
-            self._queue(_Pending("charge", r.team.name, r.period, r.res_id, actual, keep))
-            res = None  # the shared store decides on the alert when the charge lands
-        else:
             try:
-                res = await self.store.settle(r.team.name, r.period, r.res_id, actual)
-            except StateUnavailable:
-                self._mark_down()
-                self._queue(_Pending("settle", r.team.name, r.period, r.res_id, actual, keep))
-        if res is not None:
-            self._after(r.team, r.period, res)
+                await r.store.settle(r.team.name, r.period, r.res_id, actual)
+            except Exception as e:  # noqa: BLE001 - the charge below still bills it
+                log.error("releasing a local hold of team %s failed (%s)", r.team.name, _why(e))
+            # the shared store decides on the alert when the charge lands
+            self._queue(_Pending("charge", r.team.name, r.period, r.res_id, actual, keep))
+        else:
+            res = await self._settle_shared(r, actual, keep)
+            if res is not None:
+                self._after(r.team, r.period, res)
         await self._correct_tokens(ctx, r.team.name, tokens)
+
+    async def _settle_shared(self, r: Reservation, actual: int, keep: int) -> Settled | None:
+        """Settle on the shared store; what it does not acknowledge is queued for retry."""
+        try:
+            return await self.store.settle(r.team.name, r.period, r.res_id, actual)
+        except StateUnavailable:
+            self._mark_down()
+        except Exception as e:  # noqa: BLE001 - never a 500 for an answered request
+            log.error("settling a request of team %s failed (%s); queued to retry",
+                      r.team.name, _why(e))
+        self._queue(_Pending("settle", r.team.name, r.period, r.res_id, actual, keep))
+        return None
 
     async def _correct_tokens(self, ctx: RequestContext, team: str, tokens: int) -> None:
         """Tokens-per-minute windows counted the prompt at admission; add the rest."""
@@ -371,6 +401,8 @@ class BudgetAdmission:
             await (self._local() if local else self.store).add(team, fixed)
         except StateUnavailable:
             log.warning("token window of team %s not corrected: state store unreachable", team)
+        except Exception as e:  # noqa: BLE001 - a window off by a few tokens, not a 500
+            log.error("token window of team %s not corrected (%s)", team, _why(e))
 
     def _queue(self, p: _Pending) -> None:
         self._pending.append(p)
@@ -388,18 +420,25 @@ class BudgetAdmission:
     # ---- reconciliation ----------------------------------------------------------------
 
     async def reconcile(self) -> int:
-        """Apply queued settlements to the shared store; returns how many are left."""
-        while self._pending:
-            p = self._pending[0]
+        """Apply queued settlements to the shared store; returns how many are left. Each is
+        tried once per call; one the store refuses (not an outage) goes to the back of the
+        queue, so it never holds up the others."""
+        for _ in range(len(self._pending)):
+            if not self._pending:
+                break
+            p = self._pending.pop(0)
             try:
                 if p.op == "settle":
                     res = await self.store.settle(p.team, p.period, p.op_id, p.amount)
                 else:
                     res = await self.store.charge(p.team, p.period, p.op_id, p.amount, p.keep_s)
             except StateUnavailable:
+                self._pending.insert(0, p)
                 self._mark_down()
                 break
-            self._pending.pop(0)
+            except Exception as e:  # noqa: BLE001 - retried later, or given up on, logged
+                self._refused(p, e)
+                continue
             if res.alert:
                 try:
                     team = await self.store.get_team(p.team)
@@ -408,6 +447,15 @@ class BudgetAdmission:
                 if team is not None:
                     self._after(team, p.period, res)
         return len(self._pending)
+
+    def _refused(self, p: _Pending, e: Exception) -> None:
+        if p.tries + 1 >= _MAX_TRIES:
+            log.error("giving up on a %s of %.9f USD for team %s after %d tries (%s); the "
+                      "ledger holds its record", p.op, to_usd(p.amount), p.team, _MAX_TRIES,
+                      _why(e))
+            return
+        log.warning("a queued %s for team %s failed (%s); retrying", p.op, p.team, _why(e))
+        self._pending.append(dataclasses.replace(p, tries=p.tries + 1))
 
     async def _reconcile_loop(self) -> None:
         while True:

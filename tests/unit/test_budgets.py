@@ -82,3 +82,42 @@ async def test_period_rolls_over_at_midnight_without_restart() -> None:
     now[0] = ts("2026-11-06T00:00:01")
     assert await adm.reserve(ctx(), backend, features) is not None
     assert (await store.spend("acme", "d2026-11-05")).spent == to_nano(0.01), "kept"
+
+
+async def test_a_settlement_redis_refuses_is_logged_queued_and_billed_once(
+        redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A store error other than an outage (here a corrupted hold, so the settle script
+    fails) never reaches the client: it is logged without the key, retried, billed once."""
+    import redis
+
+    from plugins.state_redis import RedisStore
+
+    store = RedisStore(redis_url, redis_prefix)
+    raw = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        await store.create_team(Team(name="acme", budget_usd=1.0, period="total"))
+        key, rec = mint_key("acme", "ci")
+        await store.put_key(rec)
+        adm = BudgetAdmission(store, BudgetsConfig())
+        backend = BaseBackend(BackendConfig(name="b", plugin="x",
+                                            pricing=Pricing(output_per_mtok=1000)))
+        ctx = RequestContext(request_id="r", team="acme")
+        ctx.extra["identity"] = await KeyAuthenticator(store).verify(f"Bearer {key}")
+        r = await adm.reserve(ctx, backend, RequestFeatures("chat", "b", prompt_tokens=3, max_tokens=10))
+        assert r is not None
+        hold = f"{redis_prefix}{{acme}}:b:total"
+        amount = raw.hget(hold, f"r:{r.res_id}")
+        raw.hset(hold, f"r:{r.res_id}", "not-a-number")
+        with caplog.at_level("WARNING", logger="switchyard.budgets"):
+            await adm.settle(ctx, r, 0.002, 13)  # no exception: the client gets its answer
+            assert adm.pending == 1 and "queued to retry" in caplog.text
+            assert await adm.reconcile() == 1, "still refused: kept for later"
+        assert key not in caplog.text and key.split("_")[-1] not in caplog.text
+        raw.hset(hold, f"r:{r.res_id}", amount)  # the store is healthy again
+        assert await adm.reconcile() == 0
+        assert (await store.spend("acme", "total")).spent == to_nano(0.002)
+        assert await adm.reconcile() == 0 and (await store.spend("acme", "total")).spent == \
+            to_nano(0.002), "billed once"
+    finally:
+        raw.close()
+        await store.close()
