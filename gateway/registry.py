@@ -76,13 +76,18 @@ class Registry:
     def notify(self, hook: str, tasks: set[asyncio.Future[Any]], **kwargs: Any) -> None:
         """Call an observer hook (datasette's await_me_maybe): every implementation runs; one
         that raises is logged, never raised to the caller; an awaitable result is scheduled
-        and kept in ``tasks`` until it is done, its failure logged too."""
-        try:
-            results = getattr(self.pm.hook, hook)(**kwargs)
-        except Exception:
-            log.exception("a %s observer failed", hook)
-            return
-        for res in results:
+        and kept in ``tasks`` until it is done, its failure logged too.
+
+        Each implementation is called on its own, in pluggy's order (a plain hook call stops
+        at the first one that raises, and the rest never run); a wrapper is not called."""
+        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+            if impl.hookwrapper or impl.wrapper:
+                continue
+            try:
+                res = impl.function(**{a: kwargs[a] for a in impl.argnames if a in kwargs})
+            except Exception:
+                log.exception("a %s observer failed (plugin %s)", hook, impl.plugin_name)
+                continue
             if isinstance(res, Awaitable):
                 fut = asyncio.ensure_future(res)
                 tasks.add(fut)

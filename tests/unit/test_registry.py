@@ -1,16 +1,21 @@
 """The plugin manager: entry points, duplicates, overrides, misspelled hooks, broken plugins,
-per-plugin config validation and ``disable_plugins``. Plugins here are real modules written
-to a temporary directory and imported by name, as ``plugins:`` in a config file does."""
+per-plugin config validation, ``disable_plugins``, and observers isolated from each other.
+Plugins here are real modules written to a temporary directory and imported by name, as
+``plugins:`` in a config file does (observers are objects passed in, as tests do)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway import hookimpl
 from gateway.errors import ConfigError
 from gateway.http.app import build_backends, build_registry_for
 from gateway.registry import build_registry
@@ -219,3 +224,52 @@ def test_every_build_gets_a_fresh_plugin_manager(plugin_module) -> None:
     mine = plugin_module("fresh_one", BACKEND_PLUGIN.format(name="fresh"))
     assert "fresh" in build_registry(load_entry_points=False, modules=[mine]).backends
     assert "fresh" not in build_registry(load_entry_points=False).backends
+
+
+class _Observer:
+    """A ``switchyard_request_recorded`` observer that notes what it saw, or raises."""
+
+    def __init__(self, name: str, fail: bool = False, awaitable: bool = False) -> None:
+        self.name, self.fail, self.awaitable = name, fail, awaitable
+        self.seen: list[str] = []
+
+    @hookimpl
+    def switchyard_request_recorded(self, record: Any) -> Any:
+        if self.fail:
+            raise RuntimeError(f"{self.name} is broken")
+        if self.awaitable:
+            async def later() -> None:
+                self.seen.append(record)
+            return later()
+        self.seen.append(record)
+        return None
+
+
+@pytest.mark.parametrize("failing_first", [True, False])
+async def test_every_observer_runs_when_one_raises(failing_first: bool,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    good, bad = _Observer("good"), _Observer("bad", fail=True)
+    # pluggy calls the plugin registered last first
+    reg = build_registry(load_entry_points=False,
+                         extra=[good, bad] if failing_first else [bad, good])
+    tasks: set[asyncio.Future[Any]] = set()
+    with caplog.at_level(logging.ERROR, logger="switchyard.plugins"):
+        reg.notify("switchyard_request_recorded", tasks, record="rec-1")
+    assert good.seen == ["rec-1"], "the other observer still ran"
+    assert "bad is broken" in caplog.text and "switchyard_request_recorded" in caplog.text
+    assert not tasks
+
+
+async def test_awaitable_observers_are_scheduled_each_on_their_own(
+        caplog: pytest.LogCaptureFixture) -> None:
+    first, second = _Observer("first", awaitable=True), _Observer("second", awaitable=True)
+    bad = _Observer("bad", fail=True)
+    reg = build_registry(load_entry_points=False, extra=[first, bad, second])
+    tasks: set[asyncio.Future[Any]] = set()
+    with caplog.at_level(logging.ERROR, logger="switchyard.plugins"):
+        reg.notify("switchyard_request_recorded", tasks, record="rec-2")
+        assert len(tasks) == 2
+        await asyncio.gather(*list(tasks))
+    assert first.seen == second.seen == ["rec-2"]
+    assert not tasks, "a finished observer is dropped from the set"
+    assert "bad is broken" in caplog.text
