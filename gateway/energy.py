@@ -5,6 +5,10 @@ fairly: between any two events (a request starting or ending) the energy the cou
 moved is split evenly among the requests active in that interval, so each request's
 joules are the integral of its fair share (an exact attribution under that rule, and the
 shares add up to what the device used while busy).
+
+A device has one meter however many backends run on it (``open_meters``): two backends on
+one GPU or one RAPL package split its counter between all their requests, instead of each
+billing the whole change.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import glob
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 log = logging.getLogger("switchyard.energy")
@@ -20,12 +24,17 @@ log = logging.getLogger("switchyard.energy")
 RAPL_GLOB = "/sys/class/powercap/intel-rapl:[0-9]*"
 
 
+def rapl_domains(pattern: str = RAPL_GLOB) -> list[Path]:
+    """The package domains ``pattern`` matches (``intel-rapl:N``, not the sub-domains
+    ``intel-rapl:N:M``, which the package already counts)."""
+    return [Path(p) for p in sorted(glob.glob(pattern)) if Path(p).name.count(":") == 1]
+
+
 class RaplCounter:
     """Sum of the package domains' ``energy_uj``, with wrap-around at ``max_energy_range_uj``."""
 
     def __init__(self, pattern: str = RAPL_GLOB) -> None:
-        self.domains = [Path(p) for p in sorted(glob.glob(pattern)) if ":" in Path(p).name
-                        and Path(p).name.count(":") == 1]
+        self.domains = rapl_domains(pattern)
         if not self.domains:
             raise OSError(f"no RAPL domains at {pattern}")
         self._max = [int((d / "max_energy_range_uj").read_text()) for d in self.domains]
@@ -101,3 +110,27 @@ def open_meter(kind: str, device: int = 0, rapl_glob: str = RAPL_GLOB) -> FairSh
     except Exception as e:  # noqa: BLE001 - reported, never raised to the client
         log.warning("energy: %s counters unavailable here (%s); using the profile", kind, e)
     return None
+
+
+def device_key(kind: str, device: int = 0, rapl_glob: str = RAPL_GLOB) -> tuple[str, ...]:
+    """What a meter reads: the GPU index for NVML, the resolved package domains for RAPL
+    (two globs that match the same packages are the same device)."""
+    if kind == "nvml":
+        return ("nvml", str(device))
+    return ("rapl", *sorted(str(p.resolve()) for p in rapl_domains(rapl_glob)))
+
+
+def open_meters(wanted: Iterable[tuple[str, str, int, str]]) -> dict[str, FairShare]:
+    """One meter per device for ``(backend, kind, device, rapl_glob)``: backends on the same
+    device get the same ``FairShare``. A backend whose device has no counter is left out
+    (its profile stands in), with one warning per device."""
+    by_device: dict[tuple[str, ...], FairShare | None] = {}
+    meters: dict[str, FairShare] = {}
+    for name, kind, device, rapl_glob in wanted:
+        key = device_key(kind, device, rapl_glob)
+        if key not in by_device:
+            by_device[key] = open_meter(kind, device, rapl_glob)
+        meter = by_device[key]
+        if meter is not None:
+            meters[name] = meter
+    return meters

@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.backend import BackendContext
 from gateway.config import BackendConfig, Settings, validation_errors
-from gateway.energy import FairShare, open_meter
+from gateway.energy import FairShare, open_meters
 from gateway.errors import ConfigError, MethodNotAllowed, NotFound, SwitchyardError
 from gateway.http import routes as r
 from gateway.http.admin import Budgets, admin_routes, build_budgets
@@ -183,14 +183,10 @@ def _build_router(settings: Settings, registry: Registry, built: Built,
 
 
 def _energy_meters(backends: dict[str, Backend]) -> dict[str, FairShare]:
-    meters: dict[str, FairShare] = {}
-    for name, b in backends.items():
-        if b.config.energy.measure != "profile":
-            prof = b.config.energy
-            m = open_meter(prof.measure, device=prof.device, rapl_glob=prof.rapl_path)
-            if m is not None:
-                meters[name] = m
-    return meters
+    """One meter per device: backends on one GPU or RAPL package share it (billed once)."""
+    return open_meters((name, b.config.energy.measure, b.config.energy.device,
+                        b.config.energy.rapl_path)
+                       for name, b in backends.items() if b.config.energy.measure != "profile")
 
 
 def build_parts(settings: Settings, *, extra_plugins: Iterable[object] = (),

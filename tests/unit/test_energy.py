@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.energy import FairShare, NvmlCounter, RaplCounter, open_meter
+from gateway.energy import FairShare, NvmlCounter, RaplCounter, device_key, open_meter, open_meters
 
 
 def _domain(root: Path, name: str, uj: int, max_uj: int = 262_143_328_850) -> Path:
@@ -48,6 +48,23 @@ def test_fair_share_splits_energy_among_active_requests() -> None:
 
 def test_missing_counters_fall_back_to_profile(tmp_path: Path) -> None:
     assert open_meter("rapl", rapl_glob=str(tmp_path / "nothing*")) is None
+
+
+def test_backends_on_one_device_share_one_meter(tmp_path: Path) -> None:
+    _domain(tmp_path, "intel-rapl:0", 0)
+    _domain(tmp_path, "intel-rapl:1", 0)
+    both, first = str(tmp_path / "intel-rapl:[0-9]*"), str(tmp_path / "intel-rapl:0")
+    meters = open_meters([
+        ("a", "rapl", 0, both),
+        ("b", "rapl", 0, both),
+        ("c", "rapl", 0, str(tmp_path / "intel-rapl:[01]")),  # other glob, same packages
+        ("d", "rapl", 0, first),  # one package only: a device of its own
+        ("e", "rapl", 0, str(tmp_path / "none*")),  # no counter: the profile stands in
+    ])
+    assert set(meters) == {"a", "b", "c", "d"}
+    assert meters["a"] is meters["b"] is meters["c"]
+    assert meters["d"] is not meters["a"]
+    assert device_key("nvml", 1) == device_key("nvml", 1) != device_key("nvml", 0)
 
 
 @pytest.mark.gpu
