@@ -195,6 +195,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     plugins: list[str] = Field(default_factory=list, description="extra plugin modules to load")
     disable_plugins: list[str] = Field(default_factory=list)
+    plugin_text_chars: int = Field(
+        8192, ge=0, description="how much of the prompt's text policies and plan editors see")
     embedded_default: bool = Field(True, description="no backends configured: serve SmolLM2 + MiniLM")
 
     @classmethod

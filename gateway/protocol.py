@@ -200,23 +200,36 @@ def _param(loc: tuple[int | str, ...], body: Any, *, missing: bool) -> str | Non
     return ".".join(parts) or None
 
 
-def prompt_text(endpoint: str, body: dict[str, Any]) -> str:
-    """The prompt's text, for token estimates and content-aware plan editors."""
+def prompt_text(endpoint: str, body: dict[str, Any], limit: int | None = None) -> str:
+    """The prompt's text, for token estimates and content-aware plan editors; with ``limit``,
+    at most its first ``limit`` characters (per-request plugin code gets a bounded input, so
+    a megabyte prompt cannot make a plugin's regex freeze the event loop)."""
     if endpoint == "chat":
         parts: list[str] = []
+        size = 0
         for m in body.get("messages") or ():
             c = m.get("content") if isinstance(m, dict) else None
             if isinstance(c, str):
                 parts.append(c)
+                size += len(c)
             elif isinstance(c, list):
-                parts.extend(p.get("text", "") for p in c if isinstance(p, dict))
-        return "\n".join(parts)
-    p = body.get("prompt") if endpoint == "completions" else body.get("input")
-    if isinstance(p, str):
-        return p
-    if isinstance(p, list) and p and isinstance(p[0], str):
-        return "\n".join(p)
-    return ""
+                for p in c:
+                    t = p.get("text") if isinstance(p, dict) else None
+                    if isinstance(t, str):
+                        parts.append(t)
+                        size += len(t)
+            if limit is not None and size >= limit:
+                break
+        text = "\n".join(parts)
+    else:
+        p = body.get("prompt") if endpoint == "completions" else body.get("input")
+        if isinstance(p, str):
+            text = p
+        elif isinstance(p, list) and p and all(isinstance(x, str) for x in p):
+            text = "\n".join(p)
+        else:
+            text = ""
+    return text if limit is None else text[:limit]
 
 
 def has_content(chunk: dict[str, Any]) -> bool:

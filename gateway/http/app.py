@@ -203,7 +203,8 @@ def build_parts(settings: Settings, *, extra_plugins: Iterable[object] = (),
     probe_interval_s = health_interval_s or settings.health.probe_interval_s
     gw = Gateway(backends=built.backends, router=router, trackers=trackers, metrics=metrics,
                  registry=registry, ledger=ledger, energy_meters=_energy_meters(built.backends),
-                 admission=budgets.admission, retry=settings.health.retry)
+                 admission=budgets.admission, retry=settings.health.retry,
+                 plugin_text_chars=settings.plugin_text_chars)
     shared = SharedHealth(budgets.store, trackers, probe_interval_s)
     return Parts(settings, built, router, gw, budgets, shared, ledger, probe_interval_s)
 

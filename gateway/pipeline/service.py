@@ -71,6 +71,7 @@ class Gateway:
         admission: Admission | None = None,
         retry: RetrySettings | None = None,
         energy_meters: Mapping[str, FairShare] | None = None,
+        plugin_text_chars: int = 8192,
     ) -> None:
         self.backends = backends
         self.router = router
@@ -81,6 +82,7 @@ class Gateway:
         self.admission: Admission = admission or OpenAdmission()
         self.retry = retry or RetrySettings()
         self.energy_meters = dict(energy_meters or {})
+        self.plugin_text_chars = plugin_text_chars
         self._observe = registry.has_observers("switchyard_request_recorded")
         self._tasks: set[asyncio.Future[Any]] = set()
 
@@ -99,7 +101,7 @@ class Gateway:
             max_tokens=req.max_output,
             stream=req.streaming,
             latency_target=(opts.latency_target if opts else None) or "ttft",
-            text=prompt_text(endpoint, body),
+            text=prompt_text(endpoint, body, self.plugin_text_chars),
             # only budgets hold on it: without them, it costs nothing
             prompt_tokens_max=(None if type(self.admission) is OpenAdmission
                                else max_prompt_tokens(endpoint, body)),
