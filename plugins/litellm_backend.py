@@ -29,6 +29,7 @@ from gateway import (
     Meter,
     Pricing,
     Usage,
+    has_content,
     hookimpl,
 )
 
@@ -163,6 +164,7 @@ class LiteLLMBackend(BaseBackend):
                     raise item
                 if item.get("usage"):
                     meter.usage = Usage.from_openai(item["usage"])
+                    _openai_usage_chunk(item)
                 yield item
         finally:
             if not pump.done():
@@ -185,6 +187,16 @@ class LiteLLMBackend(BaseBackend):
             await queue.put(map_litellm_error(self.name, e))
             return
         await queue.put(None)
+
+
+def _openai_usage_chunk(chunk: dict[str, Any]) -> None:
+    """litellm's usage chunk carries an empty choice (``delta: {}``, no finish reason); an
+    OpenAI stream's carries none (``choices: []``): a client that reads ``choices[0]`` on
+    every chunk would otherwise see a phantom one."""
+    choices = chunk.get("choices")
+    if choices and all(not c.get("finish_reason") and not has_content({"choices": [c]})
+                       for c in choices):
+        chunk["choices"] = []
 
 
 @hookimpl(trylast=True)

@@ -36,7 +36,7 @@ from gateway.errors import (
     PermissionDenied,
     SwitchyardError,
 )
-from gateway.http.routes import error_response, json_response
+from gateway.http.routes import error_response, json_response, read_body
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
 from gateway.pipeline.admission import BudgetAdmission
@@ -142,6 +142,13 @@ class KeyIn(_Body):
     tpm: int | None = Field(None, ge=1)
 
 
+ADMIN_MAX_BODY = 64 * 1024  # a team, a key or a drain reason: never more than a few hundred bytes
+
+
+async def admin_body(request: Request) -> bytes:
+    return await read_body(request, ADMIN_MAX_BODY)
+
+
 def _parse(model: type[_Body], raw: bytes) -> Any:
     try:
         data = orjson.loads(raw or b"{}")
@@ -222,7 +229,7 @@ async def _team_or_404(b: Budgets, name: str) -> Team:
 
 
 async def create_team(request: Request, b: Budgets, s: Settings) -> Response:
-    body: TeamIn = _parse(TeamIn, await request.body())
+    body: TeamIn = _parse(TeamIn, await admin_body(request))
     _check_names(request, body)
     team = Team(**body.model_dump(), created_at=time.time())
     if not await b.store.create_team(team):
@@ -243,7 +250,7 @@ async def get_team(request: Request, b: Budgets, s: Settings) -> Response:
 
 async def patch_team(request: Request, b: Budgets, s: Settings) -> Response:
     team = await _team_or_404(b, request.path_params["name"])
-    body: TeamPatch = _parse(TeamPatch, await request.body())
+    body: TeamPatch = _parse(TeamPatch, await admin_body(request))
     _check_names(request, body)
     for field in body.model_fields_set:
         setattr(team, field, getattr(body, field))
@@ -280,7 +287,7 @@ async def team_spend(request: Request, b: Budgets, s: Settings) -> Response:
 
 
 async def create_key(request: Request, b: Budgets, s: Settings) -> Response:
-    body: KeyIn = _parse(KeyIn, await request.body())
+    body: KeyIn = _parse(KeyIn, await admin_body(request))
     return await _mint(b, body.team, body.name, _expiry(body.expires_at), body.rpm, body.tpm)
 
 

@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from gateway.config import Settings
 from gateway.errors import NotFound, ServiceUnavailable
-from gateway.http.admin import Budgets, Handler, _Body, _parse
+from gateway.http.admin import Budgets, Handler, _Body, _parse, admin_body
 from gateway.http.routes import json_response
 from gateway.pipeline.health import SharedHealth
 from gateway.pipeline.service import Gateway
@@ -88,7 +88,7 @@ async def _set(request: Request, b: Budgets, name: str, drained: bool, by: str,
 
 async def drain(request: Request, b: Budgets, s: Settings) -> Response:
     name = _name_or_404(request)
-    body: DrainIn = _parse(DrainIn, await request.body())
+    body: DrainIn = _parse(DrainIn, await admin_body(request))
     by = body.by or f"admin via {request.app.state.shared_health.replica}"
     return await _set(request, b, name, True, by, body.reason)
 

@@ -128,6 +128,9 @@ def test_team_crud_and_bad_input(gw: LiveServer) -> None:
         assert r.status_code == 400, (bad, r.text)
         assert r.json()["error"]["type"] == "invalid_request_error"
     assert admin(gw, "POST", "/admin/teams", content=b"{not json").status_code == 400
+    huge = admin(gw, "POST", "/admin/teams", json={"name": "big", "models": ["m" * 100_000]})
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
+    assert admin(gw, "GET", "/admin/teams/big").status_code == 404
     assert admin(gw, "GET", "/admin/teams/ghost").status_code == 404
     assert admin(gw, "PATCH", "/admin/teams/ghost", json={"rpm": 1}).status_code == 404
     assert admin(gw, "DELETE", "/admin/teams/ghost").status_code == 404

@@ -73,9 +73,11 @@ def test_stream_through_litellm(client: Any, rec: RecordingUpstream) -> None:
         stream_options={"include_usage": True}))
     pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert pieces == ["Hello", " from", " the", " recording", " upstream"]
-    # one finish reason, the upstream's (litellm's usage chunk carries an empty choice)
+    # one finish reason, the upstream's, on the last chunk with a choice; then the usage
+    # chunk with no choice at all, as OpenAI sends it (litellm's carries an empty one)
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
-    assert [f for f in finishes if f] == ["length"]
+    assert finishes[-1] == "length" and not any(finishes[:-1])
+    assert chunks[-1].choices == []
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
     assert rec.last.body["stream"] is True
 
