@@ -3,6 +3,14 @@
 Writes never run on the event loop: records go into a queue that a writer thread drains in
 batches (one transaction per batch, WAL mode). ``close()`` drains the queue before it
 returns, so a clean shutdown loses nothing.
+
+The schema has a version (SQLite's ``PRAGMA user_version``) and numbered migrations
+(``MIGRATIONS``, version N is ``MIGRATIONS[N - 1]``). Opening a ledger applies the missing
+ones in one ``BEGIN IMMEDIATE`` transaction: two replicas opening one file at once take
+turns, and the second finds the work done. Each step is idempotent (``IF NOT EXISTS``, a
+column added only when missing), so a ledger written before versions existed (version 0,
+the table already there) migrates too. A new column goes at the end of ``COLUMNS`` and into
+a new migration that adds it; never edit a migration that has shipped.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import operator
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +30,7 @@ from gateway.accounting import UsageRecord
 
 log = logging.getLogger("switchyard.ledger")
 
-COLUMNS: list[tuple[str, str]] = [
+_V1_COLUMNS: list[tuple[str, str]] = [
     ("request_id", "TEXT"),
     ("endpoint", "TEXT"),
     ("requested", "TEXT"),
@@ -50,6 +58,8 @@ COLUMNS: list[tuple[str, str]] = [
     ("decision", "TEXT"),
     ("started_at", "REAL"),
 ]
+# every column the ledger writes: version 1's, then each later migration's, in order
+COLUMNS: list[tuple[str, str]] = [*_V1_COLUMNS]
 _NAMES = [c for c, _ in COLUMNS]
 _INSERT = (
     f"INSERT INTO requests ({', '.join(_NAMES)}) "
@@ -69,6 +79,51 @@ def _row(rec: UsageRecord) -> tuple[Any, ...]:
     return tuple(row)
 
 
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def add_columns(conn: sqlite3.Connection, table: str, columns: Iterable[tuple[str, str]]) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` for each column the table lacks (idempotent)."""
+    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns:
+        if name not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+
+def _v1_requests(conn: sqlite3.Connection) -> None:
+    cols = ", ".join(f"{n} {t}" for n, t in _V1_COLUMNS)
+    # request_id is not the key: a client may send its own x-request-id twice, and the
+    # ledger must keep both rows (a batch is one transaction, so a retry never duplicates)
+    conn.execute(f"CREATE TABLE IF NOT EXISTS requests ({cols})")
+    conn.execute("CREATE INDEX IF NOT EXISTS requests_request_id ON requests(request_id)")
+    conn.execute("CREATE INDEX IF NOT EXISTS requests_team_time ON requests(team, started_at)")
+
+
+MIGRATIONS: list[Migration] = [_v1_requests]
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Brings the schema to ``len(migrations)``; returns the version it found. One
+    transaction: a failed step leaves the file as it was. ``conn`` is in autocommit mode
+    (``isolation_level=None``)."""
+    conn.execute("BEGIN IMMEDIATE")  # the write lock first: a second opener waits here
+    try:
+        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        for version in range(found + 1, len(migrations) + 1):
+            migrations[version - 1](conn)
+            conn.execute(f"PRAGMA user_version = {version}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    if found < len(migrations):
+        log.info("ledger schema migrated from version %d to %d", found, len(migrations))
+    elif found > len(migrations):  # a newer replica's ledger: it only added columns
+        log.info("ledger schema version %d is newer than this code's %d", found,
+                 len(migrations))
+    return found
+
+
 class Ledger:
     """SQLite ledger with a background writer thread."""
 
@@ -83,15 +138,11 @@ class Ledger:
         self._closed = False
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                               timeout=30)  # another replica may be migrating the same file
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        cols = ", ".join(f"{n} {t}" for n, t in COLUMNS)
-        # request_id is not the key: a client may send its own x-request-id twice, and the
-        # ledger must keep both rows (a batch is one transaction, so a retry never duplicates)
-        conn.execute(f"CREATE TABLE IF NOT EXISTS requests ({cols})")
-        conn.execute("CREATE INDEX IF NOT EXISTS requests_request_id ON requests(request_id)")
-        conn.execute("CREATE INDEX IF NOT EXISTS requests_team_time ON requests(team, started_at)")
+        migrate(conn)
         return conn
 
     def write(self, rec: UsageRecord) -> None:
