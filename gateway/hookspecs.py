@@ -18,21 +18,59 @@ Every hook has a section in ``docs/plugins.md``, headed by its signature.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
 
 if TYPE_CHECKING:
     from gateway.accounting import UsageRecord
-    from gateway.registry import (
-        RegisterBackend,
-        RegisterPlanEditor,
-        RegisterPolicy,
-        RegisterStateStore,
-    )
+    from gateway.backend import BackendContext
+    from gateway.config import BackendConfig, StateConfig
+    from gateway.interfaces import Backend, PlanEditor, RoutingPolicy
+    from gateway.state import StateStore
 
 hookspec = pluggy.HookspecMarker("switchyard")
 hookimpl = pluggy.HookimplMarker("switchyard")
+
+# ---- the ``register`` callbacks the registration hooks receive ---------------------------
+# Exported from ``gateway``: type a hook's ``register`` with them, never ``Any``.
+
+# ``factory(config, context)``: ``config`` is the section validated against the plugin's own
+# ``config_model`` (a ``BackendConfig`` subclass, hence ``Any`` here: a factory may name its
+# subclass), ``context`` a ``gateway.BackendContext``. A ``BaseBackend`` subclass is one.
+BackendFactory = Callable[[Any, "BackendContext"], "Backend"]
+# ``factory(options)``: the route's ``policy_options``.
+PolicyFactory = Callable[[dict[str, Any]], "RoutingPolicy"]
+# ``factory(state_config)``: the validated ``state`` section.
+StateFactory = Callable[["StateConfig"], "StateStore"]
+
+
+class RegisterBackend(Protocol):
+    """``register(plugin, factory, config_model=BackendConfig)``."""
+
+    def __call__(
+        self, plugin: str, factory: BackendFactory, config_model: type[BackendConfig] = ...
+    ) -> None: ...
+
+
+class RegisterPolicy(Protocol):
+    """``register(name, factory)``: ``factory(options) -> RoutingPolicy``."""
+
+    def __call__(self, name: str, factory: PolicyFactory) -> None: ...
+
+
+class RegisterPlanEditor(Protocol):
+    """``register(name, editor)``: ``editor(request, candidates, plan) -> Plan | None``."""
+
+    def __call__(self, name: str, editor: PlanEditor) -> None: ...
+
+
+class RegisterStateStore(Protocol):
+    """``register(kind, factory)``: ``factory(state_config) -> StateStore``."""
+
+    def __call__(self, kind: str, factory: StateFactory) -> None: ...
+
 
 # ---- start-up: registration -------------------------------------------------------------
 

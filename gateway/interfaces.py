@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from gateway.config import BackendConfig
+    from gateway.config import BackendConfig, Pricing
 
 Endpoint = Literal["chat", "completions", "embeddings"]
 
@@ -89,8 +89,13 @@ class Backend(Protocol):
     """A place where a request can run. Subclass ``gateway.BaseBackend`` to get pricing,
     token counting and the rest of the defaults."""
 
-    config: BackendConfig
     capabilities: frozenset[Endpoint]
+
+    @property
+    def config(self) -> BackendConfig:
+        """The validated section (read-only here, so a backend may narrow it to its own
+        ``BackendConfig`` subclass)."""
+        ...
 
     @property
     def name(self) -> str: ...
@@ -118,6 +123,11 @@ class Backend(Protocol):
 
     def price_per_token(self) -> tuple[float, float]:
         """(input, output) dollars per token, for predictions before the call."""
+        ...
+
+    def pricing(self) -> Pricing:
+        """The backend's prices: per million tokens and ``per_hour`` (the busy-time price
+        routing adds to each prediction). ``BaseBackend`` returns ``config.pricing``."""
         ...
 
 
@@ -172,6 +182,31 @@ class Candidate:
     concurrency: int | None = None  # requests it serves at once (None: not known)
     drained: bool = False  # an operator took it out of service: never planned, not even last
     drained_reason: str = ""  # the operator's reason, for "out of service (drained: ...)"
+
+    @classmethod
+    def make(cls, name: str, **values: Any) -> Candidate:
+        """A candidate for tests, with plain defaults: model ``name``, plugin ``"test"``,
+        free (no token or hourly price), no energy profile, 400 gCO2/kWh, no context
+        window, healthy, never observed (``BackendStats()``). Override any field of
+        ``Candidate`` or of ``BackendStats`` by name (``ttft_s=0.2``, ``load=BackendLoad(
+        queue_depth=3)``, ``healthy=False``), or pass ``stats=BackendStats(...)`` whole."""
+        own = {f for f in cls.__dataclass_fields__ if f != "name"}
+        stat_names = set(BackendStats.__dataclass_fields__)
+        unknown = sorted(set(values) - own - stat_names)
+        if unknown:
+            raise TypeError(f"Candidate.make: unknown field(s) {unknown}; "
+                            f"known: {sorted(own | stat_names)}")
+        stat_values = {k: v for k, v in values.items() if k in stat_names}
+        if stat_values and "stats" in values:
+            raise TypeError("Candidate.make: pass stats=... or its fields, not both")
+        fields_: dict[str, Any] = {
+            "model": name, "plugin": "test", "input_usd_per_token": 0.0,
+            "output_usd_per_token": 0.0, "per_hour_usd": 0.0, "watts_busy": None,
+            "joules_per_token": None, "grid_g_per_kwh": 400.0, "context_window": None,
+            "stats": BackendStats(**stat_values),
+        }
+        fields_.update((k, v) for k, v in values.items() if k in own)
+        return cls(name=name, **fields_)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ no clock: the statistics carry their own age.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -45,10 +45,43 @@ class PredictOptions:
     slots: Mapping[str, int] = field(default_factory=dict)  # overrides backend concurrency
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> PredictOptions:
-        """Pick this class's keys out of a route's ``policy_options``."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in options.items() if k in names})
+    def from_options(
+        cls, options: Mapping[str, Any], *, accept: Iterable[str] = (), policy: str = ""
+    ) -> PredictOptions:
+        """Pick this class's keys out of a route's ``policy_options``.
+
+        ``accept`` names the policy's own options (read by the policy itself). Any other key,
+        or a value of the wrong type, raises ``ValueError`` naming the option and every
+        known one: a typo in ``policy_options`` stops start-up instead of being ignored."""
+        names = [f.name for f in fields(cls)]
+        own = set(accept)
+        unknown = sorted(k for k in options if k not in names and k not in own)
+        who = f"policy {policy!r}: " if policy else ""
+        if unknown:
+            known = ", ".join(sorted(own | set(names)))
+            raise ValueError(f"{who}unknown option(s) {', '.join(map(repr, unknown))} in "
+                             f"policy_options (known: {known})")
+        picked = {k: v for k, v in options.items() if k in names}
+        for k, v in picked.items():
+            if not _valid(k, v):
+                raise ValueError(f"{who}policy option {k!r} must be "
+                                 f"{_EXPECTED.get(k, 'a non-negative number')}, not {v!r}")
+        return cls(**picked)
+
+
+_POSITIVE = {"half_life_s", "default_decode_tps"}  # divisors
+_EXPECTED = {"slots": "a mapping of backend name to a positive integer",
+             **{k: "a positive number" for k in _POSITIVE}}
+
+
+def _valid(key: str, value: Any) -> bool:
+    if key == "slots":
+        return isinstance(value, Mapping) and all(
+            isinstance(n, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0
+            for n, v in value.items())
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return value > 0 if key in _POSITIVE else value >= 0
 
 
 DEFAULT_OPTIONS = PredictOptions()

@@ -17,45 +17,21 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import pluggy
 
 from gateway import hookspecs
 from gateway.config import BackendConfig
 from gateway.errors import ConfigError
-
-if TYPE_CHECKING:
-    from gateway.config import StateConfig
-    from gateway.interfaces import Backend, PlanEditor, RoutingPolicy
+from gateway.hookspecs import BackendFactory
 
 log = logging.getLogger("switchyard.plugins")
 
 ENTRY_POINT_GROUP = "switchyard"
 HOOK_PREFIX = "switchyard_"
 
-BackendFactory = Callable[[Any, Any], "Backend"]
-PolicyFactory = Callable[[dict[str, Any]], "RoutingPolicy"]
-StateFactory = Callable[["StateConfig"], Any]
 Errors = list[tuple[str, str]]
-
-
-class RegisterBackend(Protocol):
-    def __call__(
-        self, plugin: str, factory: BackendFactory, config_model: type[BackendConfig] = ...
-    ) -> None: ...
-
-
-class RegisterPolicy(Protocol):
-    def __call__(self, name: str, factory: PolicyFactory) -> None: ...
-
-
-class RegisterPlanEditor(Protocol):
-    def __call__(self, name: str, editor: PlanEditor) -> None: ...
-
-
-class RegisterStateStore(Protocol):
-    def __call__(self, kind: str, factory: StateFactory) -> None: ...
 
 
 @dataclass(slots=True)

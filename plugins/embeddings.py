@@ -26,6 +26,7 @@ from gateway import (
     EnergyProfile,
     InvalidRequest,
     Meter,
+    RegisterBackend,
     Usage,
     hookimpl,
 )
@@ -128,5 +129,5 @@ class SentenceTransformersBackend(BaseBackend):
 
 
 @hookimpl(trylast=True)
-def switchyard_register_backends(register: Any) -> None:
+def switchyard_register_backends(register: RegisterBackend) -> None:
     register("sentence_transformers", SentenceTransformersBackend, EmbeddingsConfig)

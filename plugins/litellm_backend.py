@@ -28,6 +28,7 @@ from gateway import (
     InvalidRequest,
     Meter,
     Pricing,
+    RegisterBackend,
     Usage,
     has_content,
     hookimpl,
@@ -200,5 +201,5 @@ def _openai_usage_chunk(chunk: dict[str, Any]) -> None:
 
 
 @hookimpl(trylast=True)
-def switchyard_register_backends(register: Any) -> None:
+def switchyard_register_backends(register: RegisterBackend) -> None:
     register("litellm", LiteLLMBackend, LiteLLMConfig)

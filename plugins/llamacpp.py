@@ -40,6 +40,7 @@ from gateway import (
     InvalidRequest,
     Meter,
     Overloaded,
+    RegisterBackend,
     SwitchyardError,
     Usage,
     has_content,
@@ -383,5 +384,5 @@ def _map_error(name: str, e: BaseException) -> Exception:
 
 
 @hookimpl(trylast=True)
-def switchyard_register_backends(register: Any) -> None:
+def switchyard_register_backends(register: RegisterBackend) -> None:
     register("llamacpp", LlamaCppBackend, LlamaCppConfig)

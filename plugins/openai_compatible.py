@@ -26,6 +26,7 @@ from gateway import (
     Endpoint,
     InvalidRequest,
     Meter,
+    RegisterBackend,
     Usage,
     hookimpl,
 )
@@ -168,5 +169,5 @@ class OpenAICompatibleBackend(BaseBackend):
 
 
 @hookimpl(trylast=True)
-def switchyard_register_backends(register: Any) -> None:
+def switchyard_register_backends(register: RegisterBackend) -> None:
     register("openai_compatible", OpenAICompatibleBackend, OpenAICompatibleConfig)

@@ -12,9 +12,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from gateway import KeyRecord, Limit, Reserved, Settled, Spend, Team, hookimpl
+from gateway import KeyRecord, Limit, RegisterStateStore, Reserved, Settled, Spend, Team, hookimpl
 
 
 @dataclass
@@ -248,5 +247,5 @@ class MemoryStore:
 
 
 @hookimpl(trylast=True)
-def switchyard_register_state_stores(register: Any) -> None:
+def switchyard_register_state_stores(register: RegisterStateStore) -> None:
     register("memory", lambda config: MemoryStore())

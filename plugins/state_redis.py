@@ -46,6 +46,7 @@ from redis.retry import Retry
 from gateway import (
     KeyRecord,
     Limit,
+    RegisterStateStore,
     Reserved,
     Settled,
     Spend,
@@ -476,5 +477,5 @@ class RedisStore:
 
 
 @hookimpl(trylast=True)
-def switchyard_register_state_stores(register: Any) -> None:
+def switchyard_register_state_stores(register: RegisterStateStore) -> None:
     register("redis", lambda config: RedisStore(config.url.get_secret_value(), config.prefix))

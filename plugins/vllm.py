@@ -15,13 +15,12 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import Field
 
-from gateway import BackendContext, BackendLoad, hookimpl
+from gateway import BackendContext, BackendLoad, RegisterBackend, hookimpl
 from plugins.openai_compatible import OpenAICompatibleBackend, OpenAICompatibleConfig
 
 log = logging.getLogger("switchyard.vllm")
@@ -139,5 +138,5 @@ class VLLMBackend(OpenAICompatibleBackend):
 
 
 @hookimpl(trylast=True)
-def switchyard_register_backends(register: Any) -> None:
+def switchyard_register_backends(register: RegisterBackend) -> None:
     register("vllm", VLLMBackend, VLLMConfig)

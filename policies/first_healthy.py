@@ -3,14 +3,22 @@ Unhealthy ones are still tried last; drained ones (an operator's choice) never a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gateway import Candidate, Constraints, Plan, RequestFeatures, hookimpl
+from gateway import Candidate, Constraints, Plan, RegisterPolicy, RequestFeatures, hookimpl
 
 
 class FirstHealthy:
     name = "first_healthy"
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> FirstHealthy:
+        """It predicts nothing, so it takes no options: any is a mistake, reported."""
+        if options:
+            raise ValueError(f"policy 'first_healthy' takes no options "
+                             f"(got {', '.join(map(repr, sorted(options)))})")
+        return cls()
 
     def plan(
         self, request: RequestFeatures, candidates: Sequence[Candidate], constraints: Constraints
@@ -28,5 +36,5 @@ class FirstHealthy:
 
 
 @hookimpl(trylast=True)
-def switchyard_register_policies(register: Any) -> None:
-    register("first_healthy", lambda options: FirstHealthy())
+def switchyard_register_policies(register: RegisterPolicy) -> None:
+    register("first_healthy", FirstHealthy.from_options)

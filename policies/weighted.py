@@ -21,13 +21,13 @@ from gateway import (
     Plan,
     Prediction,
     PredictOptions,
+    RegisterPolicy,
     RequestFeatures,
     evaluate,
     hookimpl,
 )
 
-_OWN = {"weights", "co2"}
-_KNOWN = _OWN | set(PredictOptions.__dataclass_fields__)
+_OWN = ("weights", "co2")  # the rest of policy_options are PredictOptions' priors
 METRICS = ("cost", "latency", "energy")
 
 
@@ -41,10 +41,7 @@ def _norm(values: list[float]) -> list[float]:
 
 class Weighted:
     def __init__(self, name: str, weights: Mapping[str, float], options: Mapping[str, Any]) -> None:
-        unknown = set(options) - _KNOWN
-        if unknown:
-            raise ValueError(f"policy {name!r}: unknown option(s) {sorted(unknown)}; "
-                             f"known: {sorted(_KNOWN)}")
+        self.opts = PredictOptions.from_options(options, accept=_OWN, policy=name)
         w = {**weights, **(options.get("weights") or {})}
         bad = set(w) - set(METRICS)
         if bad or any(float(v) < 0 for v in w.values()) or not any(float(v) for v in w.values()):
@@ -55,7 +52,6 @@ class Weighted:
         self.w_latency = float(w.get("latency", 0.0))
         self.w_energy = float(w.get("energy", 0.0))
         self.co2 = bool(options.get("co2", False))
-        self.opts = PredictOptions.from_options(options)
 
     def plan(
         self, request: RequestFeatures, candidates: Sequence[Candidate], constraints: Constraints
@@ -107,5 +103,5 @@ DEFAULT_WEIGHTS = {"cost": 1.0, "latency": 1.0, "energy": 1.0}
 
 
 @hookimpl(trylast=True)
-def switchyard_register_policies(register: Any) -> None:
+def switchyard_register_policies(register: RegisterPolicy) -> None:
     register("weighted", lambda options: Weighted("weighted", DEFAULT_WEIGHTS, options))

@@ -81,7 +81,7 @@ class Router:
         """What does not change while the gateway runs: names, prices, energy profile."""
         pin, pout = b.price_per_token()
         prof = b.config.energy
-        static = (name, b.model, b.config.plugin, pin, pout, b.pricing().per_hour,  # type: ignore[attr-defined]
+        static = (name, b.model, b.config.plugin, pin, pout, b.pricing().per_hour,
                   prof.watts_busy, prof.joules_per_token, prof.grid_g_per_kwh, b.config.context_window)
         self._static[name] = static
         return static

@@ -27,13 +27,13 @@ from gateway.registry import build_registry
 
 
 def cand(name: str, *, pin: float = 0.0, pout: float = 0.0, per_hour: float = 0.0,
-         watts: float | None = None, jpt: float | None = None, grid: float = 400.0,
-         ctx: int | None = 4096, healthy: bool = True, model: str = "m", plugin: str = "llamacpp",
-         conc: int | None = None, **stats: Any) -> Candidate:
-    return Candidate(name=name, model=model, plugin=plugin, input_usd_per_token=pin,
-                     output_usd_per_token=pout, per_hour_usd=per_hour, watts_busy=watts,
-                     joules_per_token=jpt, grid_g_per_kwh=grid, context_window=ctx,
-                     stats=BackendStats(**stats), healthy=healthy, concurrency=conc)
+         watts: float | None = None, jpt: float | None = None, ctx: int | None = 4096,
+         model: str = "m", plugin: str = "llamacpp", conc: int | None = None,
+         **fields: Any) -> Candidate:
+    """``Candidate.make`` (the authors' helper) with short names for the prices."""
+    return Candidate.make(name, model=model, plugin=plugin, input_usd_per_token=pin,
+                          output_usd_per_token=pout, per_hour_usd=per_hour, watts_busy=watts,
+                          joules_per_token=jpt, context_window=ctx, concurrency=conc, **fields)
 
 
 def req(prompt: int = 100, max_tokens: int | None = 50, **kw: Any) -> RequestFeatures:
@@ -153,7 +153,7 @@ def test_energy_picks_the_fewest_joules(policies):
 
 
 def test_energy_by_co2_follows_the_grid(policies):
-    cs = [cand("coal", jpt=0.05, grid=800.0), cand("hydro", jpt=0.08, grid=20.0)]
+    cs = [cand("coal", jpt=0.05, grid_g_per_kwh=800.0), cand("hydro", jpt=0.08, grid_g_per_kwh=20.0)]
     assert make(policies, "energy").plan(req(), cs, NONE).order[0] == "coal"
     assert make(policies, "energy", co2=True).plan(req(), cs, NONE).order[0] == "hydro"
     co2 = Constraints(include_co2=True)
@@ -379,8 +379,34 @@ def test_the_example_policy(policies):
 
 
 def test_predict_options_come_from_the_route_options():
-    o = PredictOptions.from_options({"fresh_s": 1, "weights": {"cost": 1}, "slots": {"a": 4}})
+    o = PredictOptions.from_options({"fresh_s": 1, "weights": {"cost": 1}, "slots": {"a": 4}},
+                                    accept={"weights"})
     assert o.fresh_s == 1 and o.slots == {"a": 4}
+
+
+def test_an_unknown_or_mistyped_policy_option_is_reported_not_dropped(policies):
+    with pytest.raises(ValueError) as e:
+        PredictOptions.from_options({"fresh": 1, "slack": 2}, accept={"slack"}, policy="mine")
+    msg = str(e.value)
+    assert msg.startswith("policy 'mine': unknown option(s) 'fresh' in policy_options")
+    assert "fresh_s" in msg and "slack" in msg, "the known options are listed"
+    with pytest.raises(ValueError, match="'half_life_s' must be a positive number, not 0"):
+        PredictOptions.from_options({"half_life_s": 0})
+    with pytest.raises(ValueError, match="'slots' must be a mapping"):
+        PredictOptions.from_options({"slots": 4})
+    for name, options in (("latency", {"fresh": 1.0}), ("cheapest_fast", {"slak": 2}),
+                          ("first_healthy", {"slots": {"a": 1}})):
+        with pytest.raises(ValueError, match=name):
+            make(policies, name, **options)
+
+
+def test_candidate_make_builds_a_test_candidate_from_plain_values():
+    c = Candidate.make("gpu", ttft_s=0.2, load=BackendLoad(queue_depth=3), per_hour_usd=2.0)
+    assert (c.name, c.model, c.healthy, c.drained) == ("gpu", "gpu", True, False)
+    assert c.stats.ttft_s == 0.2 and c.stats.load.queue_depth == 3 and c.per_hour_usd == 2.0
+    assert estimate(req(), c).cost_usd > 0, "a plain candidate goes through the predictions"
+    with pytest.raises(TypeError, match="unknown field.*'pin'"):
+        Candidate.make("x", pin=1.0)
 
 
 # ---- drained backends (an operator's choice) ------------------------------------------------

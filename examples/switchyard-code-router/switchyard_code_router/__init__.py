@@ -19,6 +19,8 @@ from gateway import (
     Constraints,
     Plan,
     PredictOptions,
+    RegisterPlanEditor,
+    RegisterPolicy,
     RequestFeatures,
     evaluate,
     hookimpl,
@@ -62,7 +64,7 @@ class CheapestFast:
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.slack = float(options.get("slack", 1.5))
-        self.opts = PredictOptions.from_options(options)
+        self.opts = PredictOptions.from_options(options, accept={"slack"}, policy=self.name)
 
     def plan(
         self, request: RequestFeatures, candidates: Sequence[Candidate], constraints: Constraints
@@ -78,10 +80,10 @@ class CheapestFast:
 
 
 @hookimpl
-def switchyard_register_plan_editors(register: Any) -> None:
+def switchyard_register_plan_editors(register: RegisterPlanEditor) -> None:
     register("code_to_gpu", code_to_gpu)
 
 
 @hookimpl
-def switchyard_register_policies(register: Any) -> None:
+def switchyard_register_policies(register: RegisterPolicy) -> None:
     register("cheapest_fast", CheapestFast)

@@ -22,6 +22,7 @@ from gateway import (
     BaseBackend,
     InvalidRequest,
     Meter,
+    RegisterBackend,
     Usage,
     hookimpl,
 )
@@ -97,5 +98,5 @@ class EchoBackend(BaseBackend):
 
 
 @hookimpl
-def switchyard_register_backends(register: Any) -> None:
+def switchyard_register_backends(register: RegisterBackend) -> None:
     register("echo", EchoBackend, EchoConfig)
