@@ -238,6 +238,9 @@ class Plan:
     policy: str = ""
     predictions: dict[str, Prediction] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    # a sequence of backends to call one after the other, each a successful call with its
+    # own record (a cascade); empty: one successful call along ``order``
+    cascade: list[str] = field(default_factory=list)
 
 
 class RoutingPolicy(Protocol):
@@ -257,3 +260,19 @@ class PlanEditor(Protocol):
     def __call__(
         self, request: RequestFeatures, candidates: Sequence[Candidate], plan: Plan
     ) -> Plan | None: ...
+
+
+class Reservation(Protocol):
+    """What ``Admission.reserve`` holds for one backend call (a budget's worst case);
+    ``Admission.settle`` releases it with the real cost, once."""
+
+    settled: bool
+
+
+class Judge(Protocol):
+    """Decides, after each call of a cascade but the last, whether its answer is good
+    enough to send; when it is not, the next backend of the cascade is called."""
+
+    async def accept(
+        self, request: RequestFeatures, answer: Mapping[str, Any], step: int
+    ) -> bool: ...

@@ -15,6 +15,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.errors import InvalidRequest
+from gateway.interfaces import Usage
 
 
 class _Open(BaseModel):
@@ -323,3 +324,12 @@ def max_prompt_tokens(endpoint: str, body: dict[str, Any]) -> int:
         if v is not None:
             n += _utf8(v) if isinstance(v, str) else _json_size(v)
     return n
+
+
+def usage_chunk(last: dict[str, Any] | None, usage: Usage) -> dict[str, Any]:
+    """The final chunk of a stream that reports ``usage`` (OpenAI's shape: no choices),
+    after ``last``, the stream's last chunk (its id, object, created and model)."""
+    last = last or {}
+    return {"id": last.get("id"), "object": last.get("object") or "chat.completion.chunk",
+            "created": last.get("created"), "model": last.get("model"), "choices": [],
+            "usage": usage.to_openai()}

@@ -3,7 +3,7 @@
 ``Admission.admit`` runs before routing (rate limits); ``reserve`` before each backend call
 (the worst-case cost, atomically); ``settle`` after it (the real cost, releasing the rest).
 The embedded default, ``OpenAdmission``, admits everything. ``BudgetAdmission`` enforces
-the team of the request's key (``ctx.extra["identity"]``, set by the HTTP layer).
+the team of the request's key (``ctx.identity``, set by the HTTP layer).
 
 When the state store is unreachable: with ``failure_mode: closed`` a request gets 503;
 with ``open`` it is enforced against a local in-process store (seeded with the last spend
@@ -43,8 +43,8 @@ from gateway.errors import (
     RateLimited,
     ServiceUnavailable,
 )
-from gateway.interfaces import Backend, RequestFeatures
-from gateway.pipeline.context import RequestContext
+from gateway.interfaces import Backend, RequestFeatures, Reservation
+from gateway.pipeline.context import RequestContext, TokensCounted
 from gateway.state import Limit, Reserved, Settled, StateStore, StateUnavailable, Team
 
 log = logging.getLogger("switchyard.budgets")
@@ -57,9 +57,10 @@ class Admission(Protocol):
 
     async def reserve(
         self, ctx: RequestContext, backend: Backend, features: RequestFeatures
-    ) -> Any: ...
+    ) -> Reservation | None: ...
 
-    async def settle(self, ctx: RequestContext, reservation: Any, cost_usd: float, tokens: int) -> None: ...
+    async def settle(self, ctx: RequestContext, reservation: Reservation | None,
+                     cost_usd: float, tokens: int) -> None: ...
 
 
 class OpenAdmission:
@@ -68,15 +69,19 @@ class OpenAdmission:
     async def admit(self, ctx: RequestContext, features: RequestFeatures) -> None:
         return None
 
-    async def reserve(self, ctx: RequestContext, backend: Backend, features: RequestFeatures) -> Any:
+    async def reserve(self, ctx: RequestContext, backend: Backend,
+                      features: RequestFeatures) -> Reservation | None:
         return None
 
-    async def settle(self, ctx: RequestContext, reservation: Any, cost_usd: float, tokens: int) -> None:
+    async def settle(self, ctx: RequestContext, reservation: Reservation | None,
+                     cost_usd: float, tokens: int) -> None:
         return None
 
 
 @dataclass(slots=True)
-class Reservation:
+class Hold:
+    """A budget hold on one team's period (the ``Reservation`` of ``BudgetAdmission``)."""
+
     team: Team
     period: str
     res_id: str
@@ -223,10 +228,6 @@ class BudgetAdmission:
             log.error("shutting down with %d settlements (%.6f USD) the state store never "
                       "acknowledged; the ledger holds their records", len(self._pending), usd)
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
     # ---- the store, or what to do without it -------------------------------------------
 
     def _down(self) -> bool:
@@ -275,7 +276,7 @@ class BudgetAdmission:
     # ---- admission ---------------------------------------------------------------------
 
     async def admit(self, ctx: RequestContext, features: RequestFeatures) -> None:
-        ident: Identity | None = ctx.extra.get("identity")
+        ident = ctx.identity
         if ident is None:
             return
         limits = _limits(ident, features.prompt_tokens)
@@ -288,11 +289,11 @@ class BudgetAdmission:
                               f"retry in {wait:.1f} s.", retry_after=wait)
         tpm = [lim for lim in limits if lim.name.endswith(":tpm")]
         if tpm:
-            ctx.extra["tpm"] = (tpm, features.prompt_tokens, local)
+            ctx.tokens_counted = TokensCounted(tpm, features.prompt_tokens, local)
 
     async def reserve(self, ctx: RequestContext, backend: Backend,
-                      features: RequestFeatures) -> Reservation | None:
-        ident: Identity | None = ctx.extra.get("identity")
+                      features: RequestFeatures) -> Hold | None:
+        ident = ctx.identity
         if ident is None:
             return None
         team = ident.team
@@ -320,7 +321,7 @@ class BudgetAdmission:
         if not r.ok:
             raise _exceeded(team, r, amount, made_of)
         store = self._local() if local else self.store
-        return Reservation(team, period, res_id, amount, store, local)
+        return Hold(team, period, res_id, amount, store, local)
 
     async def _prepare_local(self, s: StateStore, team: Team, period: str, keep: int) -> None:
         """The local fallback knows the team and starts from the last spend seen."""
@@ -337,11 +338,11 @@ class BudgetAdmission:
 
     # ---- settlement --------------------------------------------------------------------
 
-    async def settle(self, ctx: RequestContext, reservation: Any, cost_usd: float,
-                     tokens: int) -> None:
+    async def settle(self, ctx: RequestContext, reservation: Reservation | None,
+                     cost_usd: float, tokens: int) -> None:
         """Runs in its own task, shielded: a client that disconnects (which cancels the
         stream) cannot cancel the settlement of what was produced."""
-        if reservation is None:
+        if not isinstance(reservation, Hold):
             return
         task = asyncio.ensure_future(self._settle(ctx, reservation, cost_usd, tokens))
         self._tasks.add(task)
@@ -354,7 +355,7 @@ class BudgetAdmission:
             log.error("settling a request of team %s failed (%s); its record is in the "
                       "ledger", reservation.team.name, _why(e))
 
-    async def _settle(self, ctx: RequestContext, r: Reservation, cost_usd: float,
+    async def _settle(self, ctx: RequestContext, r: Hold, cost_usd: float,
                       tokens: int) -> None:
         if r.settled:
             return
@@ -374,7 +375,7 @@ class BudgetAdmission:
                 self._after(r.team, r.period, res)
         await self._correct_tokens(ctx, r.team.name, tokens)
 
-    async def _settle_shared(self, r: Reservation, actual: int, keep: int) -> Settled | None:
+    async def _settle_shared(self, r: Hold, actual: int, keep: int) -> Settled | None:
         """Settle on the shared store; what it does not acknowledge is queued for retry."""
         try:
             return await self.store.settle(r.team.name, r.period, r.res_id, actual)
@@ -388,12 +389,12 @@ class BudgetAdmission:
 
     async def _correct_tokens(self, ctx: RequestContext, team: str, tokens: int) -> None:
         """Tokens-per-minute windows counted the prompt at admission; add the rest."""
-        counted = ctx.extra.get("tpm")
+        counted = ctx.tokens_counted
         if counted is None or tokens <= 0:
             return
-        del ctx.extra["tpm"]
-        limits, prompt, local = counted
-        delta = tokens - prompt
+        ctx.tokens_counted = None
+        limits, local = counted.limits, counted.local
+        delta = tokens - counted.prompt_tokens
         if delta == 0:
             return
         fixed = [Limit(lim.name, lim.limit, delta, lim.window_s) for lim in limits]

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
+from gateway.auth import Identity
 from gateway.interfaces import Constraints
+from gateway.state import Limit
+
+
+@dataclass(slots=True)
+class TokensCounted:
+    """Tokens-per-minute windows that counted the prompt at admission: the rest of the
+    request's tokens are added to them when it settles."""
+
+    limits: list[Limit]
+    prompt_tokens: int
+    local: bool  # counted by the local fallback store during an outage (fail open)
 
 
 @dataclass(slots=True)
@@ -17,4 +28,5 @@ class RequestContext:
     policy: str | None = None  # per-request override (header or extra_body)
     constraints: Constraints = field(default_factory=Constraints)
     received_at: float = field(default_factory=time.perf_counter)
-    extra: dict[str, Any] = field(default_factory=dict)
+    identity: Identity | None = None  # the caller's key and team, when keys are configured
+    tokens_counted: TokensCounted | None = None  # set by admission, read when settling

@@ -99,7 +99,7 @@ async def _admission(team: Team) -> tuple[BudgetAdmission, RequestContext, Memor
     key, rec = mint_key(team.name, "ci")
     await store.put_key(rec)
     ctx = RequestContext(request_id="r", team=team.name)
-    ctx.extra["identity"] = await KeyAuthenticator(store).verify(f"Bearer {key}")
+    ctx.identity = await KeyAuthenticator(store).verify(f"Bearer {key}")
     return BudgetAdmission(store, BudgetsConfig()), ctx, store
 
 

@@ -1,0 +1,245 @@
+"""The attempts stage: one executor for the streaming and the non-streaming path.
+
+``Attempt`` is one call to one backend, from its reservation to its settlement: reserve
+the worst case, count it in flight on the backend's tracker, meter it (bytes, usage,
+energy), and settle exactly once, with the real cost after a success or nothing after a
+failure or a cancellation. ``Executor.run`` tries the plan's backends (retries, fallbacks,
+breakers: ``retry.Attempts``) until one opens; what "opens" means is the caller's: the whole
+answer for a call, the first chunk for a stream. ``Executor.sequence`` runs a cascade: one
+successful call per step, each with its own record, until the judge accepts an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from gateway.accounting import UsageRecord
+from gateway.config import RetrySettings
+from gateway.energy import FairShare
+from gateway.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    Overloaded,
+    SwitchyardError,
+)
+from gateway.interfaces import (
+    Backend,
+    BackendCall,
+    BackendResult,
+    Judge,
+    Meter,
+    Plan,
+    Reservation,
+    Usage,
+)
+from gateway.metrics import Metrics
+from gateway.pipeline.account import Accounts
+from gateway.pipeline.admission import Admission
+from gateway.pipeline.exchange import Exchange
+from gateway.pipeline.retry import Attempts
+from gateway.telemetry import Tracker
+
+log = logging.getLogger("switchyard.pipeline")
+
+R = TypeVar("R")
+
+
+class Attempt:
+    """One backend call of one request; ``Executor.run`` makes them."""
+
+    __slots__ = (
+        "_busy",
+        "_e0",
+        "_energy",
+        "_token",
+        "_tracker",
+        "backend",
+        "ex",
+        "meter",
+        "record",
+        "reservation",
+        "t0",
+        "x",
+    )
+
+    def __init__(self, ex: Executor, x: Exchange, backend: Backend, record: UsageRecord) -> None:
+        self.ex, self.x, self.backend, self.record = ex, x, backend, record
+        self.meter = Meter()
+        self.reservation: Reservation | None = None
+        self._tracker = ex.trackers[backend.name]
+        self._energy: FairShare | None = ex.energy_meters.get(backend.name)
+        self._token = 0
+        self._e0 = 0.0
+        self.t0 = 0.0
+        self._busy: float | None = None
+
+    async def reserve(self) -> None:
+        """Hold the call's worst-case cost; a refusal (budget spent, a request that can
+        never fit) is recorded like every other."""
+        try:
+            self.reservation = await self.ex.admission.reserve(self.x.ctx, self.backend,
+                                                               self.x.features)
+        except SwitchyardError as e:
+            self.ex.accounts.error(self.record, None, e, self.x.ctx)
+            raise
+
+    def start(self) -> None:
+        self._token = self._tracker.started()
+        if self._energy is not None:
+            self._e0 = self._energy.start()
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        """The call is no longer in flight: its busy seconds (the same on every call)."""
+        if self._busy is None:
+            self._tracker.finished(self._token)
+            if self._energy is not None:
+                self.meter.energy_j = self._energy.stop(self._e0)
+            self._busy = time.perf_counter() - self.t0
+        return self._busy
+
+    async def cancelled(self) -> None:
+        self.stop()
+        await self.ex.admission.settle(self.x.ctx, self.reservation, 0.0, 0)
+
+    async def failed(self, e: BaseException) -> SwitchyardError:
+        """Release the reservation; raise what the client must see, or return the error so
+        the next attempt (a retry or a fallback) can follow."""
+        self.stop()
+        err = self.ex.failure(self.backend.name, e)
+        await self.ex.admission.settle(self.x.ctx, self.reservation, 0.0, 0)
+        if not err.retryable:
+            self.ex.accounts.error(self.record, self.backend, err, self.x.ctx)
+            raise err from None
+        self.ex.metrics.fallbacks.labels(self.backend.name, err.code).inc()
+        return err
+
+    async def succeeded(self, usage: Usage, *, ttft_s: float | None, status: int = 200,
+                        code: str | None = None, emit: bool = True) -> None:
+        """Account and settle what the call used (a stream cut short included)."""
+        busy = self.stop()
+        if status == 200:
+            self._tracker.observe_success(usage.prompt_tokens, ttft_s, busy,
+                                          usage.completion_tokens)
+        rec = self.record
+        rec.status, rec.error_code = status, code
+        self.ex.accounts.success(rec, self.backend, usage, self.meter, self.x.ctx,
+                                 busy_s=busy, ttft_s=ttft_s, emit=emit)
+        await self.ex.admission.settle(self.x.ctx, self.reservation, rec.cost_usd,
+                                       usage.prompt_tokens + usage.completion_tokens)
+
+
+Open = Callable[[Attempt], Awaitable[R]]
+
+
+async def call(a: Attempt) -> BackendResult:
+    """The non-streaming delivery: the backend's whole answer, within its total timeout."""
+    b, x = a.backend, a.x
+    request = BackendCall(x.endpoint, {**x.forwarded, "model": b.model}, x.ctx.request_id)
+    try:
+        async with asyncio.timeout(b.config.timeouts.total_s):
+            return await b.call(request, a.meter)
+    except TimeoutError:
+        raise BackendTimeout(f"Backend '{b.name}' did not answer in time.") from None
+
+
+class Executor:
+    def __init__(
+        self, *, backends: Mapping[str, Backend], trackers: Mapping[str, Tracker],
+        retry: RetrySettings, admission: Admission, energy_meters: Mapping[str, FairShare],
+        accounts: Accounts, metrics: Metrics,
+    ) -> None:
+        self.backends = backends
+        self.trackers = trackers
+        self.retry = retry
+        self.admission = admission
+        self.energy_meters = energy_meters
+        self.accounts = accounts
+        self.metrics = metrics
+
+    async def run(self, x: Exchange, open_: Open[R], record: UsageRecord | None = None,
+                  order: Sequence[str] | None = None) -> tuple[Attempt, R]:
+        """Try the plan's backends until ``open_`` succeeds on one: the attempt (still to
+        be settled through ``Attempt.succeeded``) and what ``open_`` returned."""
+        rec = x.record if record is None else record
+        attempts = Attempts(x.plan.order if order is None else order, self.trackers, self.retry)
+        last: SwitchyardError | None = None
+        while (name := await attempts.next(last)) is not None:
+            a = Attempt(self, x, self.backends[name], rec)
+            rec.attempts += 1
+            await a.reserve()
+            a.start()
+            try:
+                result = await open_(a)
+            except asyncio.CancelledError:
+                await a.cancelled()
+                raise
+            except Exception as e:  # noqa: BLE001 - any backend failure may fall back
+                last = await a.failed(e)
+                continue
+            rec.reason = _reason(x.plan, attempts, last)
+            return a, result
+        err = last or BackendUnavailable(
+            f"Every backend for '{x.features.requested}' is unavailable "
+            f"(circuit open: {', '.join(attempts.skipped)}).", retry_after=1)
+        self.accounts.error(rec, None, err, x.ctx)
+        raise err
+
+    async def sequence(self, x: Exchange, judge: Judge | None) -> dict[str, Any]:
+        """A cascade: call ``x.plan.cascade``'s backends one after the other until ``judge``
+        accepts an answer (without a judge, every step runs and the last answers). Each call
+        has its own record, all with the request's id; each says which step answered, and
+        ``x.record`` becomes the answering one's. A step that fails after an answer leaves
+        the client that answer."""
+        steps = x.plan.cascade
+        base = dataclasses.replace(x.record)
+        done: list[tuple[UsageRecord, dict[str, Any]]] = []
+        try:
+            for step, name in enumerate(steps, 1):
+                rec = x.record if step == 1 else _fresh(base)
+                a, result = await self.run(x, call, rec, (name,))
+                await a.succeeded(result.usage, ttft_s=None, emit=False)
+                done.append((rec, result.body))
+                if (step < len(steps) and judge is not None
+                        and await judge.accept(x.features, result.body, step)):
+                    break
+        except SwitchyardError:
+            if not done:
+                raise
+        finally:
+            for i, (rec, _) in enumerate(done, 1):
+                rec.decision = {**(rec.decision or {}),
+                                "cascade": {"step": i, "steps": len(steps), "answer": len(done)}}
+                self.accounts.emit(rec)
+        x.record, body = done[-1]
+        return body
+
+    def failure(self, name: str, e: BaseException) -> SwitchyardError:
+        """``e`` as the error a client sees; a fault counts against the backend's breaker."""
+        if isinstance(e, SwitchyardError):
+            err = e
+        else:
+            log.exception("backend %s failed", name)
+            err = BackendError(f"Backend '{name}' failed: {type(e).__name__}.")
+        if err.retryable and not isinstance(err, Overloaded):  # a full queue is not a fault
+            self.trackers[name].observe_failure(time.monotonic(), err.code)
+        return err
+
+
+def _fresh(rec: UsageRecord) -> UsageRecord:
+    """The record of a cascade's next call: the request's, as before its first call."""
+    return dataclasses.replace(rec, started_at=time.time())
+
+
+def _reason(plan: Plan, attempts: Attempts, last: SwitchyardError | None) -> str:
+    if attempts.count == 1 and not attempts.skipped:
+        return plan.reason
+    if last is not None:
+        return f"fallback after {last.code} ({attempts.count} attempts); {plan.reason}"
+    return f"fallback, circuit open: {', '.join(attempts.skipped)}; {plan.reason}"

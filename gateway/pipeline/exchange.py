@@ -1,0 +1,36 @@
+"""One request on its way through the stages: what the client sent, and what each stage
+added to it. The stages fill it in their order (``gateway.pipeline.stages.ORDER``); a field
+is set by the stage named next to it and read by the ones after."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.accounting import UsageRecord
+from gateway.interfaces import Endpoint, Plan, RequestFeatures
+from gateway.pipeline.context import RequestContext
+from gateway.pipeline.routing import Target
+from gateway.protocol import WireRequest
+
+
+@dataclass(slots=True)
+class Exchange:
+    endpoint: Endpoint
+    body: dict[str, Any]  # the body as the client sent it (never changed)
+    req: WireRequest  # its validated form
+    ctx: RequestContext
+    # resolve: the client's name as a route or backends, and the body the backends get
+    target: Target = field(init=False)
+    forwarded: dict[str, Any] = field(init=False)
+    # features: what routing, admission and plugins know of the request
+    features: RequestFeatures = field(init=False)
+    # plan: the backends to try (or the cascade to run), and the request's record
+    plan: Plan = field(init=False)
+    record: UsageRecord = field(init=False)
+    # cache lookup: an answer found without calling a backend (None: call one)
+    answer: dict[str, Any] | None = None
+
+    @property
+    def streaming(self) -> bool:
+        return self.req.streaming
