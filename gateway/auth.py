@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.errors import AuthenticationFailed, ServiceUnavailable
+from gateway.errors import AuthenticationFailed
 from gateway.interfaces import Constraints
 from gateway.state import KeyRecord, StateStore, StateUnavailable, Team
 
@@ -80,10 +80,7 @@ class Identity:
         )
 
 
-def _unavailable() -> ServiceUnavailable:
-    return ServiceUnavailable(
-        "The gateway's state store (Redis) is unreachable, so API keys cannot be checked; "
-        "try again shortly.", code="state_store_unavailable")
+_NO_KEYS = "API keys cannot be checked; try again shortly"
 
 
 class KeyAuthenticator:
@@ -115,10 +112,10 @@ class KeyAuthenticator:
             return self._required[1]
         try:
             value = await self.store.has_teams()
-        except StateUnavailable:
+        except StateUnavailable as e:
             if self.fail_open and self._required is not None:
                 return self._required[1]
-            raise _unavailable() from None
+            raise e.because(_NO_KEYS) from None
         if len(self._cache) > 10_000:
             self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
         self._required = (now + self.ttl, value)
@@ -132,10 +129,10 @@ class KeyAuthenticator:
         try:
             rec = await self.store.get_key(key_id)
             team = await self.store.get_team(rec.team) if rec is not None else None
-        except StateUnavailable:
+        except StateUnavailable as e:
             if self.fail_open and hit is not None:
                 return hit[1], hit[2]
-            raise _unavailable() from None
+            raise e.because(_NO_KEYS) from None
         if rec is None or team is None:
             self._cache.pop(key_id, None)
             return None

@@ -56,15 +56,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     Exit status 0 with a summary when the file is good, 2 with one line per error (its path
     and what is wrong) when it is not. Secrets are never printed."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    from gateway.http.app import build_backends, build_registry_for
+    from gateway.assembly import build_registry_for, validate
 
     try:
         settings, errors = check_settings(args.config)
     except ConfigError as e:  # unreadable, or not YAML: nothing more to check
         print(f"switchyard: {args.config}: {e}", file=sys.stderr)
         return 2
-    try:
-        build_backends(settings, build_registry_for(settings))
+    try:  # what create_app builds before it starts anything: backends, every policy
+        validate(settings, build_registry_for(settings))
     except ConfigError as e:
         errors.extend(err for err in e.errors if err not in errors)
     if errors:

@@ -180,6 +180,26 @@ class ServiceUnavailable(SwitchyardError):
     code = "service_unavailable"
 
 
+class StateUnavailable(ServiceUnavailable):
+    """The shared state store (Redis) cannot be reached: connection refused, timeout.
+
+    The one class for it: a store raises it with what failed (``detail``), and a caller
+    that cannot go on without the store lets it through, or re-raises it ``because`` of
+    what could not be done. A client gets 503 ``state_store_unavailable``, ``Retry-After: 1``."""
+
+    code = "state_store_unavailable"
+
+    def __init__(self, detail: str = "", *, consequence: str = "try again shortly",
+                 **kw: Any) -> None:
+        self.detail = detail or "The gateway's state store is unreachable"
+        super().__init__(f"{self.detail}; {consequence}.", **kw)
+        self.headers.setdefault("retry-after", "1")
+
+    def because(self, consequence: str) -> StateUnavailable:
+        """The same outage, saying what could not be done without the store."""
+        return StateUnavailable(self.detail, consequence=consequence)
+
+
 class InternalError(SwitchyardError):
     status = 500
     type = "server_error"

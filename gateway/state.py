@@ -17,10 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from gateway.budgets import Period, to_nano
-
-
-class StateUnavailable(Exception):
-    """The state store cannot be reached (connection refused, timeout)."""
+from gateway.errors import StateUnavailable as StateUnavailable  # noqa: PLC0414 - re-exported: the stores raise it
 
 
 @dataclass(slots=True)

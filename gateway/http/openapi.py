@@ -18,8 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.http.admin import KeyIn, TeamIn, TeamPatch
-from gateway.http.admin_backends import DrainIn
+from gateway.http.admin import DrainIn, KeyIn, TeamIn, TeamPatch
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from gateway.state import Team
 

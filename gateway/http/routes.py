@@ -22,6 +22,7 @@ from gateway.errors import (
 from gateway.http.server import TIMED_OUT
 from gateway.interfaces import Endpoint
 from gateway.pipeline.context import RequestContext
+from gateway.pipeline.health import backend_health, can_take_traffic
 from gateway.pipeline.service import Gateway
 from gateway.protocol import parse_body, validate
 
@@ -145,21 +146,9 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     gw: Gateway = request.app.state.gateway
     now = time.monotonic()
-    backends = {}
-    for name, t in gw.trackers.items():
-        elsewhere = t.remote_down if t.remote_down_until > now else None
-        backends[name] = {"breaker": t.breaker.peek(now), "inflight": t.inflight,
-                          "probe_ok": t.last_probe_ok, "last_error": t.last_error,
-                          "down_elsewhere": elsewhere and {
-                              "until": elsewhere[0], "replica": elsewhere[1],
-                              "reason": elsewhere[2]},
-                          "drained": t.drained and {
-                              "by": t.drained[0], "reason": t.drained[1], "since": t.drained[2]}}
-    # ready while some backend can take traffic: not drained, breaker not open, checks passing
-    ready = request.app.state.ready and any(
-        b["breaker"] != "open" and b["probe_ok"] is not False and not b["drained"]
-        for b in backends.values()
-    )
+    backends = {name: backend_health(t, now) for name, t in gw.trackers.items()}
+    # ready while some backend can take traffic
+    ready = request.app.state.ready and any(can_take_traffic(b) for b in backends.values())
     return json_response({"status": "ready" if ready else "not ready", "backends": backends,
                           "replica": request.app.state.shared_health.replica},
                          200 if ready else 503)

@@ -41,7 +41,6 @@ from gateway.errors import (
     BudgetExceeded,
     InvalidRequest,
     RateLimited,
-    ServiceUnavailable,
 )
 from gateway.interfaces import Backend, RequestFeatures, Reservation
 from gateway.pipeline.context import RequestContext, TokensCounted
@@ -246,11 +245,9 @@ class BudgetAdmission:
             log.warning("state store reachable again; %d settlements to reconcile",
                         len(self._pending))
 
-    def _unavailable(self) -> ServiceUnavailable:
-        return ServiceUnavailable(
-            "The gateway's state store (Redis) is unreachable, so budgets and rate limits "
-            "cannot be enforced; requests are refused until it returns.",
-            code="state_store_unavailable", headers={"retry-after": "1"})
+    def _unavailable(self) -> StateUnavailable:
+        return StateUnavailable(consequence="budgets and rate limits cannot be enforced; "
+                                "requests are refused until it returns")
 
     def _local(self) -> StateStore:
         if self._fallback is None:

@@ -30,7 +30,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gateway.state import StateStore, StateUnavailable
 from gateway.telemetry import Tracker
@@ -42,6 +42,27 @@ BREAKER_OPEN = "circuit breaker open"
 
 T = TypeVar("T")
 Mark = tuple[float, str, str]  # (until, replica, reason)
+
+
+def backend_health(t: Tracker, now: float) -> dict[str, Any]:
+    """One backend's health as this replica sees it (``/readyz`` and ``GET /admin/backends``
+    both show this): breaker, in-flight calls, last check, marks from other replicas, drain.
+    ``now`` is ``time.monotonic()``."""
+    elsewhere = t.remote_down if t.remote_down_until > now else None
+    return {
+        "breaker": t.breaker.peek(now), "inflight": t.inflight,
+        "probe_ok": t.last_probe_ok, "last_error": t.last_error,
+        "down_elsewhere": elsewhere and {"until": elsewhere[0], "replica": elsewhere[1],
+                                         "reason": elsewhere[2]},
+        "drained": t.drained and {"by": t.drained[0], "reason": t.drained[1],
+                                  "since": t.drained[2]},
+    }
+
+
+def can_take_traffic(health: Mapping[str, Any]) -> bool:
+    """Not drained, breaker not open, health checks not failing."""
+    return health["breaker"] != "open" and health["probe_ok"] is not False \
+        and not health["drained"]
 
 
 def replica_id() -> str:

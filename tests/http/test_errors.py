@@ -3,12 +3,15 @@ body {"error": {"message", "type", "param", "code"}}, never a traceback."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
 import openai
 import pytest
 from http_helpers import request_id, sdk
+
+from gateway import hookimpl
 
 pytestmark = pytest.mark.slow
 
@@ -170,3 +173,58 @@ def test_body_over_the_size_limit(settings_factory, serve_app):
         assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
         ok = c.chat.completions.create(model="local-smol", messages=HI, max_tokens=2)
         assert ok.choices[0].message.content is not None
+
+
+class _Bugs:
+    """A plugin whose backend and state store fail the way a bug would: a plain exception,
+    not a ``SwitchyardError``."""
+
+    @hookimpl
+    def switchyard_register_backends(self, register: Any) -> None:
+        from plugins.openai_compatible import OpenAICompatibleBackend, OpenAICompatibleConfig
+
+        class LoadBug(OpenAICompatibleBackend):
+            def load(self) -> Any:
+                raise RuntimeError("bug in load()")
+
+        register("load_bug", LoadBug, OpenAICompatibleConfig)
+
+    @hookimpl
+    def switchyard_register_state_stores(self, register: Any) -> None:
+        from plugins.state_memory import MemoryStore
+
+        class TeamsBug(MemoryStore):
+            async def list_teams(self) -> Any:
+                raise KeyError("bug in list_teams()")
+
+        register("teams_bug", lambda config: TeamsBug())
+
+
+def test_an_unexpected_exception_anywhere_is_the_openai_error_body(
+    settings_factory, serve_app, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway.http.app import create_app
+
+    settings = settings_factory(
+        admin_key="sk-admin-test", state={"kind": "teams_bug"},
+        backends=[{"name": "buggy", "plugin": "load_bug", "model": "m",
+                   "base_url": "http://127.0.0.1:1/v1"}],
+        routes=[{"name": "auto", "backends": ["buggy"]}])
+    app = create_app(settings, extra_plugins=[_Bugs()], health_interval_s=3600)
+    with serve_app(app) as srv:
+        for path, headers in (("/metrics", {}),
+                              ("/admin/teams", {"authorization": "Bearer sk-admin-test"})):
+            caplog.clear()
+            rid = request_id()
+            r = httpx.get(srv.url + path, headers={"x-request-id": rid, **headers})
+            assert r.status_code == 500, (path, r.text)
+            assert r.headers["content-type"] == "application/json"
+            assert r.headers["x-switchyard-request-id"] == rid
+            err = r.json()["error"]
+            assert set(err) == {"message", "type", "param", "code"}
+            assert err["code"] == "internal_error" and err["type"] == "server_error"
+            assert rid in err["message"] and "bug in" not in err["message"]
+            errors = [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+            assert len(errors) == 1, [rec.getMessage() for rec in errors]  # ours, not uvicorn's
+            assert path in errors[0].getMessage() and rid in errors[0].getMessage()
+        assert httpx.get(srv.url + "/healthz").status_code == 200  # the server lives on

@@ -62,8 +62,8 @@ def expected_cost(backend: Backend, usage: Any, busy_s: float) -> float:
 @pytest.fixture(params=KINDS)
 async def backend(request: pytest.FixtureRequest,
                   servers: dict[str, LiveServer]) -> AsyncIterator[Backend]:
+    from gateway.assembly import build_registry_for
     from gateway.config import load_settings
-    from gateway.http.app import build_registry_for
 
     kind = request.param
     registry = build_registry_for(load_settings(None, embedded_default=False))

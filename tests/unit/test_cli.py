@@ -128,3 +128,86 @@ def test_the_installed_command_exits_2_with_every_error(tmp_path: Path) -> None:
     assert "backends[0].plugin" in done.stderr and "routes[0].backends[2]" in done.stderr
     for secret in SECRETS:
         assert secret not in done.stdout + done.stderr
+
+
+PICKY = '''
+from gateway import hookimpl
+
+
+class Picky:
+    name = "picky"
+
+    def plan(self, request, candidates, constraints):
+        raise AssertionError("never routed in these tests")
+
+
+def make(options):
+    if options:
+        raise ValueError(f"policy 'picky' takes no option {next(iter(options))!r}")
+    return Picky()
+
+
+@hookimpl
+def switchyard_register_policies(register):
+    register("picky", make)
+'''
+
+WRONG_OPTIONS = """
+plugins: [sy_test_picky_policy]
+backends:
+  - {name: remote, plugin: openai_compatible, base_url: "http://127.0.0.1:1/v1", model: m}
+routes:
+  - {name: a, backends: [remote], policy: picky, policy_options: {colour: red}}
+  - {name: b, backends: [remote], policy: weighted,
+     policy_options: {weights: {cost: -1, latency: 0, energy: 0}}}
+  - {name: c, backends: [remote], policy: first_healthy, policy_options: {fast: true}}
+  - {name: d, backends: [remote], policy: picky}
+"""
+
+
+def _picky_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "sy_test_picky_policy.py").write_text(PICKY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    path = tmp_path / "options.yaml"
+    path.write_text(WRONG_OPTIONS)
+    return path
+
+
+def test_policy_options_a_factory_refuses_are_errors_with_their_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _picky_plugin(tmp_path, monkeypatch)
+    try:
+        rc = main(["check-config", str(path)])
+    finally:
+        sys.modules.pop("sy_test_picky_policy", None)
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and "Traceback" not in err
+    errors = error_lines(err)
+    assert set(errors) == {"routes[0].policy_options", "routes[1].policy_options",
+                           "routes[2].policy_options"}  # route d: picky takes no options
+    assert "'colour'" in errors["routes[0].policy_options"]  # a plugin's own factory
+    assert "weights" in errors["routes[1].policy_options"]  # built-in policies too
+    assert "first_healthy" in errors["routes[2].policy_options"]
+
+
+def test_serve_refuses_the_same_options_with_the_same_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _picky_plugin(tmp_path, monkeypatch)
+    checked = run_cli("check-config", str(path))
+    served = run_cli("serve", "--config", str(path), "--port", "1")
+    assert checked.returncode == served.returncode == 2
+    assert "Traceback" not in served.stderr  # not a raw ValueError from the app
+    assert error_lines(served.stderr) == error_lines(checked.stderr)
+    assert "routes[0].policy_options" in error_lines(served.stderr)
+
+
+def test_check_config_does_not_import_the_http_app() -> None:
+    code = ("import sys; from gateway.cli import main; "
+            "rc = main(['check-config', 'config/embedded.yaml']); "
+            "print(rc, sorted(m for m in sys.modules if m.startswith('gateway.http')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False, cwd=ROOT)
+    assert done.stdout.strip().splitlines()[-1] == "0 []", done.stdout + done.stderr

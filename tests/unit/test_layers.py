@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
-LAYERS = "gateway layers: cli -> http -> pipeline -> leaf modules"
+LAYERS = "gateway layers: cli -> http -> assembly -> pipeline -> leaf modules"
 CORE = "gateway never imports plugins or policies (built-ins come through entry points)"
 PUBLIC_API = "plugins and policies import only `gateway` (its __init__ API), never its modules"
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from gateway import hookimpl
+from gateway.assembly import build_registry_for, validate
 from gateway.errors import ConfigError
-from gateway.http.app import build_backends, build_registry_for
 from gateway.registry import build_registry
 
 BUILTIN_BACKENDS = {"llamacpp", "openai_compatible", "vllm", "litellm", "sentence_transformers"}
@@ -178,7 +178,7 @@ def test_a_backend_section_is_validated_against_its_plugins_model(settings_facto
         {"name": "other", "plugin": "llamacpp", "n_ctx": "large"},
     ], routes=[{"name": "auto", "backends": ["local"]}])
     with pytest.raises(ConfigError) as exc:
-        build_backends(settings, build_registry_for(settings))
+        validate(settings, build_registry_for(settings))
     errors = dict(exc.value.errors)
     assert "misspelled" in errors["backends[1].base_urll"]
     assert "required" in errors["backends[1].base_url"].lower()
@@ -190,7 +190,7 @@ def test_an_unknown_backend_plugin_lists_the_known_ones(settings_factory) -> Non
     settings = settings_factory(backends=[{"name": "x", "plugin": "lamacpp"}],
                                 routes=[{"name": "auto", "backends": ["x"]}])
     with pytest.raises(ConfigError) as exc:
-        build_backends(settings, build_registry_for(settings))
+        validate(settings, build_registry_for(settings))
     (path, msg), = exc.value.errors
     assert path == "backends[0].plugin"
     assert "'lamacpp'" in msg and "llamacpp" in msg
@@ -203,7 +203,7 @@ def test_disable_plugins_removes_a_builtin(settings_factory) -> None:
     reg = build_registry_for(settings)
     assert "litellm" not in reg.backends and "llamacpp" in reg.backends
     with pytest.raises(ConfigError) as exc:
-        build_backends(settings, reg)
+        validate(settings, reg)
     assert exc.value.errors[0][0] == "backends[0].plugin"
 
 
