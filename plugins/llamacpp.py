@@ -247,6 +247,22 @@ class LlamaCppBackend(BaseBackend):
         return llm.n_tokens
 
     def _validate(self, call: BackendCall) -> None:
+    def _error(self, call: BackendCall, e: BaseException) -> Exception:
+        """The error class from the exception's type, never its text: llama-cpp-python
+        raises ``ValueError`` for a request it refuses; one whose prompt does not fit the
+        context (counted with the model's tokenizer) is ``context_length_exceeded``."""
+        if isinstance(e, SwitchyardError):
+            return e
+        if isinstance(e, ValueError):
+            n_ctx = self._llm.n_ctx() if self._llm is not None else self.config.n_ctx
+            prompt = self.count_tokens(call)
+            if prompt >= n_ctx:
+                return InvalidRequest(
+                    f"Backend '{self.name}': the prompt ({prompt} tokens) does not fit its "
+                    f"context window of {n_ctx} tokens.", code="context_length_exceeded")
+            return InvalidRequest(f"Backend '{self.name}' rejected the request: {e}")
+        return BackendError(f"Backend '{self.name}' failed: {type(e).__name__}.")
+
         for m in call.body.get("messages") or ():
             for part in m.get("content") if isinstance(m.get("content"), list) else ():
                 if not isinstance(part, dict) or part.get("type") != "text":
@@ -284,7 +300,7 @@ class LlamaCppBackend(BaseBackend):
             cancel.set()  # the client went away: stop at the next token
             raise
         except (ValueError, RuntimeError) as e:
-            raise _map_error(self.name, e) from None
+            raise self._error(call, e) from None
         usage = Usage.from_openai(out.get("usage")) or Usage()
         meter.usage = usage
         return BackendResult(out, usage)
@@ -338,7 +354,7 @@ class LlamaCppBackend(BaseBackend):
                         prompt_tokens = max(1, item - produced + 1)
                     break
                 if kind == "error":
-                    raise _map_error(self.name, item)
+                    raise self._error(call, item)
                 if has_content(item):
                     produced += 1
                 last = item
@@ -372,15 +388,6 @@ def _bias_processor(bias: dict[str, float]) -> Callable[[Any, Any], Any]:
     return apply
 
 
-def _map_error(name: str, e: BaseException) -> Exception:
-    if isinstance(e, SwitchyardError):
-        return e
-    msg = str(e)
-    if isinstance(e, ValueError) and ("context window" in msg or "exceed" in msg or "tokens" in msg):
-        return InvalidRequest(f"Backend '{name}': {msg}", code="context_length_exceeded")
-    if isinstance(e, ValueError):
-        return InvalidRequest(f"Backend '{name}' rejected the request: {msg}")
-    return BackendError(f"Backend '{name}' failed: {type(e).__name__}.")
 
 
 @hookimpl(trylast=True)
