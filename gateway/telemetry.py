@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway.config import BreakerSettings
 from gateway.interfaces import BackendLoad, BackendStats
 
 BreakerState = Literal["closed", "open", "half_open"]
@@ -40,18 +41,12 @@ def _bucket(prompt_tokens: int) -> int:
 
 
 @dataclass
-class BreakerConfig:
-    failure_threshold: int = 3
-    open_s: float = 5.0
-
-
-@dataclass
 class Breaker:
     """closed -> (``failure_threshold`` consecutive failures) -> open -> (``open_s``) ->
     half_open: one request probes; success closes, failure opens again. A probe that never
     reports back (its client went away) frees the slot after another ``open_s``."""
 
-    cfg: BreakerConfig = field(default_factory=BreakerConfig)
+    cfg: BreakerSettings = field(default_factory=BreakerSettings)
     state: BreakerState = "closed"
     failures: int = 0
     opened_at: float = 0.0
@@ -89,7 +84,7 @@ class Breaker:
 class Tracker:
     """One backend's live picture."""
 
-    def __init__(self, alpha: float = 0.3, breaker: BreakerConfig | None = None) -> None:
+    def __init__(self, alpha: float = 0.3, breaker: BreakerSettings | None = None) -> None:
         self.alpha = alpha
         n = len(_BUCKETS) + 1
         self.ttft: list[float | None] = [None] * n
@@ -98,7 +93,7 @@ class Tracker:
         self.avg_completion: float | None = None
         self.updated_at: float | None = None  # monotonic time of the last observation
         self.error_rate = 0.0
-        self.breaker = Breaker(breaker or BreakerConfig())
+        self.breaker = Breaker(breaker or BreakerSettings())
         self.last_probe_ok: bool | None = None
         self.probe_failures = 0
         self.last_error: str | None = None
@@ -205,5 +200,5 @@ def make_trackers(health: Any, backends: Mapping[str, Any] | Iterable[str]) -> d
     items = backends.items() if isinstance(backends, Mapping) else ((n, None) for n in backends)
     for name, backend in items:
         cfg = getattr(getattr(backend, "config", None), "breaker", None) or health.breaker
-        out[name] = Tracker(breaker=BreakerConfig(cfg.failure_threshold, cfg.open_s))
+        out[name] = Tracker(breaker=cfg)
     return out

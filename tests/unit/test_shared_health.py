@@ -12,8 +12,9 @@ import time
 import pytest
 from support import free_port
 
+from gateway.config import BreakerSettings
 from gateway.pipeline.health import BREAKER_OPEN, PROBE_FAILED, SharedHealth
-from gateway.telemetry import BreakerConfig, Tracker
+from gateway.telemetry import Tracker
 from plugins.state_memory import MemoryStore
 from plugins.state_redis import RedisStore
 
@@ -21,7 +22,7 @@ NAMES = ("gpu", "cpu")
 
 
 def replica(store: object, name: str, open_s: float = 30.0) -> SharedHealth:
-    trackers = {n: Tracker(breaker=BreakerConfig(failure_threshold=1, open_s=open_s))
+    trackers = {n: Tracker(breaker=BreakerSettings(failure_threshold=1, open_s=open_s))
                 for n in NAMES}
     return SharedHealth(store, trackers, probe_interval_s=5.0, replica=name)  # type: ignore[arg-type]
 

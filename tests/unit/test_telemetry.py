@@ -11,13 +11,13 @@ from gateway.config import BreakerSettings, RetrySettings, load_settings
 from gateway.errors import BackendError, BackendTimeout, Overloaded
 from gateway.interfaces import BackendLoad
 from gateway.pipeline.retry import Attempts, backoff_s
-from gateway.telemetry import Breaker, BreakerConfig, Tracker, make_trackers
+from gateway.telemetry import Breaker, Tracker, make_trackers
 
 # ---- breaker ---------------------------------------------------------------------------
 
 
 def test_breaker_opens_after_consecutive_failures_only():
-    b = Breaker(BreakerConfig(failure_threshold=3, open_s=5.0))
+    b = Breaker(BreakerSettings(failure_threshold=3, open_s=5.0))
     b.failure(0.0)
     b.failure(0.1)
     b.success()  # a success in between resets the count
@@ -29,7 +29,7 @@ def test_breaker_opens_after_consecutive_failures_only():
 
 
 def test_half_open_lets_exactly_one_probe_through_then_closes_on_success():
-    b = Breaker(BreakerConfig(failure_threshold=1, open_s=5.0))
+    b = Breaker(BreakerSettings(failure_threshold=1, open_s=5.0))
     b.failure(0.0)
     assert not b.allow(4.9)
     assert b.peek(5.0) == "half_open"
@@ -40,7 +40,7 @@ def test_half_open_lets_exactly_one_probe_through_then_closes_on_success():
 
 
 def test_a_failed_probe_opens_the_circuit_again():
-    b = Breaker(BreakerConfig(failure_threshold=3, open_s=2.0))
+    b = Breaker(BreakerSettings(failure_threshold=3, open_s=2.0))
     for t in (0.0, 0.1, 0.2):
         b.failure(t)
     assert b.allow(2.5)
@@ -50,7 +50,7 @@ def test_a_failed_probe_opens_the_circuit_again():
 
 
 def test_a_probe_that_never_reports_back_frees_the_slot():
-    b = Breaker(BreakerConfig(failure_threshold=1, open_s=1.0))
+    b = Breaker(BreakerSettings(failure_threshold=1, open_s=1.0))
     b.failure(0.0)
     assert b.allow(1.0)
     assert not b.allow(1.5)
@@ -66,8 +66,8 @@ def test_breaker_thresholds_come_from_config_per_backend_or_global():
             self.config = type("C", (), {"breaker": breaker})()
 
     t = make_trackers(s.health, {"a": B(None), "b": B(BreakerSettings(failure_threshold=1, open_s=9))})
-    assert t["a"].breaker.cfg == BreakerConfig(7, 5.0)
-    assert t["b"].breaker.cfg == BreakerConfig(1, 9.0)
+    assert t["a"].breaker.cfg == BreakerSettings(failure_threshold=7, open_s=5.0)
+    assert t["b"].breaker.cfg == BreakerSettings(failure_threshold=1, open_s=9.0)
 
 
 # ---- tracker ---------------------------------------------------------------------------
@@ -136,7 +136,7 @@ async def test_overload_and_timeouts_go_straight_to_the_next_backend():
 
 
 async def test_open_circuits_are_skipped_and_max_attempts_bounds_the_calls():
-    trackers = {n: Tracker(breaker=BreakerConfig(failure_threshold=1, open_s=60)) for n in "abc"}
+    trackers = {n: Tracker(breaker=BreakerSettings(failure_threshold=1, open_s=60)) for n in "abc"}
     trackers["a"].observe_failure(time.monotonic(), "backend_error")  # open for a minute
     at = Attempts(["a", "b", "c"], trackers, RetrySettings(retries=3, backoff_s=0.0, max_attempts=2))
     assert await at.next() == "b" and at.skipped == ["a"]
