@@ -48,7 +48,7 @@ from gateway.interfaces import (
     Usage,
 )
 from gateway.predict import PredictOptions, estimate, evaluate
-from gateway.protocol import has_content
+from gateway.protocol import has_content, usage_chunk
 from gateway.state import (
     KeyRecord,
     Limit,
@@ -115,4 +115,5 @@ __all__ = [
     "evaluate",
     "has_content",
     "hookimpl",
+    "usage_chunk",
 ]

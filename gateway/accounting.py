@@ -74,11 +74,19 @@ def energy_joules(
     """Joules for one request and where the figure came from."""
     if measured_j is not None:
         return measured_j, profile.measure
-    if profile.joules_per_token is not None:
-        return profile.joules_per_token * tokens, "profile"
-    if profile.watts_busy is not None:
-        return profile.watts_busy * busy_s, "profile"
-    return 0.0, "none"
+    j = profile_joules(profile.joules_per_token, profile.watts_busy, tokens=tokens, busy_s=busy_s)
+    return (0.0, "none") if j is None else (j, "profile")
+
+
+def profile_joules(joules_per_token: float | None, watts_busy: float | None, *, tokens: float,
+                   busy_s: float) -> float | None:
+    """Joules by an energy profile: per token where it gives that, else watts while busy
+    (None: the profile gives neither). Accounting and routing's predictions both use it."""
+    if joules_per_token is not None:
+        return joules_per_token * tokens
+    if watts_busy is not None:
+        return watts_busy * busy_s
+    return None
 
 
 def co2_grams(energy_j: float, grid_g_per_kwh: float) -> float:

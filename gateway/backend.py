@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,14 +96,3 @@ class BaseBackend:
             + cached * cached_price
             + usage.completion_tokens * p.output_per_mtok
         ) / 1e6 + p.per_hour * busy_s / 3600.0
-
-
-async def first_and_rest(
-    it: AsyncIterator[dict[str, Any]], timeout_s: float
-) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
-    """Wait for a stream's first item (bounded by ``timeout_s``)."""
-    try:
-        first = await asyncio.wait_for(it.__anext__(), timeout_s)
-    except StopAsyncIteration:
-        return None, it
-    return first, it

@@ -26,10 +26,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from gateway.accounting import co2_grams, profile_joules
 from gateway.errors import BackendUnavailable, InvalidRequest, PermissionDenied, SwitchyardError
 from gateway.interfaces import Candidate, Constraints, Prediction, RequestFeatures
-
-JOULES_PER_KWH = 3_600_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,18 +131,13 @@ def estimate(
     tokens = request.prompt_tokens + n_out
     cost = (request.prompt_tokens * c.input_usd_per_token + n_out * c.output_usd_per_token
             + c.per_hour_usd * busy_s / 3600.0)
-    if c.joules_per_token is not None:
-        energy = c.joules_per_token * tokens
-    elif c.watts_busy is not None:
-        energy = c.watts_busy * busy_s
-    else:
-        energy = 0.0
+    energy = profile_joules(c.joules_per_token, c.watts_busy, tokens=tokens, busy_s=busy_s) or 0.0
     return Prediction(
         cost_usd=cost,
         ttft_s=ttft_pred,
         total_s=ttft_pred + decode_s,
         energy_j=energy,
-        co2_g=energy / JOULES_PER_KWH * c.grid_g_per_kwh,
+        co2_g=co2_grams(energy, c.grid_g_per_kwh),
     )
 
 

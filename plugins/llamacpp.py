@@ -45,6 +45,7 @@ from gateway import (
     Usage,
     has_content,
     hookimpl,
+    usage_chunk,
 )
 
 log = logging.getLogger("switchyard.llamacpp")
@@ -362,8 +363,7 @@ class LlamaCppBackend(BaseBackend):
             usage = Usage(prompt_tokens, produced)
             meter.usage = usage
             if last is not None:
-                yield {"id": last.get("id"), "object": last.get("object"), "created": last.get("created"),
-                       "model": last.get("model"), "choices": [], "usage": usage.to_openai()}
+                yield usage_chunk(last, usage)
         finally:
             cancel.set()  # no-op after a normal end; stops generation on disconnect
             if meter.usage is None:

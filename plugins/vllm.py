@@ -77,14 +77,6 @@ def interval_ttft(prev: VLLMSample | None, cur: VLLMSample, last: float | None) 
     return max(0.0, cur.ttft_sum - prev.ttft_sum) / n
 
 
-def parse_vllm_metrics(text: str, model: str | None = None) -> BackendLoad:
-    """A load from one scrape alone (TTFT: the all-time mean)."""
-    cur = read_vllm_metrics(text, model)
-    return BackendLoad(queue_depth=int(cur.waiting), running=int(cur.running),
-                       kv_cache_usage=cur.kv_cache, ttft_s=interval_ttft(None, cur, None),
-                       scraped_at=time.monotonic())
-
-
 class VLLMBackend(OpenAICompatibleBackend):
     config: VLLMConfig
 

@@ -149,19 +149,17 @@ async def call(a: Attempt) -> BackendResult:
         raise BackendTimeout(f"Backend '{b.name}' did not answer in time.") from None
 
 
+@dataclasses.dataclass(slots=True, kw_only=True)
 class Executor:
-    def __init__(
-        self, *, backends: Mapping[str, Backend], trackers: Mapping[str, Tracker],
-        retry: RetrySettings, admission: Admission, energy_meters: Mapping[str, FairShare],
-        accounts: Accounts, metrics: Metrics,
-    ) -> None:
-        self.backends = backends
-        self.trackers = trackers
-        self.retry = retry
-        self.admission = admission
-        self.energy_meters = energy_meters
-        self.accounts = accounts
-        self.metrics = metrics
+    """Runs the attempts of a request (and the calls of a cascade)."""
+
+    backends: Mapping[str, Backend]
+    trackers: Mapping[str, Tracker]
+    retry: RetrySettings
+    admission: Admission
+    energy_meters: Mapping[str, FairShare]
+    accounts: Accounts
+    metrics: Metrics
 
     async def run(self, x: Exchange, open_: Open[R], record: UsageRecord | None = None,
                   order: Sequence[str] | None = None) -> tuple[Attempt, R]:
