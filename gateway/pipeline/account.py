@@ -58,6 +58,11 @@ class Accounts:
         rec.latency_ms = (time.perf_counter() - ctx.received_at) * 1000.0
         self.emit(rec)
 
+    def answered(self, rec: UsageRecord, ctx: RequestContext) -> None:
+        """Record a request answered without a backend call (a cache hit)."""
+        rec.latency_ms = (time.perf_counter() - ctx.received_at) * 1000.0
+        self.emit(rec)
+
     def reject(self, endpoint: Endpoint, requested: Any, ctx: RequestContext,
                err: SwitchyardError) -> None:
         """A request refused before any backend was called: one record, no cost."""

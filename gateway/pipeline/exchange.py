@@ -23,12 +23,13 @@ class Exchange:
     # resolve: the client's name as a route or backends, and the body the backends get
     target: Target = field(init=False)
     forwarded: dict[str, Any] = field(init=False)
-    # features: what routing, admission and plugins know of the request
+    # features: what routing, admission and plugins know of the request; its record
     features: RequestFeatures = field(init=False)
-    # plan: the backends to try (or the cascade to run), and the request's record
-    plan: Plan = field(init=False)
     record: UsageRecord = field(init=False)
-    # cache lookup: an answer found without calling a backend (None: call one)
+    # plan: the backends to try (or the cascade to run)
+    plan: Plan = field(init=False)
+    # cache lookup: an answer found without calling a backend (None: call one); the
+    # stage that sets it fills the record's fields for it too
     answer: dict[str, Any] | None = None
 
     @property

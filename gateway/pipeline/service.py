@@ -93,7 +93,8 @@ class Gateway:
     ) -> tuple[dict[str, Any], UsageRecord]:
         """Serve ``body``; ``req`` is its validated form (validated here when not given)."""
         x = await self._prepared(endpoint, body, ctx, req)
-        if x.answer is not None:
+        if x.answer is not None:  # a cache hit: no backend call, one record
+            self.accounts.answered(x.record, x.ctx)
             return x.answer, x.record
         if x.plan.cascade:
             answer = await self.executor.sequence(x, self.judge)

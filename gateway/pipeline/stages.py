@@ -52,7 +52,8 @@ class Resolve:
 class Features:
     """What routing and admission know of the request: read from the validated request
     (typed), the prompt from the forwarded body (the same values, as the client sent
-    them); 400 for a ``max_tokens`` no candidate's context window can hold."""
+    them); 400 for a ``max_tokens`` no candidate's context window can hold. The request's
+    record starts here."""
 
     def __init__(self, backends: Mapping[str, Backend], admission: Admission,
                  text_chars: int) -> None:
@@ -77,6 +78,13 @@ class Features:
             choices=req.choices,
         )
         self._check_output_fits(x)
+        ctx, target = x.ctx, x.target
+        x.record = UsageRecord(
+            request_id=ctx.request_id, endpoint=endpoint, requested=req.model,
+            route=target.name if target.kind == "route" else None,
+            team=ctx.team, key_id=ctx.key_id, stream=req.streaming,
+            prompt_tokens=x.features.prompt_tokens,
+        )
 
     def _check_output_fits(self, x: Exchange) -> None:
         """(a policy that predicts also weighs the prompt; this needs no prediction)"""
@@ -104,24 +112,19 @@ class Admit:
 
 
 class PlanStage:
-    """The policy's ordered plan over the target's candidates, and the request's record."""
+    """The policy's ordered plan over the target's candidates; the record keeps the
+    policy's decision when it predicted."""
 
     def __init__(self, router: Router) -> None:
         self.router = router
 
     def __call__(self, x: Exchange) -> None:
-        req, ctx, target = x.req, x.ctx, x.target
-        policy = (req.switchyard.policy if req.switchyard else None) or ctx.policy
-        plan, _ = self.router.plan(target, x.features, constraints(x), policy)
+        req = x.req
+        policy = (req.switchyard.policy if req.switchyard else None) or x.ctx.policy
+        plan, _ = self.router.plan(x.target, x.features, constraints(x), policy)
         x.plan = plan
-        x.record = rec = UsageRecord(
-            request_id=ctx.request_id, endpoint=x.endpoint, requested=req.model,
-            route=target.name if target.kind == "route" else None,
-            team=ctx.team, key_id=ctx.key_id, stream=x.features.stream,
-            prompt_tokens=x.features.prompt_tokens,
-        )
         if plan.predictions:
-            rec.decision = {"policy": plan.policy, "reason": plan.reason, "order": plan.order,
+            x.record.decision = {"policy": plan.policy, "reason": plan.reason, "order": plan.order,
                             "rejected": plan.rejected,
                             "predictions": {k: vars_of(v) for k, v in plan.predictions.items()}}
 
