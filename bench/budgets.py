@@ -49,7 +49,7 @@ async def one(auth: KeyAuthenticator | None, adm: Any, header: str) -> None:
         ident = await auth.verify(header)
         assert ident is not None
         ctx.team, ctx.key_id = ident.team.name, ident.key.key_id
-        ctx.extra["identity"] = ident
+        ctx.identity = ident
     await adm.admit(ctx, FEATURES)
     res = await adm.reserve(ctx, BACKEND, FEATURES)
     await adm.settle(ctx, res, 0.00004, 80)
