@@ -148,6 +148,8 @@ class MemoryStore:
             return Reserved(False, 0, 0, -1, exists=False)
         p = self._period(team, period, keep_s)
         budget = t.budget_nano
+        if res_id in p.holds or res_id in p.expired:  # held already (as Redis: a retry)
+            return Reserved(True, p.spent, p.reserved, budget)
         if budget >= 0 and p.spent + p.reserved + amount > budget:
             return Reserved(False, p.spent, p.reserved, budget)
         p.holds[res_id] = (amount, self._clock() + ttl_s)

@@ -12,6 +12,15 @@ both are refused ("value is not an integer"). Amounts stay the decimal strings P
 negated as text (``neg``), compared exactly as (high, low) halves (``over``), and returned
 as the strings Redis holds, so every amount up to 2**63 - 1 nano-dollars is exact.
 
+Connections: a pool of at most 64, on RESP2. A pooled connection the server closed (Redis
+restarted) is found before a command is sent on it and replaced: redis-py skips that check
+on RESP3, where it enables maintenance notifications, and every stale connection then
+failed one command, each read as an outage. A connection that still fails mid-command
+(reset rather than closed) is retried once on a fresh one, for idempotent commands only:
+every read and write here, ``reserve`` (a hold is keyed by its id, so a retried one is held
+once) and the settlement scripts; not ``hit``, ``add`` or the ``HSETNX`` that creates a
+team, which a script that ran but lost its reply would count twice.
+
 Keys (``P`` is ``state.prefix``)::
 
     P:teams              set of team names
@@ -33,15 +42,16 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from gateway import (
     KeyRecord,
@@ -124,12 +134,17 @@ end
 """
 
 # KEYS: team, b, bx   ARGV: res_id, amount, ttl_ms, keep_s
+# Idempotent: a hold already made under res_id (a retry whose first reply was lost) is
+# reported as held, not held twice.
 RESERVE = _NOW + _PURGE + """
 local budget = redis.call('HGET', KEYS[1], 'budget')
 if not budget then return {-1, 0, 0, -1} end
 purge(KEYS[2], KEYS[3], now)
 local spent = redis.call('HGET', KEYS[2], 'spent') or '0'
 local reserved = redis.call('HGET', KEYS[2], 'reserved') or '0'
+if redis.call('HEXISTS', KEYS[2], 'r:' .. ARGV[1]) == 1 then
+  return {1, spent, reserved, budget}
+end
 if string.sub(budget, 1, 1) ~= '-' and over(budget, spent, reserved, ARGV[2]) then
   return {0, spent, reserved, budget}
 end
@@ -251,6 +266,13 @@ return 1
 """
 
 _GLOB = re.compile(r"([*?\[\]\\])")
+_CONN_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _unreachable(e: BaseException) -> StateUnavailable:
+    """The outage a client may see: the error's class only (its text names the host, which
+    ``__cause__`` keeps for the log)."""
+    return StateUnavailable(f"Redis is unreachable ({type(e).__name__})")
 
 
 class RedisStore:
@@ -263,10 +285,11 @@ class RedisStore:
         self.prefix = prefix
         # A burst waits (up to timeout_s) for a free connection: redis-py's plain pool
         # raises at its cap (100 since redis-py 8), which read as an outage and failed
-        # every request closed for a reconcile interval.
+        # every request closed for a reconcile interval. No retry inside redis-py: it would
+        # resend any command, a script that ran but lost its reply too (see _do).
         pool = aioredis.BlockingConnectionPool.from_url(
             url, decode_responses=True, socket_connect_timeout=connect_timeout_s,
-            socket_timeout=timeout_s, retry=Retry(NoBackoff(), 1),
+            socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0), protocol=2,
             max_connections=max_connections, timeout=timeout_s,
         )
         self.r = aioredis.Redis.from_pool(pool)
@@ -287,14 +310,33 @@ class RedisStore:
     def _budget_keys(self, team: str, period: str) -> list[str]:
         return [self._t(team, "team"), self._t(team, f"b:{period}"), self._t(team, f"bx:{period}")]
 
-    async def _do(self, aw: Awaitable[T]) -> T:
+    async def _do(self, call: Callable[[], Awaitable[T]], *, retry: bool = True) -> T:
+        """Run ``call`` (one command, script or pipeline); StateUnavailable when Redis cannot
+        be reached. A connection that fails mid-command (reset by a restarted server) is
+        disconnected by redis-py; an idempotent ``call`` is sent once more, on a fresh one.
+        A timeout is not retried (a slow server gets no second load), nor a server still
+        loading its data."""
         try:
-            return await aw
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-            raise StateUnavailable(f"Redis is unreachable ({type(e).__name__})") from None
+            return await call()
+        except RedisConnectionError as e:
+            if not retry or isinstance(e, BusyLoadingError):
+                raise _unreachable(e) from e
+        except _CONN_ERRORS as e:
+            raise _unreachable(e) from e
+        try:
+            return await call()
+        except _CONN_ERRORS as e:
+            raise _unreachable(e) from e
+
+    async def _each(self, command: str, keys: Sequence[str], *args: Any) -> list[Any]:
+        """``command`` on each key, in one round trip (a pipeline, not a transaction)."""
+        pipe = self.r.pipeline(transaction=False)
+        for k in keys:
+            getattr(pipe, command)(k, *args)
+        return list(await pipe.execute())
 
     async def _members(self, key: str) -> list[str]:
-        return [str(m) for m in await self._do(self.r.smembers(key))]
+        return [str(m) for m in await self._do(lambda: self.r.smembers(key))]
 
     async def start(self) -> None:
         return None
@@ -303,65 +345,65 @@ class RedisStore:
         await self.r.aclose()
 
     async def ping(self) -> None:
-        await self._do(self.r.ping())
+        await self._do(self.r.ping)
 
     # ---- teams -------------------------------------------------------------------------
 
     async def create_team(self, team: Team) -> bool:
         key = self._t(team.name, "team")
-        if not await self._do(self.r.hsetnx(key, "doc", orjson.dumps(team.to_dict()).decode())):
+        doc = orjson.dumps(team.to_dict()).decode()
+        if not await self._do(lambda: self.r.hsetnx(key, "doc", doc), retry=False):
             return False
-        await self._do(self.r.hset(key, mapping={"budget": team.budget_nano,
-                                                 "soft": team.soft_nano}))
-        await self._do(self.r.sadd(self.prefix + "teams", team.name))
+        await self._do(lambda: self.r.hset(key, mapping={"budget": team.budget_nano,
+                                                         "soft": team.soft_nano}))
+        await self._do(lambda: self.r.sadd(self.prefix + "teams", team.name))
         return True
 
     async def update_team(self, team: Team) -> bool:
         doc = orjson.dumps(team.to_dict()).decode()
-        res = await self._do(self._update_team(keys=[self._t(team.name, "team")],
-                                               args=[doc, team.budget_nano, team.soft_nano]))
+        res = await self._do(lambda: self._update_team(
+            keys=[self._t(team.name, "team")], args=[doc, team.budget_nano, team.soft_nano]))
         return bool(res)
 
     async def get_team(self, name: str) -> Team | None:
-        doc = await self._do(self.r.hget(self._t(name, "team"), "doc"))
+        doc = await self._do(lambda: self.r.hget(self._t(name, "team"), "doc"))
         return Team.from_dict(orjson.loads(doc)) if doc else None
 
     async def list_teams(self) -> list[Team]:
         names = sorted(await self._members(self.prefix + "teams"))
-        pipe = self.r.pipeline(transaction=False)
-        for n in names:
-            pipe.hget(self._t(n, "team"), "doc")
-        docs = await self._do(pipe.execute()) if names else []
+        keys = [self._t(n, "team") for n in names]
+        docs = await self._do(lambda: self._each("hget", keys, "doc")) if names else []
         return [Team.from_dict(orjson.loads(d)) for d in docs if d]
 
     async def has_teams(self) -> bool:
-        return bool(await self._do(self.r.scard(self.prefix + "teams")))
+        return bool(await self._do(lambda: self.r.scard(self.prefix + "teams")))
 
     async def delete_team(self, name: str) -> list[str]:
-        if not await self._do(self.r.exists(self._t(name, "team"))):
+        if not await self._do(lambda: self.r.exists(self._t(name, "team"))):
             return []
         ids = sorted(await self._members(self._t(name, "keys")))
-        for key_id in ids:
-            await self._do(self.r.delete(self.prefix + "key:" + key_id))
+        keys = [self.prefix + "key:" + key_id for key_id in ids]
+        if keys:
+            await self._do(lambda: self._each("delete", keys))
         pattern = _GLOB.sub(r"\\\1", f"{self.prefix}{{{name}}}:") + "*"
-        try:
-            found = [k async for k in self.r.scan_iter(match=pattern, count=500)]
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-            raise StateUnavailable(f"Redis is unreachable ({type(e).__name__})") from None
-        for k in found:
-            await self._do(self.r.delete(k))
-        await self._do(self.r.srem(self.prefix + "teams", name))
+        found = await self._do(lambda: self._scan(pattern))
+        if found:
+            await self._do(lambda: self._each("delete", found))
+        await self._do(lambda: self.r.srem(self.prefix + "teams", name))
         return ids
+
+    async def _scan(self, pattern: str) -> list[str]:
+        return [str(k) async for k in self.r.scan_iter(match=pattern, count=500)]
 
     # ---- keys --------------------------------------------------------------------------
 
     async def put_key(self, key: KeyRecord) -> None:
-        await self._do(self.r.set(self.prefix + "key:" + key.key_id,
-                                  orjson.dumps(key.to_dict()).decode()))
-        await self._do(self.r.sadd(self._t(key.team, "keys"), key.key_id))
+        doc = orjson.dumps(key.to_dict()).decode()
+        await self._do(lambda: self.r.set(self.prefix + "key:" + key.key_id, doc))
+        await self._do(lambda: self.r.sadd(self._t(key.team, "keys"), key.key_id))
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
-        doc = await self._do(self.r.get(self.prefix + "key:" + key_id))
+        doc = await self._do(lambda: self.r.get(self.prefix + "key:" + key_id))
         return KeyRecord.from_dict(orjson.loads(doc)) if doc else None
 
     async def list_keys(self, team: str | None = None) -> list[KeyRecord]:
@@ -369,10 +411,8 @@ class RedisStore:
         ids: list[str] = []
         for t in teams:
             ids.extend(await self._members(self._t(t, "keys")))
-        pipe = self.r.pipeline(transaction=False)
-        for key_id in ids:
-            pipe.get(self.prefix + "key:" + key_id)
-        docs = await self._do(pipe.execute()) if ids else []
+        names = [self.prefix + "key:" + key_id for key_id in ids]
+        docs = await self._do(lambda: self._each("get", names)) if ids else []
         keys = [KeyRecord.from_dict(orjson.loads(d)) for d in docs if d]
         return sorted(keys, key=lambda k: (k.team, k.created_at, k.key_id))
 
@@ -380,7 +420,7 @@ class RedisStore:
 
     async def reserve(self, team: str, period: str, res_id: str, amount: int, ttl_s: float,
                       keep_s: int) -> Reserved:
-        ok, spent, reserved, budget = await self._do(self._reserve(
+        ok, spent, reserved, budget = await self._do(lambda: self._reserve(
             keys=self._budget_keys(team, period),
             args=[res_id, amount, int(ttl_s * 1000), keep_s]))
         if ok == -1:
@@ -388,18 +428,18 @@ class RedisStore:
         return Reserved(ok == 1, int(spent), int(reserved), int(budget))
 
     async def settle(self, team: str, period: str, res_id: str, actual: int) -> Settled:
-        applied, spent, alert = await self._do(self._settle(
+        applied, spent, alert = await self._do(lambda: self._settle(
             keys=self._budget_keys(team, period), args=[res_id, actual]))
         return Settled(applied == 1, int(spent), alert == 1)
 
     async def charge(self, team: str, period: str, charge_id: str, amount: int,
                      keep_s: int) -> Settled:
-        applied, spent, alert = await self._do(self._charge(
+        applied, spent, alert = await self._do(lambda: self._charge(
             keys=self._budget_keys(team, period)[:2], args=[charge_id, amount, keep_s]))
         return Settled(applied == 1, int(spent), alert == 1)
 
     async def spend(self, team: str, period: str) -> Spend:
-        spent, reserved, alerted = await self._do(self._spend(
+        spent, reserved, alerted = await self._do(lambda: self._spend(
             keys=self._budget_keys(team, period)[1:]))
         return Spend(int(spent), int(reserved), alerted == 1)
 
@@ -416,12 +456,12 @@ class RedisStore:
 
     async def hit(self, team: str, limits: Sequence[Limit]) -> float:
         keys, args = self._window_args(team, limits)
-        wait_ms = await self._do(self._hit(keys=keys, args=args))
+        wait_ms = await self._do(lambda: self._hit(keys=keys, args=args), retry=False)
         return int(wait_ms) / 1000.0
 
     async def add(self, team: str, limits: Sequence[Limit]) -> None:
         keys, args = self._window_args(team, limits)
-        await self._do(self._add(keys=keys, args=args))
+        await self._do(lambda: self._add(keys=keys, args=args), retry=False)
 
     # ---- backend health ----------------------------------------------------------------
 
@@ -434,16 +474,17 @@ class RedisStore:
         ttl_ms = until_ms - int(time.time() * 1000)
         if ttl_ms <= 0:
             return
-        await self._do(self._mark_down(keys=[self._down_key(backend)],
-                                       args=[until_ms, f"{until_ms}|{replica}|{reason}", ttl_ms]))
+        await self._do(lambda: self._mark_down(
+            keys=[self._down_key(backend)],
+            args=[until_ms, f"{until_ms}|{replica}|{reason}", ttl_ms]))
 
     async def clear_backend_down(self, backend: str) -> None:
-        await self._do(self.r.delete(self._down_key(backend)))
+        await self._do(lambda: self.r.delete(self._down_key(backend)))
 
     async def backends_down(self, names: Sequence[str]) -> dict[str, tuple[float, str, str]]:
         if not names:
             return {}
-        values = await self._do(self.r.mget([self._down_key(n) for n in names]))
+        values = await self._do(lambda: self.r.mget([self._down_key(n) for n in names]))
         now = time.time()
         out: dict[str, tuple[float, str, str]] = {}
         for name, v in zip(names, values, strict=True):
@@ -459,14 +500,15 @@ class RedisStore:
         key = f"{self.prefix}{{health}}:drained"
         if drained:
             doc = orjson.dumps({"by": by, "reason": reason, "since": time.time()}).decode()
-            await self._do(self.r.hset(key, backend, doc))
+            await self._do(lambda: self.r.hset(key, backend, doc))
         else:
-            await self._do(self.r.hdel(key, backend))
+            await self._do(lambda: self.r.hdel(key, backend))
 
     async def backends_drained(self, names: Sequence[str]) -> dict[str, tuple[str, str, float]]:
         if not names:
             return {}
-        values = await self._do(self.r.hmget(f"{self.prefix}{{health}}:drained", list(names)))
+        values = await self._do(lambda: self.r.hmget(f"{self.prefix}{{health}}:drained",
+                                                      list(names)))
         out: dict[str, tuple[str, str, float]] = {}
         for name, v in zip(names, values, strict=True):
             if v:

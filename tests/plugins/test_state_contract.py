@@ -95,6 +95,17 @@ async def test_a_burst_wider_than_the_connection_pool_waits_its_turn(store: Stat
     assert sum(r.ok for r in results) == 100
 
 
+async def test_a_reservation_made_twice_under_one_id_is_held_once(store: StateStore) -> None:
+    """A reserve retried after its reply was lost (a connection reset mid-reply) must not
+    hold twice: the second hold would never be released."""
+    await store.create_team(team(budget_usd=1e-6))
+    assert (await store.reserve("acme", "p1", "r1", 600, 60, KEEP)).ok
+    again = await store.reserve("acme", "p1", "r1", 600, 60, KEEP)
+    assert again.ok and (again.spent, again.reserved) == (0, 600)
+    assert (await store.settle("acme", "p1", "r1", 250)).applied
+    assert await store.spend("acme", "p1") == Spend(250, 0, False)
+
+
 async def test_settle_releases_the_rest_once(store: StateStore) -> None:
     await store.create_team(team(budget_usd=1e-6))
     assert (await store.reserve("acme", "p1", "r1", 600, 60, KEEP)).ok
@@ -341,3 +352,56 @@ async def test_an_unreachable_redis_raises_state_unavailable() -> None:
             await dead.backends_drained(["gpu-a"])
     finally:
         await dead.close()
+
+
+def _kill_clients(redis_url: str, name: str) -> int:
+    """Close, server side, every connection named ``name`` (as a Redis restart would)."""
+    import redis
+
+    with redis.Redis.from_url(redis_url, decode_responses=True) as raw:
+        ids = [c["id"] for c in raw.client_list() if c.get("name") == name]
+        for cid in ids:
+            raw.client_kill_filter(_id=cid)
+    return len(ids)
+
+
+@pytest.fixture
+async def named_redis(redis_url: str, redis_prefix: str) -> AsyncIterator[tuple[RedisStore, str]]:
+    """A Redis store whose connections carry a name of this test's own, and 16 of them open
+    in its pool."""
+    name = "switchyard-test-" + redis_prefix.split(":")[1]
+    s = RedisStore(f"{redis_url}?client_name={name}", redis_prefix)
+    await s.create_team(team())
+    await asyncio.gather(*(s.reserve("acme", "p1", f"warm{i}", 1, 60, KEEP) for i in range(16)))
+    yield s, name
+    await s.close()
+
+
+async def test_pooled_connections_redis_closed_are_replaced_before_use(
+        named_redis: tuple[RedisStore, str], redis_url: str) -> None:
+    """After a Redis restart every pooled connection is dead. None may fail a call (each
+    failure reads as an outage: the gateway fails closed for a reconcile interval), not even
+    a rate-limit hit, which is never retried."""
+    store, name = named_redis
+    assert _kill_clients(redis_url, name) >= 16
+    await asyncio.sleep(0.05)  # the loop reads the closed sockets (a restart takes far longer)
+    limits = [Limit("team:rpm", 10**6, 1)]
+    waits = await asyncio.gather(*(store.hit("acme", limits) for _ in range(16)))
+    assert waits == [0.0] * 16
+
+
+async def test_an_idempotent_call_on_a_connection_dead_mid_command_is_retried(
+        named_redis: tuple[RedisStore, str], redis_url: str) -> None:
+    """Connections closed under a running loop, used before it has seen them close: a
+    reservation (held once under its id) and a settlement are sent again on a fresh
+    connection, and each holds or bills once."""
+    store, name = named_redis
+    assert _kill_clients(redis_url, name) >= 16
+    held = await asyncio.gather(*(store.reserve("acme", "p1", f"r{i}", 10, 60, KEEP)
+                                  for i in range(16)))
+    assert all(r.ok for r in held)
+    assert _kill_clients(redis_url, name) >= 1
+    await asyncio.gather(*(store.settle("acme", "p1", f"r{i}", 7) for i in range(16)))
+    s = await store.spend("acme", "p1")
+    assert (s.spent, s.reserved) == (16 * 7, 16 * 1)  # the 16 warm-up holds are still held
+
