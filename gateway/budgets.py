@@ -1,8 +1,9 @@
 """Budget arithmetic: periods, money in integer nano-dollars, worst-case cost.
 
 Pure functions, no I/O. Money is kept in the state store as integer nano-dollars
-(1e-9 USD): Redis' Lua numbers are doubles, exact for integers up to 2**53, which is
-about nine million dollars per team and period, and integer sums never drift.
+(1e-9 USD), so sums never drift. Redis keeps them exact up to 2**63 - 1 (about nine billion
+dollars per team and period): its scripts pass amounts as integer strings, never through
+Lua's doubles (see plugins/state_redis.py).
 """
 
 from __future__ import annotations

@@ -127,7 +127,9 @@ def _limits(ident: Identity, prompt_tokens: int) -> list[Limit]:
     return out
 
 
-_MAX_HOLD = 2**50  # nano-dollars (about $1.1M): sums of holds stay exact in Redis' doubles
+# nano-dollars (about $1.1M): Redis keeps amounts exact up to 2**63 - 1, so 8,192 such holds
+# in flight at once still sum without overflowing HINCRBY
+_MAX_HOLD = 2**50
 
 
 def _worst_case(backend: Backend, features: RequestFeatures,
@@ -204,6 +206,7 @@ class BudgetAdmission:
         self._alert = alert
         self._clock = clock
         self._down_until = 0.0
+        self._failed_at = 0.0  # monotonic time of the last outage error
         self._outage = False
         self._known: dict[tuple[str, str], int] = {}  # last spend + holds seen, per period
         self._pending: list[_Pending] = []
@@ -232,15 +235,18 @@ class BudgetAdmission:
     def _down(self) -> bool:
         return self._down_until > time.monotonic()
 
-    def _mark_down(self) -> None:
+    def _mark_down(self, e: StateUnavailable) -> None:
+        self._failed_at = time.monotonic()
         if not self._outage:
             self._outage = True
-            log.error("state store unreachable; failing %s",
+            log.error("state store unreachable (%s); failing %s", _why(e.__cause__ or e),
                       "open (local enforcement)" if self.fail_open else "closed (503)")
-        self._down_until = time.monotonic() + self.config.reconcile_interval_s
+        self._down_until = self._failed_at + self.config.reconcile_interval_s
 
-    def _mark_up(self) -> None:
-        if self._outage:
+    def _mark_up(self, started: float) -> None:
+        """A call that began at ``started`` succeeded: the store is back if it began after
+        the last failure (one begun before proves nothing: it may have beaten the outage)."""
+        if self._outage and started > self._failed_at:
             self._outage = False
             log.warning("state store reachable again; %d settlements to reconcile",
                         len(self._pending))
@@ -259,12 +265,13 @@ class BudgetAdmission:
         """Run ``fn`` on the shared store; on an outage, on the local one (fail open) or
         raise 503 (fail closed). Returns (result, ran locally)."""
         if not self._down():
+            started = time.monotonic()
             try:
                 result = await fn(self.store)
-            except StateUnavailable:
-                self._mark_down()
+            except StateUnavailable as e:
+                self._mark_down(e)
             else:
-                self._mark_up()
+                self._mark_up(started)
                 return result, False
         if not self.fail_open:
             raise self._unavailable()
@@ -308,7 +315,12 @@ class BudgetAdmission:
         async def hold(s: StateStore) -> Reserved:
             if s is not self.store:
                 await self._prepare_local(s, team, period, keep)
-            return await s.reserve(team.name, period, res_id, amount, ttl, keep)
+                return await s.reserve(team.name, period, res_id, amount, ttl, keep)
+            try:
+                return await s.reserve(team.name, period, res_id, amount, ttl, keep)
+            except StateUnavailable:  # the hold may be made, its reply lost: release it
+                self._queue(_Pending("settle", team.name, period, res_id, 0, keep))
+                raise
 
         r, local = await self._shared(hold)
         if not r.exists:
@@ -376,8 +388,8 @@ class BudgetAdmission:
         """Settle on the shared store; what it does not acknowledge is queued for retry."""
         try:
             return await self.store.settle(r.team.name, r.period, r.res_id, actual)
-        except StateUnavailable:
-            self._mark_down()
+        except StateUnavailable as e:
+            self._mark_down(e)
         except Exception as e:  # noqa: BLE001 - never a 500 for an answered request
             log.error("settling a request of team %s failed (%s); queued to retry",
                       r.team.name, _why(e))
@@ -430,9 +442,9 @@ class BudgetAdmission:
                     res = await self.store.settle(p.team, p.period, p.op_id, p.amount)
                 else:
                     res = await self.store.charge(p.team, p.period, p.op_id, p.amount, p.keep_s)
-            except StateUnavailable:
+            except StateUnavailable as e:
                 self._pending.insert(0, p)
-                self._mark_down()
+                self._mark_down(e)
                 break
             except Exception as e:  # noqa: BLE001 - retried later, or given up on, logged
                 self._refused(p, e)
@@ -467,7 +479,7 @@ class BudgetAdmission:
                     await self.store.ping()
                     self._fallback = None  # back to the shared store; start fresh next time
                     self._down_until = 0.0
-            except StateUnavailable:
-                self._mark_down()
+            except StateUnavailable as e:
+                self._mark_down(e)
             except Exception:  # never let the loop die
                 log.exception("reconciliation failed")

@@ -1,4 +1,5 @@
-"""Budget math, key format, and a period that rolls over at its boundary with no restart."""
+"""Budget math, key format, a period that rolls over at its boundary with no restart, and
+a hold whose reply was lost, released when the store returns."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from gateway.errors import AuthenticationFailed, BudgetExceeded
 from gateway.interfaces import RequestFeatures
 from gateway.pipeline.admission import BudgetAdmission
 from gateway.pipeline.context import RequestContext
-from gateway.state import Team
+from gateway.state import Spend, StateUnavailable, Team
 from plugins.state_memory import MemoryStore
 
 
@@ -121,3 +122,50 @@ async def test_a_settlement_redis_refuses_is_logged_queued_and_billed_once(
     finally:
         raw.close()
         await store.close()
+
+
+async def _admitted(store: Any, budget_usd: float | None) -> tuple[RequestContext, str]:
+    await store.create_team(Team(name="acme", budget_usd=budget_usd, period="total"))
+    key, rec = mint_key("acme", "ci")
+    await store.put_key(rec)
+    ctx = RequestContext(request_id="r", team="acme")
+    ctx.identity = await KeyAuthenticator(store).verify(f"Bearer {key}")
+    return ctx, key
+
+
+class _LostReply(MemoryStore):
+    """A store whose reservation is made but whose reply never arrives (a connection reset
+    after the script ran), while it is unreachable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def reserve(self, team: str, period: str, res_id: str, amount: int, ttl_s: float,
+                      keep_s: int) -> Any:
+        held = await super().reserve(team, period, res_id, amount, ttl_s, keep_s)
+        if self.down:
+            raise StateUnavailable("Redis is unreachable (ConnectionError)")
+        return held
+
+    async def settle(self, team: str, period: str, res_id: str, actual: int) -> Any:
+        if self.down:
+            raise StateUnavailable("Redis is unreachable (ConnectionError)")
+        return await super().settle(team, period, res_id, actual)
+
+
+async def test_a_hold_whose_reply_was_lost_is_released_when_the_store_returns() -> None:
+    store = _LostReply()
+    ctx, _ = await _admitted(store, 1.0)
+    adm = BudgetAdmission(store, BudgetsConfig())
+    backend = BaseBackend(BackendConfig(name="b", plugin="x",
+                                        pricing=Pricing(output_per_mtok=1000)))
+    store.down = True
+    with pytest.raises(StateUnavailable):
+        await adm.reserve(ctx, backend, RequestFeatures("chat", "b", prompt_tokens=3,
+                                                        max_tokens=10))
+    assert (await store.spend("acme", "total")).reserved == to_nano(0.01), "held, reply lost"
+    assert await adm.reconcile() == 1, "kept while the store is away"
+    store.down = False
+    assert await adm.reconcile() == 0
+    assert await store.spend("acme", "total") == Spend(0, 0, False)
