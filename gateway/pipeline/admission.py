@@ -11,7 +11,8 @@ seen) and its spend is charged to the shared store when it returns. Settlements 
 not reach the store are queued and retried (they are idempotent), so no request is billed
 twice or not at all; the ledger keeps every record either way. A settlement the store
 refuses for another reason (a script error, say) is logged and retried the same way: a
-request the backend answered is answered, never turned into a 500 after the fact.
+request the backend answered is answered, never turned into a 500 after the fact. Such an
+error at admission or reservation is a 503 ``state_store_error``, not a 500.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from gateway.errors import (
     BudgetExceeded,
     InvalidRequest,
     RateLimited,
+    ServiceUnavailable,
+    SwitchyardError,
 )
 from gateway.interfaces import Backend, RequestFeatures, Reservation
 from gateway.pipeline.context import RequestContext, TokensCounted
@@ -251,6 +254,17 @@ class BudgetAdmission:
             log.warning("state store reachable again; %d settlements to reconcile",
                         len(self._pending))
 
+    def _store_error(self, team: str, e: Exception) -> ServiceUnavailable:
+        """The store answered with an error (a script that failed on a corrupted value,
+        say): this request cannot be checked, so it is refused, like an outage; logged once,
+        with the store's message (it names no key)."""
+        log.error("the state store failed on a request of team %s (%s); answered 503",
+                  team, _why(e))
+        return ServiceUnavailable(
+            "The gateway's state store failed on this request, so its budget and rate limits "
+            "cannot be checked; try again shortly.", code="state_store_error",
+            headers={"retry-after": "1"})
+
     def _unavailable(self) -> StateUnavailable:
         return StateUnavailable(consequence="budgets and rate limits cannot be enforced; "
                                 "requests are refused until it returns")
@@ -261,15 +275,21 @@ class BudgetAdmission:
             self._fallback = self._make_fallback()
         return self._fallback
 
-    async def _shared(self, fn: Callable[[StateStore], Awaitable[Any]]) -> tuple[Any, bool]:
+    async def _shared(self, team: str,
+                      fn: Callable[[StateStore], Awaitable[Any]]) -> tuple[Any, bool]:
         """Run ``fn`` on the shared store; on an outage, on the local one (fail open) or
-        raise 503 (fail closed). Returns (result, ran locally)."""
+        raise 503 (fail closed); on another error of the store, 503. Returns (result, ran
+        locally)."""
         if not self._down():
             started = time.monotonic()
             try:
                 result = await fn(self.store)
             except StateUnavailable as e:
                 self._mark_down(e)
+            except SwitchyardError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a 503 that says so, never a 500
+                raise self._store_error(team, e) from None
             else:
                 self._mark_up(started)
                 return result, False
@@ -287,7 +307,7 @@ class BudgetAdmission:
         if not limits:
             return
         team = ident.team.name
-        wait, local = await self._shared(lambda s: s.hit(team, limits))
+        wait, local = await self._shared(team, lambda s: s.hit(team, limits))
         if wait > 0:
             raise RateLimited(f"Rate limit reached for team '{team}' ({_describe(limits)}); "
                               f"retry in {wait:.1f} s.", retry_after=wait)
@@ -322,7 +342,7 @@ class BudgetAdmission:
                 self._queue(_Pending("settle", team.name, period, res_id, 0, keep))
                 raise
 
-        r, local = await self._shared(hold)
+        r, local = await self._shared(team.name, hold)
         if not r.exists:
             raise AuthenticationFailed(f"The team '{team.name}' no longer exists.")
         if not local:
