@@ -247,7 +247,6 @@ class LlamaCppBackend(BaseBackend):
             emit(chunk)
         return llm.n_tokens
 
-    def _validate(self, call: BackendCall) -> None:
     def _error(self, call: BackendCall, e: BaseException) -> Exception:
         """The error class from the exception's type, never its text: llama-cpp-python
         raises ``ValueError`` for a request it refuses; one whose prompt does not fit the
@@ -264,6 +263,7 @@ class LlamaCppBackend(BaseBackend):
             return InvalidRequest(f"Backend '{self.name}' rejected the request: {e}")
         return BackendError(f"Backend '{self.name}' failed: {type(e).__name__}.")
 
+    def _validate(self, call: BackendCall) -> None:
         for m in call.body.get("messages") or ():
             for part in m.get("content") if isinstance(m.get("content"), list) else ():
                 if not isinstance(part, dict) or part.get("type") != "text":
