@@ -143,7 +143,6 @@ class RequestFeatures:
     stream: bool = False
     latency_target: Literal["ttft", "total"] = "ttft"
     text: str = ""  # the prompt's text, for plan editors that look at content
-    tags: Mapping[str, Any] = field(default_factory=dict)
     # the most prompt tokens any backend can bill (None: ``prompt_tokens``), for budget holds
     prompt_tokens_max: int | None = None
     choices: int = 1  # completions the call writes, each up to max_tokens (0: embeddings)
