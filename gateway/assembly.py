@@ -198,7 +198,7 @@ def _state_store(settings: Settings, registry: Registry) -> StateStore:
 
 def build_budgets(settings: Settings, registry: Registry, metrics: Metrics) -> Budgets:
     """The state store named in ``state.kind`` (from the plugins), the authenticator and
-    the admission, wired to the ``switchyard_budget_alert`` hook and the alert metric."""
+    the admission, wired to the ``switchyard_budget_alert`` hook and the budget metrics."""
     store = _state_store(settings, registry)
     fail_open = settings.state.failure_mode == "open"
     fallback: Callable[[], StateStore] | None = None
@@ -218,7 +218,8 @@ def build_budgets(settings: Settings, registry: Registry, metrics: Metrics) -> B
         registry.notify("switchyard_budget_alert", tasks, team=team, spent_usd=spent,
                         budget_usd=budget, pct=pct)
 
-    admission = BudgetAdmission(store, cfg, fail_open=fail_open, fallback=fallback, alert=alert)
+    admission = BudgetAdmission(store, cfg, fail_open=fail_open, fallback=fallback, alert=alert,
+                                metrics=metrics)
     return Budgets(store, auth, admission)
 
 

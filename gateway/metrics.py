@@ -34,6 +34,7 @@ class Metrics:
         self.queue_depth = Gauge("switchyard_backend_queue_depth", "Requests waiting at the backend", ["backend"], registry=r)
         self.breaker = Gauge("switchyard_backend_breaker_open", "1 when the backend's circuit breaker is open", ["backend"], registry=r)
         self.budget_alerts = Counter("switchyard_budget_alerts", "Soft budget limits crossed", ["team"], registry=r)
+        self.budget_overrun = Counter("switchyard_budget_overrun_usd", "Cost backends reported beyond a call's budget hold (not charged to the team)", ["backend"], registry=r)
         self.fallbacks = Counter("switchyard_fallbacks", "Requests moved to the next backend in the plan", ["backend", "reason"], registry=r)
         self._children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
 

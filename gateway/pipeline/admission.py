@@ -13,6 +13,12 @@ twice or not at all; the ledger keeps every record either way. A settlement the 
 refuses for another reason (a script error, say) is logged and retried the same way: a
 request the backend answered is answered, never turned into a 500 after the fact. Such an
 error at admission or reservation is a 503 ``state_store_error``, not a 500.
+
+Settlement charges the team at most what was held: the hold is what was checked against
+the budget, so spend never exceeds a budget whatever a backend reports. A cost above the
+hold (a backend billing more than one token per byte, an image above the allowance) is
+logged, counted in ``switchyard_budget_overrun_usd_total{backend}``, and kept whole in the
+ledger.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from gateway.errors import (
     SwitchyardError,
 )
 from gateway.interfaces import Backend, RequestFeatures, Reservation
+from gateway.metrics import Metrics
 from gateway.pipeline.context import RequestContext, TokensCounted
 from gateway.state import Limit, Reserved, Settled, StateStore, StateUnavailable, Team
 
@@ -87,9 +94,10 @@ class Hold:
     team: Team
     period: str
     res_id: str
-    amount: int
+    amount: int  # nano-dollars: the most settlement charges
     store: StateStore
     local: bool  # held by the local fallback during an outage (fail open)
+    backend: str = ""
     settled: bool = False
 
 
@@ -138,7 +146,8 @@ _MAX_HOLD = 2**50
 def _worst_case(backend: Backend, features: RequestFeatures,
                 default_max_tokens: int) -> tuple[float, str]:
     """The most the call can cost on ``backend`` (a true upper bound: the prompt counted at
-    one token per byte where the backend's own count may be lower), and what it is made of."""
+    one token per byte where the backend's own count may be lower; per-hour pricing for the
+    whole ``timeouts.total_s``), and what it is made of."""
     pin, pout = backend.price_per_token()
     window = backend.config.context_window
     prompt = max(features.prompt_tokens, features.prompt_tokens_max or 0)
@@ -146,8 +155,11 @@ def _worst_case(backend: Backend, features: RequestFeatures,
         prompt = min(prompt, window)
     usd = worst_case_usd(pin, pout, prompt, features.max_tokens, default_max_tokens,
                          context_window=window, choices=features.choices)
+    per_hour, total_s = backend.pricing().per_hour, backend.config.timeouts.total_s
+    busy = f" and {total_s:g} s at ${per_hour:g}/hour" if per_hour else ""
+    usd += per_hour * total_s / 3600.0
     if features.choices <= 0:
-        return usd, f"up to {prompt} prompt tokens at backend '{backend.name}''s prices"
+        return usd, f"up to {prompt} prompt tokens{busy} at backend '{backend.name}''s prices"
     out = completion_bound(features.max_tokens, window, default_max_tokens)
     if features.max_tokens:
         why = f"max_tokens={features.max_tokens}"
@@ -156,8 +168,8 @@ def _worst_case(backend: Backend, features: RequestFeatures,
     else:
         why = f"no max_tokens: budgets.default_max_tokens={default_max_tokens}"
     n = f"{features.choices} x " if features.choices > 1 else ""
-    return usd, (f"up to {prompt} prompt tokens and {n}{out} completion tokens ({why}) at "
-                 f"backend '{backend.name}''s prices")
+    return usd, (f"up to {prompt} prompt tokens and {n}{out} completion tokens ({why}){busy} "
+                 f"at backend '{backend.name}''s prices")
 
 
 def _refuse_if_never_fits(team: Team, features: RequestFeatures, amount: int,
@@ -198,7 +210,7 @@ def _describe(limits: list[Limit]) -> str:
 class BudgetAdmission:
     def __init__(self, store: StateStore, config: BudgetsConfig, *, fail_open: bool = False,
                  fallback: Callable[[], StateStore] | None = None, alert: AlertFn | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, metrics: Metrics | None = None) -> None:
         if fail_open and fallback is None:
             raise ValueError("failing open needs a local fallback store")
         self.store = store
@@ -208,6 +220,7 @@ class BudgetAdmission:
         self._fallback: StateStore | None = None
         self._alert = alert
         self._clock = clock
+        self._metrics = metrics
         self._down_until = 0.0
         self._failed_at = 0.0  # monotonic time of the last outage error
         self._outage = False
@@ -350,7 +363,7 @@ class BudgetAdmission:
         if not r.ok:
             raise _exceeded(team, r, amount, made_of)
         store = self._local() if local else self.store
-        return Hold(team, period, res_id, amount, store, local)
+        return Hold(team, period, res_id, amount, store, local, backend.name)
 
     async def _prepare_local(self, s: StateStore, team: Team, period: str, keep: int) -> None:
         """The local fallback knows the team and starts from the last spend seen."""
@@ -389,7 +402,7 @@ class BudgetAdmission:
         if r.settled:
             return
         r.settled = True
-        actual = to_nano(cost_usd)
+        actual = self._capped(r, to_nano(cost_usd))
         keep = period_ttl_s(r.team.period, self._clock())
         if r.local:
             try:
@@ -403,6 +416,19 @@ class BudgetAdmission:
             if res is not None:
                 self._after(r.team, r.period, res)
         await self._correct_tokens(ctx, r.team.name, tokens)
+
+    def _capped(self, r: Hold, actual: int) -> int:
+        """What settlement charges: the reported cost, at most the hold (what was checked
+        against the budget). The rest is logged and counted; the ledger keeps the whole."""
+        if actual <= r.amount:
+            return actual
+        over = actual - r.amount
+        log.warning("backend %s reported $%.9f for a request of team %s that held $%.9f: "
+                    "the hold is charged, $%.9f over it is not", r.backend, to_usd(actual),
+                    r.team.name, to_usd(r.amount), to_usd(over))
+        if self._metrics is not None:
+            self._metrics.budget_overrun.labels(r.backend).inc(to_usd(over))
+        return r.amount
 
     async def _settle_shared(self, r: Hold, actual: int, keep: int) -> Settled | None:
         """Settle on the shared store; what it does not acknowledge is queued for retry."""

@@ -9,6 +9,7 @@ suggests: many concurrent requests against a small budget never spend more than 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -261,10 +262,45 @@ def test_spend_never_exceeds_the_budget_when_the_backend_over_reports(
     assert spend["spent_usd"] <= budget
 
 
-async def _storm(url: str, key: str, n: int) -> list[int]:
+def test_spend_never_exceeds_the_budget_whatever_the_backend_reports(
+        upstream: Any, rec: RecordingUpstream, tmp_path: Path, state: dict[str, Any]) -> None:
+    """The backend bills a million prompt and a million completion tokens for "hi" with
+    max_tokens=5 ($1,100 a request), beyond any hold. 40 concurrent requests, half streams,
+    against $0.20: each success is charged its hold, so the spend stays within the budget;
+    the ledger keeps what the backend reported, and what was not charged is counted in
+    switchyard_budget_overrun_usd_total for the backend."""
+    reported = 10**6 * 100e-6 + 10**6 * 1000e-6
+    budget = 0.2
+    rec.behave("slow", delay_s=0.3, usage=(10**6, 10**6))
+    app = _budget_gateway(upstream, tmp_path, state)
+    with serve(app) as srv:
+        key = _team(srv, budget_usd=budget)
+        statuses, messages = zip(*asyncio.run(_storm(srv.url, key, 40, with_messages=True)),
+                                 strict=True)
+        spend = _spend(srv)
+        metrics = httpx.get(srv.url + "/metrics", timeout=30).text
+    ok = statuses.count(200)
+    assert set(statuses) == {200, 429}, statuses
+    hold = float(re.findall(r"this request may cost up to \$([0-9.]+)", messages[
+        statuses.index(429)])[0])
+    assert ok == int(budget / hold), (ok, hold)
+    assert spend["reserved_usd"] == 0
+    assert spend["spent_usd"] == pytest.approx(ok * hold, abs=ok * 1e-6)
+    assert spend["spent_usd"] <= budget
+    costs = [r["cost_usd"] for r in app.state.ledger.query(
+        "SELECT cost_usd FROM requests WHERE team = 'acme' AND status = 200")]
+    assert costs == [pytest.approx(reported)] * ok, "the ledger keeps the cost reported"
+    overrun = float(re.findall(r'^switchyard_budget_overrun_usd_total\{backend="up"\} (\S+)$',
+                               metrics, re.MULTILINE)[0])
+    assert overrun == pytest.approx(sum(costs) - spend["spent_usd"])
+
+
+async def _storm(url: str, key: str, n: int, with_messages: bool = False) -> list[Any]:
+    """``n`` concurrent requests, half streams: their statuses (with each error's message
+    when ``with_messages``)."""
     async with openai.AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=0,
                                   timeout=60) as c:
-        async def one(i: int) -> int:
+        async def one(i: int) -> Any:
             try:
                 if i % 2:
                     stream = await c.chat.completions.create(
@@ -274,7 +310,7 @@ async def _storm(url: str, key: str, n: int) -> list[int]:
                 else:
                     await c.chat.completions.create(model="up-model", messages=HI, max_tokens=5)
             except openai.APIStatusError as e:
-                return e.status_code
-            return 200
+                return (e.status_code, e.message) if with_messages else e.status_code
+            return (200, "") if with_messages else 200
 
         return await asyncio.gather(*(one(i) for i in range(n)))

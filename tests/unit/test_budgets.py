@@ -1,5 +1,5 @@
 """Budget math, key format, a period that rolls over at its boundary with no restart, and
-a hold whose reply was lost, released when the store returns."""
+settlement: at most the hold, once, whatever the store or the backend does."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from gateway.budgets import period_id, period_start, to_nano, to_nano_ceil, wors
 from gateway.config import BackendConfig, BudgetsConfig, Pricing
 from gateway.errors import AuthenticationFailed, BudgetExceeded
 from gateway.interfaces import RequestFeatures
+from gateway.metrics import Metrics
 from gateway.pipeline.admission import BudgetAdmission
 from gateway.pipeline.context import RequestContext
 from gateway.state import Spend, StateUnavailable, Team
@@ -124,6 +125,19 @@ async def test_a_settlement_redis_refuses_is_logged_queued_and_billed_once(
         await store.close()
 
 
+@pytest.fixture(params=["memory", "redis"])
+async def any_store(request: pytest.FixtureRequest) -> Any:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    from plugins.state_redis import RedisStore
+
+    store = RedisStore(request.getfixturevalue("redis_url"),
+                       request.getfixturevalue("redis_prefix"))
+    yield store
+    await store.close()
+
+
 async def _admitted(store: Any, budget_usd: float | None) -> tuple[RequestContext, str]:
     await store.create_team(Team(name="acme", budget_usd=budget_usd, period="total"))
     key, rec = mint_key("acme", "ci")
@@ -131,6 +145,41 @@ async def _admitted(store: Any, budget_usd: float | None) -> tuple[RequestContex
     ctx = RequestContext(request_id="r", team="acme")
     ctx.identity = await KeyAuthenticator(store).verify(f"Bearer {key}")
     return ctx, key
+
+
+def _overrun(metrics: Metrics, backend: str) -> float:
+    value = metrics.registry.get_sample_value("switchyard_budget_overrun_usd_total",
+                                              {"backend": backend})
+    return value or 0.0
+
+
+@pytest.mark.parametrize("budget_usd", [1.0, None], ids=["budget", "no-budget"])
+async def test_settlement_charges_at_most_the_hold(
+        any_store: Any, budget_usd: float | None, caplog: pytest.LogCaptureFixture) -> None:
+    """A backend that reports far more than the hold (here 10,000 times the most it could
+    cost) is charged the hold: the spend stays within what was checked against the budget.
+    The rest is logged and counted per backend; a cost within the hold is charged whole."""
+    ctx, key = await _admitted(any_store, budget_usd)
+    metrics = Metrics()
+    adm = BudgetAdmission(any_store, BudgetsConfig(), metrics=metrics)
+    backend = BaseBackend(BackendConfig(name="liar", plugin="x",
+                                        pricing=Pricing(output_per_mtok=1000)))
+    features = RequestFeatures("chat", "liar", prompt_tokens=3, max_tokens=10)  # holds $0.01
+    r = await adm.reserve(ctx, backend, features)
+    with caplog.at_level("WARNING", logger="switchyard.budgets"):
+        await adm.settle(ctx, r, 100.0, 13)
+    spend = await any_store.spend("acme", "total")
+    assert (spend.spent, spend.reserved) == (to_nano(0.01), 0)
+    assert _overrun(metrics, "liar") == pytest.approx(100.0 - 0.01)
+    assert "backend liar reported $100.000000000" in caplog.text
+    assert "team acme that held $0.010000000" in caplog.text
+    assert key not in caplog.text and key.split("_")[-1] not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="switchyard.budgets"):
+        await adm.settle(ctx, await adm.reserve(ctx, backend, features), 0.004, 4)
+    assert (await any_store.spend("acme", "total")).spent == to_nano(0.014)
+    assert _overrun(metrics, "liar") == pytest.approx(100.0 - 0.01), "within the hold"
+    assert caplog.text == ""
 
 
 class _LostReply(MemoryStore):
@@ -169,3 +218,20 @@ async def test_a_hold_whose_reply_was_lost_is_released_when_the_store_returns() 
     store.down = False
     assert await adm.reconcile() == 0
     assert await store.spend("acme", "total") == Spend(0, 0, False)
+
+
+async def test_per_hour_pricing_is_held_for_the_whole_timeout() -> None:
+    """A backend billed by the hour can be busy at most its total timeout: that is held, so
+    its real cost is charged in full, within the hold."""
+    store = MemoryStore()
+    ctx, _ = await _admitted(store, 0.015)
+    adm = BudgetAdmission(store, BudgetsConfig())
+    gpu = BaseBackend(BackendConfig(name="gpu", plugin="x", timeouts={"total_s": 10},
+                                    pricing=Pricing(per_hour=3.6)))  # $0.001 a second
+    features = RequestFeatures("chat", "gpu", prompt_tokens=3, max_tokens=10)
+    r = await adm.reserve(ctx, gpu, features)
+    assert (await store.spend("acme", "total")).reserved == to_nano(0.01)
+    with pytest.raises(BudgetExceeded, match=r"10 s at \$3.6/hour"):
+        await adm.reserve(ctx, gpu, features)
+    await adm.settle(ctx, r, 0.0042, 13)  # 4.2 s busy
+    assert await store.spend("acme", "total") == Spend(to_nano(0.0042), 0, False)
