@@ -162,6 +162,10 @@ class StateConfig(Strict):
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     prefix: str = "switchyard:"
     failure_mode: Literal["closed", "open"] = "closed"
+    connect_timeout_s: float = Field(
+        2.0, gt=0, description="opening a Redis connection: past it, Redis counts as unreachable")
+    timeout_s: float = Field(
+        2.0, gt=0, description="one Redis command, and the wait for a free pooled connection")
 
 
 class BudgetsConfig(Strict):

@@ -278,7 +278,7 @@ def _unreachable(e: BaseException) -> StateUnavailable:
 class RedisStore:
     kind = "redis"
 
-    def __init__(self, url: str, prefix: str = "switchyard:", *, connect_timeout_s: float = 0.5,
+    def __init__(self, url: str, prefix: str = "switchyard:", *, connect_timeout_s: float = 2.0,
                  timeout_s: float = 2.0, max_connections: int = 64) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("state.prefix must not contain '{' or '}' (Redis hash tags)")
@@ -520,4 +520,6 @@ class RedisStore:
 
 @hookimpl(trylast=True)
 def switchyard_register_state_stores(register: RegisterStateStore) -> None:
-    register("redis", lambda config: RedisStore(config.url.get_secret_value(), config.prefix))
+    register("redis", lambda config: RedisStore(
+        config.url.get_secret_value(), config.prefix,
+        connect_timeout_s=config.connect_timeout_s, timeout_s=config.timeout_s))
