@@ -21,12 +21,16 @@ from gateway.errors import (
     SwitchyardError,
 )
 from gateway.hookspecs import (
+    STAGE_SEAMS,
     BackendFactory,
+    CacheStore,
     PolicyFactory,
     RegisterBackend,
     RegisterPlanEditor,
     RegisterPolicy,
+    RegisterStage,
     RegisterStateStore,
+    Stage,
     StateFactory,
     hookimpl,
 )
@@ -39,6 +43,7 @@ from gateway.interfaces import (
     Candidate,
     Constraints,
     Endpoint,
+    Judge,
     Meter,
     Plan,
     PlanEditor,
@@ -47,6 +52,8 @@ from gateway.interfaces import (
     RoutingPolicy,
     Usage,
 )
+from gateway.pipeline.context import RequestContext
+from gateway.pipeline.exchange import Exchange
 from gateway.predict import PredictOptions, estimate, evaluate
 from gateway.protocol import has_content, usage_chunk
 from gateway.state import (
@@ -61,6 +68,7 @@ from gateway.state import (
 )
 
 __all__ = [
+    "STAGE_SEAMS",
     "AuthenticationFailed",
     "Backend",
     "BackendCall",
@@ -75,11 +83,14 @@ __all__ = [
     "BackendUnavailable",
     "BaseBackend",
     "BudgetExceeded",
+    "CacheStore",
     "Candidate",
     "Constraints",
     "Endpoint",
     "EnergyProfile",
+    "Exchange",
     "InvalidRequest",
+    "Judge",
     "KeyRecord",
     "Limit",
     "Meter",
@@ -96,13 +107,16 @@ __all__ = [
     "RegisterBackend",
     "RegisterPlanEditor",
     "RegisterPolicy",
+    "RegisterStage",
     "RegisterStateStore",
+    "RequestContext",
     "RequestFeatures",
     "Reserved",
     "RoutingPolicy",
     "ServiceUnavailable",
     "Settled",
     "Spend",
+    "Stage",
     "StateFactory",
     "StateStore",
     "StateUnavailable",

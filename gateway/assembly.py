@@ -28,6 +28,7 @@ from gateway.errors import ConfigError, SwitchyardError
 from gateway.interfaces import Backend, RoutingPolicy
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
+from gateway.pipeline import stages
 from gateway.pipeline.admission import BudgetAdmission
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.health import SharedHealth
@@ -258,6 +259,14 @@ def _build_router(settings: Settings, built: Built, trackers: dict[str, Tracker]
     )
 
 
+def _seams(registry: Registry) -> dict[str, Any]:
+    """What plugins registered on the optional seams (``switchyard_register_stages``), as
+    ``Gateway``'s arguments: an empty seam is left out, so it costs nothing per request."""
+    filled = {seam: e.value for seam, e in registry.stages.items()}
+    return {"stages_extra": {s: v for s, v in filled.items() if s in stages.OPTIONAL},
+            "cache_store": filled.get("cache_store"), "judge": filled.get("judge")}
+
+
 def build_parts(settings: Settings, *, extra_plugins: Iterable[object] = (),
                 load_entry_points: bool = True, context: BackendContext | None = None,
                 health_interval_s: float | None = None) -> Parts:
@@ -273,7 +282,7 @@ def build_parts(settings: Settings, *, extra_plugins: Iterable[object] = (),
     gw = Gateway(backends=built.backends, router=router, trackers=trackers, metrics=metrics,
                  registry=registry, ledger=ledger, energy_meters=_energy_meters(built.backends),
                  admission=budgets.admission, retry=settings.health.retry,
-                 plugin_text_chars=settings.plugin_text_chars)
+                 plugin_text_chars=settings.plugin_text_chars, **_seams(registry))
     shared = SharedHealth(budgets.store, trackers, probe_interval_s)
     return Parts(settings, built, router, gw, budgets, shared, ledger, probe_interval_s)
 

@@ -18,16 +18,19 @@ Every hook has a section in ``docs/plugins.md``, headed by its signature.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 import pluggy
 
+# ``Exchange`` (the request object the stages receive, exported from ``gateway``) is
+# imported for typing only: the layers contract lets this one edge through.
 if TYPE_CHECKING:
     from gateway.accounting import UsageRecord
     from gateway.backend import BackendContext
     from gateway.config import BackendConfig, StateConfig
-    from gateway.interfaces import Backend, PlanEditor, RoutingPolicy
+    from gateway.interfaces import Backend, Judge, PlanEditor, RoutingPolicy
+    from gateway.pipeline.exchange import Exchange
     from gateway.state import StateStore
 
 hookspec = pluggy.HookspecMarker("switchyard")
@@ -44,6 +47,28 @@ BackendFactory = Callable[[Any, "BackendContext"], "Backend"]
 PolicyFactory = Callable[[dict[str, Any]], "RoutingPolicy"]
 # ``factory(state_config)``: the validated ``state`` section.
 StateFactory = Callable[["StateConfig"], "StateStore"]
+
+
+# ``stage(exchange)``: one step of the request path (``compress``, ``cache_lookup``); returns
+# None, or an awaitable when it does I/O.
+Stage = Callable[["Exchange"], "Awaitable[None] | None"]
+# ``cache_store(exchange, answer)``: after a success, the answer the client got.
+CacheStore = Callable[["Exchange", dict[str, Any]], Awaitable[None]]
+# The seams a plugin may fill with ``switchyard_register_stages``, in request order.
+STAGE_SEAMS = ("compress", "cache_lookup", "cache_store", "judge")
+
+
+class RegisterStage(Protocol):
+    """``register(seam, stage)``: ``seam`` one of ``STAGE_SEAMS``; a ``Stage`` for
+    ``compress`` and ``cache_lookup``, a ``CacheStore`` for ``cache_store``, a
+    ``gateway.Judge`` for ``judge``."""
+
+    @overload
+    def __call__(self, seam: Literal["compress", "cache_lookup"], stage: Stage) -> None: ...
+    @overload
+    def __call__(self, seam: Literal["cache_store"], stage: CacheStore) -> None: ...
+    @overload
+    def __call__(self, seam: Literal["judge"], stage: Judge) -> None: ...
 
 
 class RegisterBackend(Protocol):
@@ -134,6 +159,22 @@ def switchyard_register_state_stores(register: RegisterStateStore) -> None:
 
     Returns nothing; all implementations are called. Duplicate kinds are refused, and a
     plugin overrides a ``trylast`` registration of the same kind.
+    """
+
+
+@hookspec
+def switchyard_register_stages(register: RegisterStage) -> None:
+    """Fill the optional seams of the request path (``gateway.pipeline.stages.ORDER``).
+
+    Called once at start-up. Call ``register(seam, stage)`` with ``seam`` one of
+    ``compress`` (rewrite ``exchange.forwarded`` before the prompt is counted),
+    ``cache_lookup`` (set ``exchange.answer`` to answer without a backend), both a
+    ``Stage``; ``cache_store`` (a ``CacheStore``, called after a successful
+    non-streaming answer); ``judge`` (a ``gateway.Judge`` for cascades). The request path
+    calls the registered objects directly; a seam nobody fills is not in the stage list.
+
+    Returns nothing; all implementations are called. An unknown seam, or one seam filled by
+    two plugins, is a start-up error; a plugin overrides a ``trylast`` registration.
     """
 
 

@@ -24,7 +24,7 @@ import pluggy
 from gateway import hookspecs
 from gateway.config import BackendConfig
 from gateway.errors import ConfigError
-from gateway.hookspecs import BackendFactory
+from gateway.hookspecs import STAGE_SEAMS, BackendFactory
 
 log = logging.getLogger("switchyard.plugins")
 
@@ -48,6 +48,7 @@ class Registry:
     policies: dict[str, Entry] = field(default_factory=dict)
     plan_editors: dict[str, Entry] = field(default_factory=dict)
     state_stores: dict[str, Entry] = field(default_factory=dict)
+    stages: dict[str, Entry] = field(default_factory=dict)  # seam -> stage (STAGE_SEAMS)
 
     def notify(self, hook: str, tasks: set[asyncio.Future[Any]], **kwargs: Any) -> None:
         """Call an observer hook (datasette's await_me_maybe): every implementation runs; one
@@ -158,6 +159,18 @@ def _plain_value(name: str, value: Any) -> Any:
     return value
 
 
+def _stage_value(seam: str, stage: Any) -> Any:
+    if seam not in STAGE_SEAMS:
+        known = ", ".join(STAGE_SEAMS)
+        raise ValueError(f"not a seam of the request path (known seams: {known})")
+    if seam == "judge":
+        if not callable(getattr(stage, "accept", None)):
+            raise TypeError("a judge needs an async accept(request, answer, step) method")
+    elif not callable(stage):
+        raise TypeError("the registered stage is not callable")
+    return stage
+
+
 def _register(pm: pluggy.PluginManager, plugin: object, name: str | None, where: str,
               errors: Errors) -> None:
     try:
@@ -240,6 +253,7 @@ def build_registry(
         ("switchyard_register_policies", reg.policies, "policy", _plain_value),
         ("switchyard_register_plan_editors", reg.plan_editors, "plan editor", _plain_value),
         ("switchyard_register_state_stores", reg.state_stores, "state store", _plain_value),
+        ("switchyard_register_stages", reg.stages, "seam", _stage_value),
     ):
         _call_registration(pm, hook, table, kind, make, errors)
     if errors:

@@ -9,13 +9,14 @@ nothing else; the two paths differ only in how the answer is delivered.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from gateway.accounting import UsageRecord
 from gateway.config import RetrySettings
 from gateway.energy import FairShare
 from gateway.errors import SwitchyardError
+from gateway.hookspecs import CacheStore, Stage
 from gateway.interfaces import Backend, Endpoint, Judge
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
@@ -30,9 +31,6 @@ from gateway.pipeline.routing import Router
 from gateway.protocol import WireRequest, validate
 from gateway.registry import Registry
 from gateway.telemetry import Tracker
-
-# after a success: the exchange and the answer the client gets (a cache fills its entry)
-CacheStore = Callable[[Exchange, dict[str, Any]], Awaitable[None]]
 
 
 class Gateway:
@@ -49,7 +47,7 @@ class Gateway:
         retry: RetrySettings | None = None,
         energy_meters: Mapping[str, FairShare] | None = None,
         plugin_text_chars: int = 8192,
-        stages_extra: Mapping[str, stages.Stage] | None = None,
+        stages_extra: Mapping[str, Stage] | None = None,
         cache_store: CacheStore | None = None,
         judge: Judge | None = None,
     ) -> None:
@@ -81,7 +79,9 @@ class Gateway:
                 if pending is not None:
                     await pending
                 if x.answer is not None:  # a cache hit
-                    break
+                    if not x.streaming:
+                        break
+                    x.answer = None  # a stream is never answered from a cache (yet)
         except SwitchyardError as e:
             self.accounts.reject(endpoint, body.get("model"), ctx, e)
             raise

@@ -10,23 +10,22 @@ a cache no ``cache_lookup``, without a compressor no ``compress``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import replace
 
 from gateway.accounting import UsageRecord
 from gateway.errors import InvalidRequest
+from gateway.hookspecs import Stage
 from gateway.interfaces import Backend, BackendCall, Constraints, RequestFeatures
 from gateway.pipeline.admission import Admission, OpenAdmission
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.routing import Router, vars_of
 from gateway.protocol import max_prompt_tokens, prompt_text
 
-Stage = Callable[[Exchange], Awaitable[None] | None]
-
 # the order of the stages before the first backend call; a name in ``build``'s
 # ``optional`` joins at its place, the others are always there
 ORDER = ("resolve", "compress", "features", "admit", "cache_lookup", "plan")
-OPTIONAL = frozenset({"compress", "cache_lookup"})
+OPTIONAL = frozenset({"compress", "cache_lookup"})  # of hookspecs.STAGE_SEAMS
 # after a backend answered, in this order (``gateway.pipeline.attempt``)
 AFTER = ("attempts", "account", "cache_store")
 
@@ -148,8 +147,9 @@ def constraints(x: Exchange) -> Constraints:
 def build(router: Router, backends: Mapping[str, Backend], admission: Admission,
           text_chars: int, optional: Mapping[str, Stage] | None = None,
           ) -> tuple[tuple[str, Stage], ...]:
-    """The configured stages, in ``ORDER``: ``optional`` holds the ones a plugin or the
-    config adds (``compress``, ``cache_lookup``); the rest are built here."""
+    """The configured stages, in ``ORDER``: ``optional`` holds the ones a plugin adds
+    (``switchyard_register_stages``: ``compress``, ``cache_lookup``); the rest are built
+    here."""
     optional = dict(optional or {})
     unknown = set(optional) - OPTIONAL
     if unknown:

@@ -80,7 +80,8 @@ def test_the_python_examples_run_and_the_policy_test_example_passes() -> None:
 
 @pytest.mark.parametrize("cls", [gateway.RequestFeatures, gateway.Candidate,
                                  gateway.BackendStats, gateway.BackendLoad,
-                                 gateway.Constraints, gateway.Prediction, gateway.Plan])
+                                 gateway.Constraints, gateway.Prediction, gateway.Plan,
+                                 gateway.Exchange])
 def test_every_field_a_policy_receives_is_documented(cls: type) -> None:
     undocumented = [f.name for f in dataclasses.fields(cls) if f"`{f.name}`" not in DOC]
     assert not undocumented, f"docs/plugins.md does not name {cls.__name__}'s {undocumented}"
