@@ -9,6 +9,7 @@ nothing else; the two paths differ only in how the answer is delivered.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ from gateway.protocol import WireRequest, validate
 from gateway.registry import Registry
 from gateway.telemetry import Tracker
 
+log = logging.getLogger("switchyard.pipeline")
 
 class Gateway:
     def __init__(
@@ -103,7 +105,10 @@ class Gateway:
             await a.succeeded(result.usage, ttft_s=None)
             answer = result.body
         if self.cache_store is not None:
-            await self.cache_store(x, answer)
+            try:
+                await self.cache_store(x, answer)
+            except Exception:  # the answer is paid for and recorded: the client gets it
+                log.exception("cache_store failed for request %s", ctx.request_id)
         return answer, x.record
 
     async def stream(

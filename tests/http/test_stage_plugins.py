@@ -134,3 +134,22 @@ def test_a_compress_stage_rewrites_what_the_backend_receives(
         row = ledger_row(gw.app, "c-1")
         assert row["prompt_tokens"] == out.usage.prompt_tokens
         client.close()
+
+
+class BrokenStore(TinyCache):
+    async def store(self, x: Exchange, answer: dict[str, Any]) -> None:
+        raise RuntimeError("the cache's disk is full")
+
+
+def test_a_failing_cache_store_still_gives_the_client_its_paid_answer(
+        tmp_path: Path, upstream: tuple[RecordingUpstream, LiveServer],
+        caplog: pytest.LogCaptureFixture) -> None:
+    rec = upstream[0]
+    with _gateway(tmp_path, upstream, BrokenStore()) as gw:
+        client = sdk(gw.url)
+        out = _ask(client, "s-1", "Say hello").parse()
+        assert out.choices[0].message.content and len(rec.requests) == 1
+        row = ledger_row(gw.app, "s-1")
+        assert row["status"] == 200 and row["cost_usd"] > 0  # billed once, answered
+        client.close()
+    assert any("cache_store failed for request s-1" in r.getMessage() for r in caplog.records)
