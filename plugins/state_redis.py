@@ -315,11 +315,13 @@ class RedisStore:
         be reached. A connection that fails mid-command (reset by a restarted server) is
         disconnected by redis-py; an idempotent ``call`` is sent once more, on a fresh one.
         A timeout is not retried (a slow server gets no second load), nor a server still
-        loading its data."""
+        loading its data, nor a wait for a free pooled connection that ran out (redis-py
+        raises that as a ConnectionError caused by the timeout)."""
         try:
             return await call()
         except RedisConnectionError as e:
-            if not retry or isinstance(e, BusyLoadingError):
+            if (not retry or isinstance(e, BusyLoadingError)
+                    or isinstance(e.__cause__, TimeoutError)):
                 raise _unreachable(e) from e
         except _CONN_ERRORS as e:
             raise _unreachable(e) from e
