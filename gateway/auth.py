@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.errors import AuthenticationFailed
+from gateway.errors import AuthenticationFailed, StateStoreFailed, SwitchyardError, why
 from gateway.interfaces import Constraints
 from gateway.state import KeyRecord, StateStore, StateUnavailable, Team
 
@@ -106,6 +106,12 @@ class KeyAuthenticator:
         else:
             self._cache.pop(key_id, None)
 
+    @staticmethod
+    def _failed(e: Exception) -> StateStoreFailed:
+        log.error("the state store failed while checking an API key (%s); answered 503",
+                  why(e))
+        return StateStoreFailed("API keys")
+
     async def required(self) -> bool:
         now = self._clock()
         if self._required is not None and self._required[0] > now:
@@ -116,6 +122,10 @@ class KeyAuthenticator:
             if self.fail_open and self._required is not None:
                 return self._required[1]
             raise e.because(_NO_KEYS) from None
+        except SwitchyardError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the store answered with an error: a 503
+            raise self._failed(e) from None
         if len(self._cache) > 10_000:
             self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
         self._required = (now + self.ttl, value)
@@ -133,6 +143,10 @@ class KeyAuthenticator:
             if self.fail_open and hit is not None:
                 return hit[1], hit[2]
             raise e.because(_NO_KEYS) from None
+        except SwitchyardError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any error the store answers is a 503
+            raise self._failed(e) from None
         if rec is None or team is None:
             self._cache.pop(key_id, None)
             return None

@@ -200,6 +200,26 @@ class StateUnavailable(ServiceUnavailable):
         return StateUnavailable(self.detail, consequence=consequence)
 
 
+class StateStoreFailed(ServiceUnavailable):
+    """The state store answered, with an error (a script that failed on a corrupted value,
+    say): what needed it (a key, a budget, a rate limit) cannot be checked, so the request
+    is refused like in an outage, but no outage begins. 503 ``state_store_error``."""
+
+    code = "state_store_error"
+
+    def __init__(self, what: str, **kw: Any) -> None:
+        super().__init__(f"The gateway's state store failed on this request, so {what} "
+                         "cannot be checked; try again shortly.", **kw)
+        self.headers.setdefault("retry-after", "1")
+
+
+def why(e: BaseException) -> str:
+    """An error for the log: its class and the first line of its message (a store's own
+    text: no request body, no key)."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
 class InternalError(SwitchyardError):
     status = 500
     type = "server_error"

@@ -48,8 +48,9 @@ from gateway.errors import (
     BudgetExceeded,
     InvalidRequest,
     RateLimited,
-    ServiceUnavailable,
+    StateStoreFailed,
     SwitchyardError,
+    why,
 )
 from gateway.interfaces import Backend, RequestFeatures, Reservation
 from gateway.metrics import Metrics
@@ -115,13 +116,6 @@ class _Pending:
 
 
 _MAX_TRIES = 20
-
-
-def _why(e: BaseException) -> str:
-    """An error for the log: its class and the first line of its message (a store's own
-    text: no request body, no key)."""
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
 def _limits(ident: Identity, prompt_tokens: int) -> list[Limit]:
@@ -255,7 +249,7 @@ class BudgetAdmission:
         self._failed_at = time.monotonic()
         if not self._outage:
             self._outage = True
-            log.error("state store unreachable (%s); failing %s", _why(e.__cause__ or e),
+            log.error("state store unreachable (%s); failing %s", why(e.__cause__ or e),
                       "open (local enforcement)" if self.fail_open else "closed (503)")
         self._down_until = self._failed_at + self.config.reconcile_interval_s
 
@@ -267,16 +261,12 @@ class BudgetAdmission:
             log.warning("state store reachable again; %d settlements to reconcile",
                         len(self._pending))
 
-    def _store_error(self, team: str, e: Exception) -> ServiceUnavailable:
-        """The store answered with an error (a script that failed on a corrupted value,
-        say): this request cannot be checked, so it is refused, like an outage; logged once,
-        with the store's message (it names no key)."""
+    def _store_error(self, team: str, e: Exception) -> StateStoreFailed:
+        """The store answered with an error: this request cannot be checked, so it is
+        refused, like in an outage; logged once, with the store's message (no key)."""
         log.error("the state store failed on a request of team %s (%s); answered 503",
-                  team, _why(e))
-        return ServiceUnavailable(
-            "The gateway's state store failed on this request, so its budget and rate limits "
-            "cannot be checked; try again shortly.", code="state_store_error",
-            headers={"retry-after": "1"})
+                  team, why(e))
+        return StateStoreFailed("its budget and rate limits")
 
     def _unavailable(self) -> StateUnavailable:
         return StateUnavailable(consequence="budgets and rate limits cannot be enforced; "
@@ -395,7 +385,7 @@ class BudgetAdmission:
             raise
         except Exception as e:  # noqa: BLE001 - the backend answered: the client gets it
             log.error("settling a request of team %s failed (%s); its record is in the "
-                      "ledger", reservation.team.name, _why(e))
+                      "ledger", reservation.team.name, why(e))
 
     async def _settle(self, ctx: RequestContext, r: Hold, cost_usd: float,
                       tokens: int) -> None:
@@ -408,7 +398,7 @@ class BudgetAdmission:
             try:
                 await r.store.settle(r.team.name, r.period, r.res_id, actual)
             except Exception as e:  # noqa: BLE001 - the charge below still bills it
-                log.error("releasing a local hold of team %s failed (%s)", r.team.name, _why(e))
+                log.error("releasing a local hold of team %s failed (%s)", r.team.name, why(e))
             # the shared store decides on the alert when the charge lands
             self._queue(_Pending("charge", r.team.name, r.period, r.res_id, actual, keep))
         else:
@@ -438,7 +428,7 @@ class BudgetAdmission:
             self._mark_down(e)
         except Exception as e:  # noqa: BLE001 - never a 500 for an answered request
             log.error("settling a request of team %s failed (%s); queued to retry",
-                      r.team.name, _why(e))
+                      r.team.name, why(e))
         self._queue(_Pending("settle", r.team.name, r.period, r.res_id, actual, keep))
         return None
 
@@ -458,7 +448,7 @@ class BudgetAdmission:
         except StateUnavailable:
             log.warning("token window of team %s not corrected: state store unreachable", team)
         except Exception as e:  # noqa: BLE001 - a window off by a few tokens, not a 500
-            log.error("token window of team %s not corrected (%s)", team, _why(e))
+            log.error("token window of team %s not corrected (%s)", team, why(e))
 
     def _queue(self, p: _Pending) -> None:
         self._pending.append(p)
@@ -508,9 +498,9 @@ class BudgetAdmission:
         if p.tries + 1 >= _MAX_TRIES:
             log.error("giving up on a %s of %.9f USD for team %s after %d tries (%s); the "
                       "ledger holds its record", p.op, to_usd(p.amount), p.team, _MAX_TRIES,
-                      _why(e))
+                      why(e))
             return
-        log.warning("a queued %s for team %s failed (%s); retrying", p.op, p.team, _why(e))
+        log.warning("a queued %s for team %s failed (%s); retrying", p.op, p.team, why(e))
         self._pending.append(dataclasses.replace(p, tries=p.tries + 1))
 
     async def _reconcile_loop(self) -> None:

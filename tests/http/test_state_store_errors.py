@@ -102,3 +102,23 @@ def test_an_error_redis_returns_is_a_503_state_store_error(
     rows = app.state.ledger.query("SELECT status, error_code, team FROM requests "
                                   "WHERE request_id = ?", (rid,))
     assert rows == [{"status": 503, "error_code": "state_store_error", "team": "acme"}]
+
+
+def test_an_error_redis_returns_while_checking_a_key_is_a_503(
+        gateway: tuple[LiveServer, Any], raw: redis.Redis, redis_prefix: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    srv, _app = gateway
+    key = _key(srv, "acme")
+    healthy = _key(srv, "beta")
+    key_id = key.removeprefix("sk-sy-").split("_")[0]
+    raw.delete(f"{redis_prefix}key:{key_id}")  # the key's record is a string: make it a hash
+    raw.hset(f"{redis_prefix}key:{key_id}", "corrupted", "1")
+    with caplog.at_level(logging.ERROR, logger="switchyard.auth"):
+        err = _refused(srv, key)
+        _answered(srv, healthy)
+    assert err.status_code == 503 and err.response.headers["retry-after"] == "1"
+    body = err.response.json()["error"]
+    assert body["code"] == "state_store_error" and "API keys" in body["message"]
+    logged = [r.getMessage() for r in caplog.records if "checking an API key" in r.getMessage()]
+    assert len(logged) == 1 and "ResponseError" in logged[0], caplog.text
+    assert key.split("_")[-1] not in caplog.text
