@@ -16,19 +16,18 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fakes.openai_upstream import RecordingUpstream
-from support import LiveServer, make_settings, serve
+from support import LiveServer, make_settings, serve, wait_until
 
 from gateway.http.app import create_app
 
 ADMIN = "admin-secret-for-server-limits"
 MAX_HEAD = 8192  # small enough that an oversized head reaches the server in one read
 TIMEOUT_S = 1.0  # header, body and keep-alive timeouts of the server under test
-T = TypeVar("T")
 CHAT = json.dumps({"model": "up", "messages": [{"role": "user", "content": "hi"}],
                    "max_tokens": 4}).encode()
 
@@ -70,15 +69,6 @@ def logged(caplog: pytest.LogCaptureFixture) -> Iterator[list[logging.LogRecord]
     finally:
         for lg in loggers:
             lg.removeHandler(recorder)
-
-
-def wait_until(predicate: Callable[[], T], what: str = "a condition", timeout: float = 30) -> T:
-    """Poll ``predicate`` until it returns something truthy (``timeout``: a safety net)."""
-    deadline = time.monotonic() + timeout
-    while not (out := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return out
 
 
 def connect(srv: LiveServer) -> socket.socket:
