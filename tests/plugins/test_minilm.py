@@ -1,0 +1,69 @@
+"""plugins.minilm: the real all-MiniLM-L6-v2, unit rows, and concurrent ``embed`` callers
+batched into one encode that runs off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from plugins.minilm import MiniLM
+
+
+class CountingMiniLM(MiniLM):
+    """The real model, counting its encodes and where they run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+        self.threads: set[str] = set()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        self.batches.append(len(texts))
+        self.threads.add(threading.current_thread().name)
+        return super().encode(texts)
+
+
+@pytest.fixture(scope="module")
+def model() -> MiniLM:
+    return MiniLM.shared()
+
+
+def test_shared_is_one_instance() -> None:
+    assert MiniLM.shared() is MiniLM.shared()
+
+
+def test_rows_are_unit_float32_and_paraphrases_are_closer(model: MiniLM) -> None:
+    v = model.encode(["How do I reset my password?", "How can I change my password?",
+                      "What is the capital of France?"])
+    assert v.shape == (3, model.dim) and v.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert float(v[0] @ v[1]) > 0.7 > float(v[0] @ v[2])
+    assert model.encode([]).shape == (0, model.dim)
+
+
+async def test_concurrent_embeds_are_one_batch_off_the_loop() -> None:
+    m = CountingMiniLM()
+    m._model = MiniLM.shared()._load()  # the same weights, no second load
+    texts = [f"what is {i} plus {i}?" for i in range(12)]
+    vecs = await asyncio.gather(*(m.embed(t) for t in texts))
+    assert m.batches == [12]  # one forward pass for the burst
+    assert threading.main_thread().name not in m.threads
+    assert np.allclose(np.stack(vecs), MiniLM.shared().encode(texts), atol=1e-5)
+    one = await m.embed("a later, lone question")  # a later caller is not stuck behind
+    assert m.batches == [12, 1] and one.shape == (m.dim,)
+    m.close()
+
+
+async def test_an_encode_error_reaches_every_caller() -> None:
+    class Broken(MiniLM):
+        def encode(self, texts: Sequence[str]) -> np.ndarray:
+            raise RuntimeError("no model here")
+
+    b = Broken()
+    results = await asyncio.gather(b.embed("a"), b.embed("b"), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    b.close()
