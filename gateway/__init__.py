@@ -5,7 +5,7 @@ Everything a plugin needs is exported here; every other module may change withou
 
 from gateway.accounting import UsageRecord
 from gateway.backend import BackendContext, BaseBackend
-from gateway.config import BackendConfig, EnergyProfile, Pricing, Timeouts
+from gateway.config import BackendConfig, CacheConfig, EnergyProfile, Pricing, StateConfig, Timeouts
 from gateway.errors import (
     AuthenticationFailed,
     BackendError,
@@ -23,9 +23,17 @@ from gateway.errors import (
 from gateway.hookspecs import (
     STAGE_SEAMS,
     BackendFactory,
+    Cache,
+    CacheFactory,
     CacheStore,
+    JudgeFactory,
+    CommandConfigure,
+    CommandRun,
     PolicyFactory,
     RegisterBackend,
+    RegisterCache,
+    RegisterJudge,
+    RegisterCommand,
     RegisterPlanEditor,
     RegisterPolicy,
     RegisterStage,
@@ -51,6 +59,7 @@ from gateway.interfaces import (
     RequestFeatures,
     RoutingPolicy,
     Usage,
+    Verdict,
 )
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.exchange import Exchange
@@ -83,14 +92,20 @@ __all__ = [
     "BackendUnavailable",
     "BaseBackend",
     "BudgetExceeded",
+    "Cache",
+    "CacheConfig",
+    "CacheFactory",
     "CacheStore",
     "Candidate",
+    "CommandConfigure",
+    "CommandRun",
     "Constraints",
     "Endpoint",
     "EnergyProfile",
     "Exchange",
     "InvalidRequest",
     "Judge",
+    "JudgeFactory",
     "KeyRecord",
     "Limit",
     "Meter",
@@ -105,6 +120,9 @@ __all__ = [
     "Pricing",
     "RateLimited",
     "RegisterBackend",
+    "RegisterCache",
+    "RegisterJudge",
+    "RegisterCommand",
     "RegisterPlanEditor",
     "RegisterPolicy",
     "RegisterStage",
@@ -116,6 +134,7 @@ __all__ = [
     "ServiceUnavailable",
     "Settled",
     "Spend",
+    "StateConfig",
     "Stage",
     "StateFactory",
     "StateStore",
@@ -125,6 +144,7 @@ __all__ = [
     "Timeouts",
     "Usage",
     "UsageRecord",
+    "Verdict",
     "estimate",
     "evaluate",
     "has_content",

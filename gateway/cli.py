@@ -1,4 +1,5 @@
-"""``switchyard``: serve, check-config (and, with budgets, teams and keys)."""
+"""``switchyard``: serve, check-config (and, with budgets, teams and keys), and the commands
+plugins register (``switchyard eval cache``, ...)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from gateway.config import Settings, check_settings, load_settings
 from gateway.errors import ConfigError
+from gateway.registry import BUILTIN_COMMANDS, Command
 
 
 def _setup_logging(level: str) -> None:
@@ -78,7 +80,36 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _plugin_commands() -> list[Command]:
+    """The commands plugins register (``switchyard_register_commands``), from every
+    installed plugin; a broken plugin stops the CLI with its error, as at start-up."""
+    from gateway.registry import build_registry
+
+    try:
+        reg = build_registry(commands=True)
+    except ConfigError as e:
+        print(f"switchyard: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return [entry.value for _, entry in sorted(reg.commands.items())]
+
+
+def _add_plugin_commands(sub: Any, commands: list[Command]) -> None:
+    """``eval cache`` and ``eval router`` become ``eval`` with two subcommands."""
+    groups: dict[tuple[str, ...], Any] = {(): sub}
+    for cmd in commands:
+        *path, leaf = cmd.name.split(" ")
+        for i in range(len(path)):
+            key = tuple(path[: i + 1])
+            if key not in groups:
+                g = groups[key[:-1]].add_parser(key[-1], help=f"{' '.join(key)} commands")
+                groups[key] = g.add_subparsers(dest=f"command_{i + 1}", required=True)
+        parser = groups[tuple(path)].add_parser(leaf, help=cmd.help, description=cmd.help)
+        cmd.configure(parser)
+        parser.set_defaults(fn=cmd.run)
+
+
+def build_parser(commands: list[Command] | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser; ``commands``: the plugins' commands to add (``_plugin_commands``)."""
     p = argparse.ArgumentParser(prog="switchyard", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="start the gateway")
@@ -93,11 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.admin_cli import add_admin_commands
 
     add_admin_commands(sub)
+    if commands:
+        _add_plugin_commands(sub, commands)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # The plugins are loaded only for a command that is not built in (or for --help).
+    builtin = bool(argv) and argv[0] in BUILTIN_COMMANDS
+    args = build_parser(None if builtin else _plugin_commands()).parse_args(argv)
     return int(args.fn(args))
 
 

@@ -18,7 +18,8 @@ Every hook has a section in ``docs/plugins.md``, headed by its signature.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import argparse
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 import pluggy
@@ -28,7 +29,7 @@ import pluggy
 if TYPE_CHECKING:
     from gateway.accounting import UsageRecord
     from gateway.backend import BackendContext
-    from gateway.config import BackendConfig, StateConfig
+    from gateway.config import BackendConfig, CacheConfig, StateConfig
     from gateway.interfaces import Backend, Judge, PlanEditor, RoutingPolicy
     from gateway.pipeline.exchange import Exchange
     from gateway.state import StateStore
@@ -55,20 +56,44 @@ Stage = Callable[["Exchange"], "Awaitable[None] | None"]
 # ``cache_store(exchange, answer)``: after a success, the answer the client got.
 CacheStore = Callable[["Exchange", dict[str, Any]], Awaitable[None]]
 # The seams a plugin may fill with ``switchyard_register_stages``, in request order.
-STAGE_SEAMS = ("compress", "cache_lookup", "cache_store", "judge")
+STAGE_SEAMS = ("compress", "cache_lookup", "cache_store")
+# ``factory(options)``: a route's ``cascade.judge_options``; returns a ``gateway.Judge``.
+JudgeFactory = Callable[[dict[str, Any]], "Judge"]
 
 
 class RegisterStage(Protocol):
     """``register(seam, stage)``: ``seam`` one of ``STAGE_SEAMS``; a ``Stage`` for
-    ``compress`` and ``cache_lookup``, a ``CacheStore`` for ``cache_store``, a
-    ``gateway.Judge`` for ``judge``."""
+    ``compress`` and ``cache_lookup``, a ``CacheStore`` for ``cache_store``."""
 
     @overload
     def __call__(self, seam: Literal["compress", "cache_lookup"], stage: Stage) -> None: ...
     @overload
     def __call__(self, seam: Literal["cache_store"], stage: CacheStore) -> None: ...
-    @overload
-    def __call__(self, seam: Literal["judge"], stage: Judge) -> None: ...
+
+
+class Cache(Protocol):
+    """A response cache (``switchyard_register_caches``): ``lookup`` is the request path's
+    ``cache_lookup`` stage, ``store`` its ``cache_store``; ``start`` and ``close`` run with
+    the gateway (connections, models: never in the factory)."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def lookup(self, exchange: Exchange) -> Awaitable[None] | None: ...
+
+    async def store(self, exchange: Exchange, answer: dict[str, Any]) -> None: ...
+
+
+# ``factory(config, routes, state)``: the validated top-level ``cache`` section, each route's
+# settings (the section with the route's ``cache`` changes applied), the ``state`` section.
+CacheFactory = Callable[["CacheConfig", Mapping[str, "CacheConfig"], "StateConfig"], Cache]
+
+
+class RegisterCache(Protocol):
+    """``register(kind, factory)``: ``factory(config, routes, state) -> Cache``."""
+
+    def __call__(self, kind: str, factory: CacheFactory) -> None: ...
 
 
 class RegisterBackend(Protocol):
@@ -91,10 +116,31 @@ class RegisterPlanEditor(Protocol):
     def __call__(self, name: str, editor: PlanEditor) -> None: ...
 
 
+class RegisterJudge(Protocol):
+    """``register(name, factory)``: ``factory(options) -> Judge``."""
+
+    def __call__(self, name: str, factory: JudgeFactory) -> None: ...
+
+
 class RegisterStateStore(Protocol):
     """``register(kind, factory)``: ``factory(state_config) -> StateStore``."""
 
     def __call__(self, kind: str, factory: StateFactory) -> None: ...
+
+
+# ``configure(parser)`` adds a command's options to its ``argparse`` parser; ``run(args)``
+# does the work and returns the exit status.
+CommandConfigure = Callable[[argparse.ArgumentParser], None]
+CommandRun = Callable[[argparse.Namespace], int]
+
+
+class RegisterCommand(Protocol):
+    """``register(name, configure, run, help)``: ``name`` a space-separated command path
+    (``"eval cache"``), run as ``switchyard eval cache ...``."""
+
+    def __call__(
+        self, name: str, configure: CommandConfigure, run: CommandRun, help: str = ...
+    ) -> None: ...
 
 
 # ---- start-up: registration -------------------------------------------------------------
@@ -170,11 +216,65 @@ def switchyard_register_stages(register: RegisterStage) -> None:
     ``compress`` (rewrite ``exchange.forwarded`` before the prompt is counted),
     ``cache_lookup`` (set ``exchange.answer`` to answer without a backend), both a
     ``Stage``; ``cache_store`` (a ``CacheStore``, called after a successful
-    non-streaming answer); ``judge`` (a ``gateway.Judge`` for cascades). The request path
-    calls the registered objects directly; a seam nobody fills is not in the stage list.
+    non-streaming answer). The request path calls the registered objects directly; a seam
+    nobody fills is not in the stage list. (A cascade's judges: ``switchyard_register_judges``.)
 
     Returns nothing; all implementations are called. An unknown seam, or one seam filled by
     two plugins, is a start-up error; a plugin overrides a ``trylast`` registration.
+    """
+
+
+@hookspec
+def switchyard_register_commands(register: RegisterCommand) -> None:
+    """Register command-line commands: ``switchyard <name> ...`` (evaluations, training).
+
+    Called once by ``switchyard`` when the first word on its command line is not a built-in
+    command (``serve``, ``check-config``, the admin commands), never by ``create_app``. Call
+    ``register(name, configure, run, help)`` once per command: ``name`` is a space-separated
+    path of lowercase words (``"eval cache"`` runs as ``switchyard eval cache``; commands
+    sharing a first word are grouped under it), ``configure(parser)`` adds its options to an
+    ``argparse.ArgumentParser``, ``run(args)`` gets the parsed ``argparse.Namespace`` and
+    returns the exit status; ``help`` is its one line in ``switchyard --help``.
+
+    Returns nothing; all implementations are called. A name registered by two plugins, a
+    built-in command's name, or a name that is also the group of another command is an
+    error; a plugin overrides a ``trylast`` registration of the same name.
+    """
+
+
+@hookspec
+def switchyard_register_judges(register: RegisterJudge) -> None:
+    """Register judges: what decides, between the stages of a route's ``cascade``, whether
+    an answer is good enough to send or the next (stronger) stage runs.
+
+    Called once at start-up. Call ``register(name, factory)`` for each judge a route may
+    name with ``cascade: {judge: <name>}``. ``factory(options)`` receives the route's
+    ``cascade.judge_options`` (a dict, empty by default) and returns a ``gateway.Judge``: an
+    object with ``logprobs`` (ask the judged calls for token log-probabilities) and an async
+    ``verdict(request, answer, step) -> gateway.Verdict``. It is called once per route that
+    names it, at start-up and by ``check-config``: load models there, and raise
+    ``ValueError`` (or a pydantic ``ValidationError``) for options it refuses.
+
+    Returns nothing; all implementations are called. Duplicate names are refused, and a
+    plugin overrides a ``trylast`` registration of the same name.
+    """
+
+
+@hookspec
+def switchyard_register_caches(register: RegisterCache) -> None:
+    """Register response caches: what answers a request without a backend call.
+
+    Called once at start-up, and used only when the config turns the cache on (``cache:
+    {enabled: true}``, or a route's ``cache``). Call ``register(kind, factory)``; ``cache:
+    {kind: <kind>}`` selects one (``semantic``, the built-in, by default), and
+    ``factory(config, routes, state)`` builds it from the validated ``cache`` section, each
+    route's settings and the ``state`` section, without I/O. The gateway calls the cache's
+    ``lookup`` as the ``cache_lookup`` stage and its ``store`` as ``cache_store`` (after a
+    successful answer, streamed ones included); ``start``/``close`` run with the gateway.
+
+    Returns nothing; all implementations are called. Duplicate kinds are refused, and a
+    plugin overrides a ``trylast`` registration of the same kind. A configured cache and a
+    plugin that fills ``cache_lookup`` or ``cache_store`` itself is a start-up error.
     """
 
 

@@ -15,6 +15,7 @@ import importlib
 import importlib.metadata
 import inspect
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ import pluggy
 from gateway import hookspecs
 from gateway.config import BackendConfig
 from gateway.errors import ConfigError
-from gateway.hookspecs import STAGE_SEAMS, BackendFactory
+from gateway.hookspecs import STAGE_SEAMS, BackendFactory, CommandConfigure, CommandRun
 
 log = logging.getLogger("switchyard.plugins")
 
@@ -32,6 +33,11 @@ ENTRY_POINT_GROUP = "switchyard"
 HOOK_PREFIX = "switchyard_"
 
 Errors = list[tuple[str, str]]
+
+# The CLI's own first words (gateway/cli.py, gateway/admin_cli.py): no plugin command may
+# take one of them.
+BUILTIN_COMMANDS = frozenset({"serve", "check-config", "teams", "keys", "spend", "backends"})
+_COMMAND_WORD = re.compile(r"[a-z][a-z0-9-]*")
 
 
 @dataclass(slots=True)
@@ -49,6 +55,10 @@ class Registry:
     plan_editors: dict[str, Entry] = field(default_factory=dict)
     state_stores: dict[str, Entry] = field(default_factory=dict)
     stages: dict[str, Entry] = field(default_factory=dict)  # seam -> stage (STAGE_SEAMS)
+    caches: dict[str, Entry] = field(default_factory=dict)  # kind -> CacheFactory
+    judges: dict[str, Entry] = field(default_factory=dict)  # name -> JudgeFactory
+    # "eval cache" -> Command; filled only by ``build_registry(commands=True)`` (the CLI)
+    commands: dict[str, Entry] = field(default_factory=dict)
 
     def notify(self, hook: str, tasks: set[asyncio.Future[Any]], **kwargs: Any) -> None:
         """Call an observer hook (datasette's await_me_maybe): every implementation runs; one
@@ -126,12 +136,13 @@ def _call_registration(
         source = impl.plugin_name
         builtin = bool(impl.trylast)
 
-        def register(name: str, *args: Any, _s: str = source, _b: bool = builtin) -> None:
+        def register(name: str, *args: Any, _s: str = source, _b: bool = builtin,
+                     **kwargs: Any) -> None:
             if not isinstance(name, str) or not name:
                 errors.append((f"plugins.{_s}", f"{kind} name must be a non-empty string"))
                 return
             try:
-                value = make_value(name, *args)
+                value = make_value(name, *args, **kwargs)
             except (TypeError, ValueError) as e:
                 errors.append((f"plugins.{_s}", f"{kind} {name!r}: {e}"))
                 return
@@ -163,12 +174,41 @@ def _stage_value(seam: str, stage: Any) -> Any:
     if seam not in STAGE_SEAMS:
         known = ", ".join(STAGE_SEAMS)
         raise ValueError(f"not a seam of the request path (known seams: {known})")
-    if seam == "judge":
-        if not callable(getattr(stage, "accept", None)):
-            raise TypeError("a judge needs an async accept(request, answer, step) method")
-    elif not callable(stage):
+    if not callable(stage):
         raise TypeError("the registered stage is not callable")
     return stage
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A plugin's command-line command (``switchyard_register_commands``)."""
+
+    name: str  # "eval cache"
+    configure: CommandConfigure
+    run: CommandRun
+    help: str
+
+
+def _command_value(
+    name: str, configure: CommandConfigure, run: CommandRun, help: str = ""
+) -> Command:
+    words = name.split(" ")
+    if not all(_COMMAND_WORD.fullmatch(w) for w in words):
+        raise ValueError("a command name is lowercase words separated by single spaces")
+    if words[0] in BUILTIN_COMMANDS:
+        raise ValueError(f"{words[0]!r} is a built-in command")
+    if not callable(configure) or not callable(run):
+        raise TypeError("configure and run must be callable")
+    return Command(name, configure, run, help)
+
+
+def _command_groups(commands: dict[str, Entry], errors: Errors) -> None:
+    """A command may not also be the group of another ("eval" and "eval cache")."""
+    for name, entry in commands.items():
+        for other in commands:
+            if other.startswith(name + " "):
+                errors.append((f"plugins.{entry.source}",
+                               f"command {name!r} is also the group of {other!r}"))
 
 
 def _register(pm: pluggy.PluginManager, plugin: object, name: str | None, where: str,
@@ -208,10 +248,12 @@ def build_registry(
     modules: Iterable[str] = (),
     extra: Iterable[object] = (),
     disable: Iterable[str] = (),
+    commands: bool = False,
 ) -> Registry:
     """Load plugins (entry points, named modules, objects), check hooks, run registration.
 
     ``disable`` names plugins (entry point names, module names) that are never loaded.
+    ``commands``: also collect the plugins' CLI commands (only ``switchyard`` needs them).
     Raises ConfigError with every problem found."""
     pm = SwitchyardPluginManager()
     errors: Errors = []
@@ -254,8 +296,14 @@ def build_registry(
         ("switchyard_register_plan_editors", reg.plan_editors, "plan editor", _plain_value),
         ("switchyard_register_state_stores", reg.state_stores, "state store", _plain_value),
         ("switchyard_register_stages", reg.stages, "seam", _stage_value),
+        ("switchyard_register_caches", reg.caches, "cache", _plain_value),
+        ("switchyard_register_judges", reg.judges, "judge", _plain_value),
     ):
         _call_registration(pm, hook, table, kind, make, errors)
+    if commands:
+        _call_registration(pm, "switchyard_register_commands", reg.commands, "command",
+                           _command_value, errors)
+        _command_groups(reg.commands, errors)
     if errors:
         raise ConfigError(errors)
     return reg
