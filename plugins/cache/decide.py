@@ -1,0 +1,280 @@
+"""Whether a stored prompt answers a new one: more than one cosine threshold.
+
+Plain cosine maps near-misses together ("flights from Boston to Denver" and "from Denver to
+Boston" score about 0.98 with MiniLM). The decision has two parts:
+
+- **vetoes**, checks of the two prompts' words that no similarity overrides: the numbers
+  differ ("10 mg" / "100 mg", "World War I" / "II"), one is negated and the other is not, one
+  uses a word and the other its opposite ("increase" / "decrease", "before" / "after"), or a
+  direction is reversed ("Celsius to Fahrenheit" / "Fahrenheit to Celsius");
+- a **verifier**: a logistic regression over the cosine and cheap word features (content
+  word overlap, one-word substitutions, names present on one side only, word order, length),
+  fitted on the QQP train half by ``bench/fit_cache_verifier.py``; its weights and the
+  shipped threshold are ``verifier.json`` beside this file.
+
+``score`` is the verifier's probability that the stored answer fits, multiplied by
+``VETO_FACTOR`` when a veto fires, so a vetoed pair stays far below any useful threshold."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+VETO_FACTOR = 0.25
+VERIFIER_FILE = Path(__file__).with_name("verifier.json")
+
+_TOKEN = re.compile(r"\d+(?:[.,:]\d+)*|[A-Za-z]+(?:['’][A-Za-z]+)*")
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+STOPWORDS = frozenset(_words("""
+a an the and or but if of at by for with about as into through to from in on off out up
+is are was were be been being am do does did doing have has had having can could will would
+shall should may might must i me my mine we us our you your yours he him his she her it its
+they them their what which who whom whose this that these those there here when where why
+how all any both each few some such only own same so too very just than then also s t
+please tell give get know want need let make does doing go going way ways best good
+"""))  # ``best``, ``good``, ``get``: question filler in both QQP and chat prompts
+
+NEGATIONS = frozenset(_words("""not no never none nothing nobody neither nor cannot cant dont doesnt
+didnt isnt arent wasnt werent wont wouldnt shouldnt couldnt havent hasnt hadnt aint"""))
+
+_SMALL = _words("zero one two three four five six seven eight nine ten eleven twelve thirteen "
+          "fourteen fifteen sixteen seventeen eighteen nineteen")
+_TENS = _words("twenty thirty forty fifty sixty seventy eighty ninety")
+# "first" is left out: as often an adverb ("eat first") as an ordinal; "first"/"last" and a
+# number on one side only still differ
+_ORDINALS = _words("second third fourth fifth sixth seventh eighth ninth tenth eleventh "
+             "twelfth")
+NUMBER_WORDS: dict[str, float] = {w: float(i) for i, w in enumerate(_SMALL) if w != "one"}
+NUMBER_WORDS.update({w: float(20 + 10 * i) for i, w in enumerate(_TENS)})
+NUMBER_WORDS.update({w: float(i + 2) for i, w in enumerate(_ORDINALS)})
+NUMBER_WORDS.update({"hundred": 100.0, "thousand": 1e3, "million": 1e6, "billion": 1e9,
+                     "dozen": 12.0})
+# upper-case Roman numerals of two letters or more ("World War II", "Rocky IV")
+ROMAN = {"II": 2.0, "III": 3.0, "IV": 4.0, "VI": 6.0, "VII": 7.0, "VIII": 8.0, "IX": 9.0,
+         "XI": 11.0, "XII": 12.0}
+
+# A word and its opposite: a prompt using one and its stored twin the other asks the reverse.
+_OPPOSITES = """increase:decrease increase:reduce raise:lower high:low higher:lower
+highest:lowest maximum:minimum max:min most:least more:less more:fewer better:worse
+best:worst good:bad safe:unsafe safe:dangerous legal:illegal possible:impossible hot:cold
+warm:cold cheap:expensive fast:slow faster:slower long:short longer:shorter big:small
+large:small bigger:smaller heavy:light early:late earlier:later first:last day:night
+morning:night morning:evening summer:winter north:south east:west left:right up:down
+inside:outside internal:external public:private positive:negative true:false odd:even
+vertical:horizontal input:output client:server frontend:backend sync:async
+synchronous:asynchronous ascending:descending lowercase:uppercase lower:upper plus:minus
+add:subtract add:remove multiply:divide rich:poor pros:cons advantage:disadvantage
+love:hate like:dislike agree:disagree pass:fail success:failure valid:invalid open:close
+open:closed start:stop start:end begin:end before:after above:below over:under with:without
+for:against wet:dry full:empty hard:soft hard:easy difficult:easy strong:weak thick:thin
+wide:narrow deep:shallow young:old new:old newer:older buy:sell import:export
+upload:download push:pull encrypt:decrypt encode:decode compress:decompress
+install:uninstall enable:disable connect:disconnect lock:unlock show:hide accept:reject
+allow:block allow:deny include:exclude win:lose gain:lose arrive:depart arrival:departure
+send:receive borrow:lend debit:credit deposit:withdraw profit:loss sleep:wake male:female
+man:woman men:women boy:girl husband:wife mother:father son:daughter brother:sister
+increasing:decreasing rise:fall"""
+
+
+def _forms(word: str) -> set[str]:
+    stem = word.removesuffix("e")
+    return {word, word + "s", word + "d", word + "ed", stem + "ing", word + "es"}
+
+
+def _opposites() -> dict[str, frozenset[str]]:
+    table: dict[str, set[str]] = {}
+    for pair in _OPPOSITES.split():
+        x, y = pair.split(":")
+        for fx in _forms(x):
+            table.setdefault(fx, set()).update(_forms(y))
+        for fy in _forms(y):
+            table.setdefault(fy, set()).update(_forms(x))
+    for form in list(table):
+        table[form] -= {form}
+    return {k: frozenset(v) for k, v in table.items() if v}
+
+
+OPPOSITES = _opposites()
+# markers of direction: "X to Y", "X into Y", "X than Y"; "Y from X" reads X -> Y
+_FORWARD = frozenset({"to", "into", "than", "onto", "towards", "toward"})
+_BACKWARD = frozenset({"from"})
+_WINDOW = 3
+
+
+def _norm(word: str) -> str:
+    w = word.lower().replace("’", "'")
+    if w.endswith("n't"):
+        return w[:-3] + "nt"
+    w = w.split("'", 1)[0]
+    if len(w) > 4 and w.endswith("ies"):
+        return w[:-3] + "y"
+    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        return w[:-1]
+    return w
+
+
+def _number(tok: str, norm: str) -> str | None:
+    if tok[0].isdigit():
+        plain = tok.replace(",", "") if re.fullmatch(r"\d{1,3}(,\d{3})+", tok) else tok
+        try:
+            return f"{float(plain):g}"
+        except ValueError:
+            return plain  # a version, a time: compared as written ("3.11", "2.10.0")
+    if tok in ROMAN:
+        return f"{ROMAN[tok]:g}"
+    low = tok.lower()  # as written: "seconds" is a unit, not "second"
+    if low in NUMBER_WORDS:
+        return f"{NUMBER_WORDS[low]:g}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """What the checks need from one prompt (computed once per stored entry)."""
+
+    norms: tuple[str, ...]           # every token, normalised
+    content: tuple[str, ...]         # content words in order (no stopwords, no numbers)
+    numbers: frozenset[str]
+    negated: bool
+    entities: frozenset[str]         # capitalised inside the sentence, acronyms, alphanumerics
+    directions: tuple[tuple[frozenset[str], frozenset[str]], ...]  # (from words, to words)
+
+
+def _side(norms: list[str], start: int, step: int) -> frozenset[str]:
+    words: list[str] = []
+    i = start
+    while 0 <= i < len(norms) and len(words) < _WINDOW:
+        w = norms[i]
+        if w in _FORWARD or w in _BACKWARD:
+            break
+        if w not in STOPWORDS:
+            words.append(w)
+        i += step
+    return frozenset(words)
+
+
+def _directions(norms: list[str]) -> tuple[tuple[frozenset[str], frozenset[str]], ...]:
+    out = []
+    for i, w in enumerate(norms):
+        if w in _FORWARD or w in _BACKWARD:
+            left, right = _side(norms, i - 1, -1), _side(norms, i + 1, 1)
+            if left and right:
+                out.append((left, right) if w in _FORWARD else (right, left))
+    return tuple(out)
+
+
+def parse(text: str) -> Parsed:
+    toks = _TOKEN.findall(text)
+    norms = [_norm(t) for t in toks]
+    numbers = set()
+    content = []
+    entities = set()
+    first = True
+    for tok, norm in zip(toks, norms, strict=True):
+        num = _number(tok, norm)
+        if num is not None:
+            numbers.add(num)
+        elif norm not in STOPWORDS and norm not in NEGATIONS:
+            content.append(norm)
+            if (not first and tok[0].isupper()) or (len(tok) > 1 and tok.isupper()):
+                entities.add(norm)
+        first = False
+    return Parsed(
+        norms=tuple(norms),
+        content=tuple(content),
+        numbers=frozenset(numbers),
+        negated=any(n in NEGATIONS for n in norms),
+        entities=frozenset(entities),
+        directions=_directions(norms),
+    )
+
+
+def _opposite(a: Parsed, b: Parsed) -> bool:
+    sa, sb = set(a.norms), set(b.norms)
+    for w in sa - sb:
+        opp = OPPOSITES.get(w)
+        if opp and any(o in sb and o not in sa for o in opp):
+            return True
+    return False
+
+
+def _swapped(a: Parsed, b: Parsed) -> bool:
+    return any(la & rb and ra & lb for la, ra in a.directions for lb, rb in b.directions)
+
+
+def vetoes(a: Parsed, b: Parsed) -> list[str]:
+    """The checks that say the two prompts ask different things, by name."""
+    out = []
+    if a.numbers != b.numbers:
+        out.append("numbers")
+    if a.negated != b.negated:
+        out.append("negation")
+    if _opposite(a, b):
+        out.append("opposite")
+    if _swapped(a, b):
+        out.append("direction")
+    return out
+
+
+def _inversions(a: tuple[str, ...], b: tuple[str, ...]) -> float:
+    """The share of pairs of shared content words whose order differs (0: same order)."""
+    pos_b = {w: i for i, w in enumerate(b)}
+    seq = [pos_b[w] for w in dict.fromkeys(a) if w in pos_b]
+    n = len(seq)
+    if n < 2:
+        return 0.0
+    inv = sum(1 for i in range(n) for j in range(i + 1, n) if seq[i] > seq[j])
+    return inv / (n * (n - 1) / 2)
+
+
+FEATURES = ("cosine", "cosine_sq", "jaccard", "only_one_side", "substitution",
+            "entity_mismatch", "inversions", "length_ratio", "bias")
+
+
+def features(a: Parsed, b: Parsed, cosine: float) -> np.ndarray:
+    """The verifier's inputs, in the order of ``FEATURES``."""
+    ca, cb = set(a.content), set(b.content)
+    union = ca | cb
+    jac = len(ca & cb) / len(union) if union else 1.0
+    only_a, only_b = len(ca - cb), len(cb - ca)
+    ent = len((a.entities - set(b.norms)) | (b.entities - set(a.norms)))
+    length = abs(math.log((len(a.norms) + 1) / (len(b.norms) + 1)))
+    return np.array([cosine, cosine * cosine, jac, min(only_a + only_b, 8) / 8,
+                     float(only_a == 1 and only_b == 1), min(ent, 3) / 3,
+                     _inversions(a.content, b.content), min(length, 2.0), 1.0],
+                    dtype=np.float64)
+
+
+@dataclass(frozen=True, slots=True)
+class Verifier:
+    weights: np.ndarray
+    threshold: float
+
+    def probability(self, x: np.ndarray) -> float:
+        z = float(x @ self.weights)
+        return 1.0 / (1.0 + math.exp(-max(min(z, 40.0), -40.0)))
+
+
+@cache
+def load_verifier(path: Path = VERIFIER_FILE) -> Verifier:
+    data = json.loads(path.read_text())
+    if tuple(data["features"]) != FEATURES:
+        raise ValueError(f"{path}: fitted for features {data['features']}, not {FEATURES}")
+    return Verifier(np.array(data["weights"], dtype=np.float64), float(data["threshold"]))
+
+
+def score(a: Parsed, b: Parsed, cosine: float, verifier: Verifier | None = None) -> float:
+    """The decision's score in [0, 1]: the verifier's probability, cut by any veto."""
+    v = verifier or load_verifier()
+    p = v.probability(features(a, b, cosine))
+    return p * VETO_FACTOR if vetoes(a, b) else p

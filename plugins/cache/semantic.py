@@ -1,0 +1,185 @@
+"""The semantic tier's index and decision: which stored prompt, if any, answers a new one.
+
+Entries live in groups, and a lookup sees one group only: the runtime computes the group
+from everything that must match exactly (the team's namespace, model or route, system
+prompt, earlier turns, sampling parameters, tools), so no similarity, however high, crosses
+it. Inside a group the nearest few entries by cosine are found exactly with a NumPy
+matrix product while the group is small, and with a usearch HNSW graph (then re-scored
+exactly) once it holds ``ANN_MIN`` entries. Each candidate is then judged by
+``plugins.cache.decide`` (vetoes and a verifier, not one cosine threshold) and the best one
+returned.
+
+Memory per entry: the float32 vector (1,536 bytes at 384 dimensions), its parsed words
+(a few hundred bytes), and in a group past ``ANN_MIN`` about 1 KB more for the graph's
+half-precision copy and links."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from itertools import count
+from typing import Any
+
+import numpy as np
+
+from plugins.cache.decide import Parsed, Verifier, load_verifier, parse, score
+from plugins.minilm import MiniLM
+
+log = logging.getLogger("switchyard.cache.semantic")
+
+ANN_MIN = 8192  # a group this large is searched through its HNSW graph
+CANDIDATES = 4  # the nearest entries by cosine that the decision judges
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    entry_id: str
+    similarity: float  # cosine of the two embeddings
+    score: float  # the decision's own score in [0, 1] (what the threshold applies to)
+    hit: bool  # the shipped decision (threshold and near-miss checks)
+
+
+@dataclass(slots=True)
+class _Entry:
+    group: str
+    key: int  # the entry's key in its group's graph
+    parsed: Parsed
+
+
+class _Group:
+    """One group's vectors, rows packed (a removed row is filled by the last one)."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.vecs = np.zeros((16, dim), dtype=np.float32)
+        self.ids: list[str] = []
+        self.rows: dict[str, int] = {}
+        self.keys: list[int] = []
+        self.by_key: dict[int, str] = {}
+        self.ann: Any = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, entry_id: str, key: int, vec: np.ndarray) -> None:
+        n = len(self.ids)
+        if n == len(self.vecs):
+            grown = np.zeros((2 * n, self.dim), dtype=np.float32)
+            grown[:n] = self.vecs
+            self.vecs = grown
+        self.vecs[n] = vec
+        self.ids.append(entry_id)
+        self.keys.append(key)
+        self.rows[entry_id] = n
+        self.by_key[key] = entry_id
+        if self.ann is not None:
+            self.ann.add(key, vec)
+        elif n + 1 >= ANN_MIN:
+            self._build_ann()
+
+    def remove(self, entry_id: str) -> None:
+        row = self.rows.pop(entry_id)
+        key = self.keys[row]
+        del self.by_key[key]
+        if self.ann is not None:
+            self.ann.remove(key)
+        last = len(self.ids) - 1
+        if row != last:
+            self.vecs[row] = self.vecs[last]
+            self.ids[row] = self.ids[last]
+            self.keys[row] = self.keys[last]
+            self.rows[self.ids[row]] = row
+        self.ids.pop()
+        self.keys.pop()
+
+    def _build_ann(self) -> None:
+        from usearch.index import Index
+
+        n = len(self.ids)
+        self.ann = Index(ndim=self.dim, metric="ip", dtype="f16", connectivity=16,
+                         expansion_add=64, expansion_search=64)
+        self.ann.add(np.array(self.keys, dtype=np.uint64), self.vecs[:n])
+        log.info("group of %d entries: searched through an HNSW graph from now on", n)
+
+    def nearest(self, vec: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """The ``k`` nearest entries and their exact cosines, best first."""
+        n = len(self.ids)
+        if self.ann is not None:
+            found = self.ann.search(vec, k)
+            rows = [self.rows[self.by_key[int(key)]] for key in found.keys
+                    if int(key) in self.by_key]
+        else:
+            sims = self.vecs[:n] @ vec
+            top = np.argpartition(-sims, k - 1)[:k] if n > k else np.arange(n)
+            rows = [int(r) for r in top]
+        scored = [(self.ids[r], float(self.vecs[r] @ vec)) for r in rows]
+        return sorted(scored, key=lambda t: -t[1])
+
+
+class SemanticIndex:
+    """Stored prompts by group, and the decision whether one answers a new prompt."""
+
+    def __init__(self, embedder: MiniLM, *, threshold: float | None = None,
+                 max_entries: int = 100_000, verifier: Verifier | None = None) -> None:
+        self.embedder = embedder
+        self.verifier = verifier or load_verifier()
+        self.threshold = self.verifier.threshold if threshold is None else threshold
+        self.max_entries = max_entries
+        self._entries: dict[str, _Entry] = {}  # insertion order: the oldest is evicted first
+        self._groups: dict[str, _Group] = {}
+        self._keys = count(1)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def vector(self, text: str) -> np.ndarray:
+        """The text's embedding, computed off the event loop, batched with other callers."""
+        return await self.embedder.embed(text)
+
+    def add(self, group: str, entry_id: str, text: str, vec: np.ndarray) -> None:
+        """Store (or replace) ``entry_id`` in ``group``; past ``max_entries`` the oldest
+        entry is dropped."""
+        if entry_id in self._entries:
+            self.remove(entry_id)
+        while len(self._entries) >= self.max_entries:
+            self.remove(next(iter(self._entries)))
+        vec = np.asarray(vec, dtype=np.float32).reshape(-1)
+        if vec.shape[0] != self.embedder.dim:
+            raise ValueError(f"a vector of {self.embedder.dim} floats is needed")
+        key = next(self._keys)
+        g = self._groups.get(group)
+        if g is None:
+            g = self._groups[group] = _Group(self.embedder.dim)
+        g.add(entry_id, key, vec)
+        self._entries[entry_id] = _Entry(group, key, parse(text))
+
+    def remove(self, entry_id: str) -> None:
+        entry = self._entries.pop(entry_id, None)
+        if entry is None:
+            return
+        g = self._groups[entry.group]
+        g.remove(entry_id)
+        if not len(g):
+            del self._groups[entry.group]
+
+    async def lookup(self, group: str, text: str, vec: np.ndarray | None = None,
+                     threshold: float | None = None) -> Match | None:
+        """The best entry of ``group`` for ``text`` (None when the group is empty), and
+        whether it is a hit at ``threshold`` (default: the shipped one)."""
+        g = self._groups.get(group)
+        if g is None or not len(g):
+            return None
+        if vec is None:
+            vec = await self.vector(text)
+        return self.decide(g, text, np.asarray(vec, dtype=np.float32).reshape(-1), threshold)
+
+    def decide(self, g: _Group, text: str, vec: np.ndarray, threshold: float | None) -> Match:
+        query = parse(text)
+        best: Match | None = None
+        limit = self.threshold if threshold is None else threshold
+        for entry_id, sim in g.nearest(vec, CANDIDATES):
+            s = score(self._entries[entry_id].parsed, query, sim, self.verifier)
+            if best is None or s > best.score:
+                best = Match(entry_id, sim, s, s >= limit)
+        assert best is not None  # the group is not empty
+        return best

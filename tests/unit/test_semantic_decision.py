@@ -1,0 +1,104 @@
+"""The semantic tier's decision (plugins.cache.semantic with its shipped defaults, the real
+MiniLM): paraphrases hit, the issue's near-misses miss however close their cosine, and a
+lookup never sees another group's entries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from plugins.cache import semantic
+from plugins.cache.decide import parse, vetoes
+from plugins.cache.semantic import SemanticIndex
+from plugins.minilm import MiniLM
+
+NEAR_MISSES = [
+    ("Flights from Boston to Denver", "Flights from Denver to Boston"),
+    ("Is 10 mg of melatonin safe for adults?", "Is 100 mg of melatonin safe for adults?"),
+    ("How do I convert Celsius to Fahrenheit?", "How do I convert Fahrenheit to Celsius?"),
+    ("Which foods are high in iron?", "Which foods are low in iron?"),
+    ("What should I eat before a run?", "What should I not eat before a run?"),
+    ("What year did World War I end?", "What year did World War II end?"),
+]
+PARAPHRASES = [
+    ("How do I reset my password?", "I forgot my password, how can I reset it?"),
+    ("Flights from Boston to Denver next Friday",
+     "Find me a flight from Boston to Denver for next Friday"),
+    ("Who wrote Pride and Prejudice?", "Who is the author of Pride and Prejudice?"),
+]
+
+
+@pytest.fixture(scope="module")
+def model() -> MiniLM:
+    return MiniLM.shared()
+
+
+async def _pair(model: MiniLM, a: str, b: str) -> semantic.Match | None:
+    index = SemanticIndex(model)
+    index.add("g", "a", a, await index.vector(a))
+    return await index.lookup("g", b)
+
+
+@pytest.mark.parametrize(("a", "b"), NEAR_MISSES)
+async def test_a_near_miss_is_a_miss_though_its_cosine_is_high(model: MiniLM, a: str,
+                                                                b: str) -> None:
+    m = await _pair(model, a, b)
+    assert m is not None and m.entry_id == "a"
+    assert m.similarity > 0.8  # plain cosine at 0.8 would serve the wrong answer
+    assert not m.hit and m.score < SemanticIndex(model).threshold
+    assert vetoes(parse(a), parse(b))  # and a check says why
+
+
+@pytest.mark.parametrize(("a", "b"), PARAPHRASES)
+async def test_a_paraphrase_is_a_hit(model: MiniLM, a: str, b: str) -> None:
+    m = await _pair(model, a, b)
+    assert m is not None and m.hit and m.entry_id == "a"
+
+
+async def test_an_identical_prompt_never_crosses_groups(model: MiniLM) -> None:
+    index = SemanticIndex(model)
+    text = "Summarise our Q3 revenue report"
+    vec = await index.vector(text)
+    index.add("team-a", "a1", text, vec)
+    assert await index.lookup("team-b", text, vec) is None
+    hit = await index.lookup("team-a", text, vec)
+    assert hit is not None and hit.hit and hit.similarity > 0.999
+    index.add("team-b", "b1", "What is the capital of France?", await index.vector("Paris?"))
+    other = await index.lookup("team-b", text, vec)
+    assert other is not None and other.entry_id == "b1" and not other.hit
+
+
+async def test_add_is_idempotent_remove_forgets_and_the_oldest_is_evicted(
+        model: MiniLM) -> None:
+    index = SemanticIndex(model, max_entries=2)
+    vecs = model.encode(["one question", "another question", "a third question"])
+    index.add("g", "e1", "one question", vecs[0])
+    index.add("g", "e1", "one question", vecs[0])
+    assert len(index) == 1
+    index.add("g", "e2", "another question", vecs[1])
+    index.add("g", "e3", "a third question", vecs[2])  # e1, the oldest, goes
+    assert len(index) == 2
+    m = await index.lookup("g", "one question", vecs[0])
+    assert m is not None and m.entry_id != "e1"
+    index.remove("e2")
+    index.remove("e3")
+    assert len(index) == 0 and await index.lookup("g", "x", vecs[0]) is None
+
+
+async def test_a_large_group_is_searched_through_its_graph_with_the_same_answers(
+        model: MiniLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(semantic, "ANN_MIN", 64)
+    rng = np.random.default_rng(7)
+    noise = rng.standard_normal((200, model.dim)).astype(np.float32)
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    index = SemanticIndex(model)
+    for i, v in enumerate(noise):
+        index.add("g", f"n{i}", f"noise {i}", v)
+    q = "How do I reset my password?"
+    index.add("g", "pw", q, await index.vector(q))
+    assert index._groups["g"].ann is not None
+    m = await index.lookup("g", "I forgot my password, how can I reset it?")
+    assert m is not None and m.entry_id == "pw" and m.hit
+    index.remove("pw")
+    m = await index.lookup("g", "I forgot my password, how can I reset it?")
+    assert m is not None and m.entry_id != "pw" and not m.hit
