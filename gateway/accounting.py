@@ -13,6 +13,7 @@ from typing import Any
 from gateway.config import EnergyProfile
 
 JOULES_PER_KWH = 3_600_000.0
+_SERVED = frozenset({"accepted", "answered", "unjudged"})  # cascade outcomes of a served step
 
 
 @dataclass(slots=True)
@@ -43,6 +44,16 @@ class UsageRecord:
     reason: str = ""  # why this backend was chosen
     decision: dict[str, Any] | None = None  # every candidate's predictions
     started_at: float = field(default_factory=time.time)
+    # the response cache (docs/cache.md): hit-exact | hit-semantic | miss | bypass (None: no
+    # cache on this request's route); a hit's entry, its similarity, and what the call that
+    # stored the entry cost (what the hit saved)
+    cache: str | None = None
+    cache_entry: str | None = None
+    cache_similarity: float | None = None
+    saved_cost_usd: float = 0.0
+    saved_energy_j: float = 0.0
+    saved_co2_g: float = 0.0
+    saved_bytes: int = 0
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,8 +74,35 @@ class UsageRecord:
         }
         if self.ttft_ms is not None:
             h["x-switchyard-ttft-ms"] = f"{self.ttft_ms:.2f}"
+        if self.cache is not None:
+            h.update(self.cache_headers())
         if self.backend:
             h["x-switchyard-route"] = f"{self.backend}; {self.reason}" if self.reason else self.backend
+        if self.decision is not None and "cascade" in self.decision:
+            h["x-switchyard-cascade"] = self.cascade_header()
+        return h
+
+    def cascade_header(self) -> str:
+        """``x-switchyard-cascade``: the stages tried, in order (docs/cascades.md), from the
+        answering call's ``decision["cascade"]["tried"]``; empty when there is none."""
+        c = (self.decision or {}).get("cascade") or {}
+        out = []
+        for t in c.get("tried") or ():
+            part = t["backend"]
+            if t.get("score") is not None:
+                part += f";score={t['score']:.4f}"
+            part += f";{t['outcome']}"
+            if t["step"] == c.get("answered") and t["outcome"] not in _SERVED:
+                part += ";answered"
+            out.append(part)
+        return ", ".join(out)
+
+    def cache_headers(self) -> dict[str, str]:
+        h = {"x-switchyard-cache": self.cache or ""}
+        if self.cache_similarity is not None:
+            h["x-switchyard-cache-similarity"] = f"{self.cache_similarity:.4f}"
+        if self.cache_entry is not None:
+            h["x-switchyard-cache-entry"] = self.cache_entry
         return h
 
 

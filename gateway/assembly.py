@@ -15,8 +15,8 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -25,6 +25,7 @@ from gateway.backend import BackendContext
 from gateway.config import BackendConfig, RouteConfig, Settings, StateConfig, validation_errors
 from gateway.energy import FairShare, open_meters
 from gateway.errors import ConfigError, SwitchyardError
+from gateway.hookspecs import Cache
 from gateway.interfaces import Backend, RoutingPolicy
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
@@ -32,7 +33,7 @@ from gateway.pipeline import stages
 from gateway.pipeline.admission import BudgetAdmission
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.health import SharedHealth
-from gateway.pipeline.routing import Router, build_targets
+from gateway.pipeline.routing import Cascade, Router, build_targets
 from gateway.pipeline.service import Gateway
 from gateway.registry import Registry, build_registry
 from gateway.state import StateStore
@@ -41,6 +42,7 @@ from gateway.telemetry import Tracker, make_trackers
 log = logging.getLogger("switchyard")
 
 Errors = list[tuple[str, str]]
+T = TypeVar("T")
 
 
 # ---- validation: what check-config and start-up both run -------------------------------
@@ -52,6 +54,8 @@ class Built:
     backends: dict[str, Backend]
     context: BackendContext
     policies: dict[str, RoutingPolicy]
+    cache: Cache | None = None
+    cascades: dict[str, Cascade] = field(default_factory=dict)  # route name -> its cascade
 
 
 def build_registry_for(settings: Settings, extra_plugins: Iterable[object] = (),
@@ -90,10 +94,10 @@ def _build_backends(settings: Settings, registry: Registry, ctx: BackendContext,
     return backends
 
 
-def _make_policy(factory: Callable[[dict[str, Any]], RoutingPolicy], options: dict[str, Any],
-                 path: str, errors: Errors) -> RoutingPolicy | None:
-    """One policy built from its factory; a factory that refuses its options is one error
-    (or one per field, for a pydantic model) under ``path``."""
+def _make_policy(factory: Callable[[dict[str, Any]], T], options: dict[str, Any],
+                 path: str, errors: Errors) -> T | None:
+    """One policy (or judge) built from its factory; a factory that refuses its options is
+    one error (or one per field, for a pydantic model) under ``path``."""
     try:
         return factory(options)
     except ValidationError as e:
@@ -139,6 +143,56 @@ def build_policies(settings: Settings, registry: Registry, errors: Errors) -> di
     return policies
 
 
+def build_cache(settings: Settings, registry: Registry, errors: Errors) -> Cache | None:
+    """The cache ``cache.kind`` names, when the cache is on at the top level or on a route
+    (None: off everywhere, and no stage for it on the request path)."""
+    cfg = settings.cache
+    routes = {r.name: cfg.for_route(r.cache) for r in settings.routes}
+    if not cfg.enabled and not any(c.enabled for c in routes.values()):
+        return None
+    entry = registry.caches.get(cfg.kind)
+    if entry is None:
+        known = ", ".join(sorted(registry.caches)) or "none"
+        errors.append(("cache.kind", f"unknown cache {cfg.kind!r} (known: {known})"))
+        return None
+    for seam in ("cache_lookup", "cache_store"):
+        if seam in registry.stages:
+            msg = (f"plugin {registry.stages[seam].source!r} fills the {seam} seam itself: "
+                   "turn the cache off or disable that plugin")
+            errors.append(("cache.enabled", msg))
+    try:
+        cache: Cache = entry.value(cfg, routes, settings.state)
+    except SwitchyardError as e:
+        errors.append(("cache", e.message))
+        return None
+    except Exception as e:  # noqa: BLE001 - a plugin's factory: reported, with its path
+        errors.append(("cache", f"cannot create the {cfg.kind} cache: {type(e).__name__}: {e}"))
+        return None
+    return cache
+
+
+def build_cascades(settings: Settings, registry: Registry, errors: Errors) -> dict[str, Cascade]:
+    """Each route's cascade with its judge, built from ``judge_options`` as start-up uses
+    it (a judge's factory loads its model here, so check-config catches a bad file)."""
+    cascades: dict[str, Cascade] = {}
+    for i, route in enumerate(settings.routes):
+        c = route.cascade
+        if c is None:
+            continue
+        entry = registry.judges.get(c.judge)
+        if entry is None:
+            known = ", ".join(sorted(registry.judges)) or "none"
+            errors.append((f"routes[{i}].cascade.judge",
+                           f"unknown judge {c.judge!r} (known: {known})"))
+            continue
+        judge = _make_policy(entry.value, c.judge_options, f"routes[{i}].cascade.judge_options",
+                             errors)
+        if judge is not None:
+            cascades[route.name] = Cascade(route.name, tuple(c.stages), judge, c.judge,
+                                           c.on_budget, c.stream_first_unjudged, c.learn)
+    return cascades
+
+
 def validate(settings: Settings, registry: Registry,
              context: BackendContext | None = None) -> Built:
     """The plugin-level start-up checks, every error at once (``ConfigError``)."""
@@ -146,9 +200,11 @@ def validate(settings: Settings, registry: Registry,
     ctx = context or BackendContext()
     backends = _build_backends(settings, registry, ctx, errors)
     policies = build_policies(settings, registry, errors)
+    cache = build_cache(settings, registry, errors)
+    cascades = build_cascades(settings, registry, errors)
     if errors:
         raise ConfigError(errors)
-    return Built(registry, backends, ctx, policies)
+    return Built(registry, backends, ctx, policies, cache, cascades)
 
 
 # ---- budgets: state store, key authenticator, admission -------------------------------
@@ -250,21 +306,27 @@ def _energy_meters(backends: dict[str, Backend]) -> dict[str, FairShare]:
 
 def _build_router(settings: Settings, built: Built, trackers: dict[str, Tracker]) -> Router:
     routes = [r.model_copy(update={"policy": route_policy_key(r)}) for r in settings.routes]
+    targets = build_targets(built.backends, routes)
+    for name, cascade in built.cascades.items():
+        targets[name] = replace(targets[name], cascade=cascade)
     return Router(
         backends=built.backends,
         trackers=trackers,
-        targets=build_targets(built.backends, routes),
+        targets=targets,
         policies=built.policies,
         editors=[e.value for e in built.registry.plan_editors.values()],
     )
 
 
-def _seams(registry: Registry) -> dict[str, Any]:
-    """What plugins registered on the optional seams (``switchyard_register_stages``), as
-    ``Gateway``'s arguments: an empty seam is left out, so it costs nothing per request."""
+def _seams(registry: Registry, cache: Cache | None) -> dict[str, Any]:
+    """What plugins registered on the optional seams (``switchyard_register_stages``), and
+    the configured cache's two, as ``Gateway``'s arguments: an empty seam is left out, so it
+    costs nothing per request."""
     filled = {seam: e.value for seam, e in registry.stages.items()}
+    if cache is not None:
+        filled.update(cache_lookup=cache.lookup, cache_store=cache.store)
     return {"stages_extra": {s: v for s, v in filled.items() if s in stages.OPTIONAL},
-            "cache_store": filled.get("cache_store"), "judge": filled.get("judge")}
+            "cache_store": filled.get("cache_store")}
 
 
 def build_parts(settings: Settings, *, extra_plugins: Iterable[object] = (),
@@ -282,7 +344,7 @@ def build_parts(settings: Settings, *, extra_plugins: Iterable[object] = (),
     gw = Gateway(backends=built.backends, router=router, trackers=trackers, metrics=metrics,
                  registry=registry, ledger=ledger, energy_meters=_energy_meters(built.backends),
                  admission=budgets.admission, retry=settings.health.retry,
-                 plugin_text_chars=settings.plugin_text_chars, **_seams(registry))
+                 plugin_text_chars=settings.plugin_text_chars, **_seams(registry, built.cache))
     shared = SharedHealth(budgets.store, trackers, probe_interval_s)
     return Parts(settings, built, router, gw, budgets, shared, ledger, probe_interval_s)
 
@@ -339,6 +401,8 @@ async def running(parts: Parts) -> AsyncIterator[None]:
         await b.start()
         log.info("backend %s ready in %.1f s", name, time.perf_counter() - t0)
     await budgets.start()
+    if built.cache is not None:
+        await built.cache.start()
     loops = [asyncio.create_task(probe_loop(gw, parts.probe_interval_s, parts.shared)),
              asyncio.create_task(share_loop(parts.shared, parts.settings.health.share_interval_s))]
     try:
@@ -349,6 +413,8 @@ async def running(parts: Parts) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await gw.close()
+        if built.cache is not None:
+            await built.cache.close()
         await budgets.close()
         for b in built.backends.values():
             await b.close()

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.errors import ConfigError
@@ -122,6 +130,70 @@ class RawBackend(BaseModel):
             yield key, ("**********" if key and _SECRET_KEY.search(key) and value else value)
 
 
+CacheMode = Literal["on", "off", "read_only", "refresh", "no_store"]
+
+
+class CacheRules(Strict):
+    """What a route may change of the top-level ``cache`` section (unset: the top level's)."""
+
+    enabled: bool | None = None
+    mode: CacheMode | None = None
+    semantic: bool | None = None
+    threshold: float | None = Field(None, ge=0, le=1)
+    ttl_s: float | None = Field(None, gt=0)
+    namespace: Literal["team", "key"] | None = None
+    max_temperature: float | None = Field(None, ge=0, le=2)
+    max_turns: int | None = Field(None, ge=1)
+    hit_cost_fraction: float | None = Field(None, ge=0, le=1)
+
+
+class CacheConfig(Strict):
+    """The response cache (docs/cache.md): off unless ``enabled`` (here, or on a route)."""
+
+    enabled: bool = False
+    kind: str = Field("semantic", min_length=1, description="the registered cache to use")
+    mode: CacheMode = "on"
+    semantic: bool = Field(True, description="the semantic tier (the exact tier is always on)")
+    threshold: float | None = Field(None, ge=0, le=1, description="unset: the shipped decision's")
+    ttl_s: float = Field(86400.0, gt=0)
+    namespace: Literal["team", "key"] = "team"
+    max_temperature: float = Field(0.0, ge=0, le=2, description="answers above it are not stored")
+    max_turns: int = Field(8, ge=1, description="user turns; longer conversations are not stored")
+    hit_cost_fraction: float = Field(0.0, ge=0, le=1, description="a hit costs this share")
+    max_entries: int = Field(10_000, ge=1)
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="all entries' answers")
+    max_entry_bytes: int = Field(256 * 1024, ge=256, description="a larger answer is not stored")
+    prefix: str = Field("cache:", description="Redis keys: state.prefix + this")
+    options: dict[str, Any] = Field(default_factory=dict, description="the cache plugin's own")
+
+    def for_route(self, rules: CacheRules | None) -> CacheConfig:
+        """The settings a route's requests get: this section with the route's changes."""
+        if rules is None:
+            return self
+        return self.model_copy(update=rules.model_dump(exclude_none=True))
+
+
+class CascadeConfig(Strict):
+    """A route's cascade (docs/cascades.md): its stages run cheapest first until the judge
+    accepts an answer; every stage is a reserved, settled and recorded call."""
+
+    stages: list[str] = Field(min_length=2, description="backend names, cheapest first")
+    judge: str = Field("logprob", min_length=1, description="a registered judge's name")
+    judge_options: dict[str, Any] = Field(default_factory=dict)
+    on_budget: Literal["first_answer", "error"] = Field(
+        "first_answer", description="no budget for the next stage: the answer already paid "
+        "for, or 429")
+    stream_first_unjudged: bool = Field(
+        False, description="a stream streams the first stage live, unjudged")
+    learn: bool = Field(False, description="the ledger keeps each prompt's first 2,000 chars")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CascadeConfig:
+        if len(set(self.stages)) != len(self.stages):
+            raise ValueError("a backend appears twice in cascade.stages")
+        return self
+
+
 class RouteConfig(Strict):
     name: str = Field(min_length=1)
     backends: list[str] = Field(min_length=1)
@@ -130,6 +202,19 @@ class RouteConfig(Strict):
     allowed_policies: list[str] | None = Field(
         None, description="policies a request may switch to (None: any)"
     )
+    cascade: CascadeConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backends_of_cascade(cls, data: Any) -> Any:
+        """A route with a cascade may leave ``backends`` out: they are its stages."""
+        if isinstance(data, dict) and "backends" not in data:
+            stages = (data.get("cascade") or {}).get("stages") if isinstance(
+                data.get("cascade"), dict) else None
+            if isinstance(stages, list):
+                return {**data, "backends": stages}
+        return data
+    cache: CacheRules | None = None
 
 
 class ServerConfig(Strict):
@@ -194,6 +279,7 @@ class Settings(BaseSettings):
     state: StateConfig = Field(default_factory=StateConfig)
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     admin_key: SecretStr | None = Field(None, min_length=1, description="unset: no admin API")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -331,6 +417,23 @@ def cross_check(data: dict[str, Any]) -> Errors:
             if isinstance(b, str) and b not in known:
                 msg = f"unknown backend {b!r} (known: {', '.join(known) or 'none'})"
                 errors.append((f"routes[{i}].backends[{j}]", msg))
+        errors += _cascade_stages(i, route, known)
+    return errors
+
+
+def _cascade_stages(i: int, route: Any, known: list[str]) -> Errors:
+    """A cascade's stages are known backends, and the route's own (when it names any)."""
+    cascade = route.get("cascade") if isinstance(route, dict) else None
+    stages = cascade.get("stages") if isinstance(cascade, dict) else None
+    members = route.get("backends")
+    errors: Errors = []
+    for j, b in enumerate(stages if isinstance(stages, list) else []):
+        path = f"routes[{i}].cascade.stages[{j}]"
+        if isinstance(b, str) and b not in known:
+            errors.append((path, f"unknown backend {b!r} (known: {', '.join(known) or 'none'})"))
+        elif isinstance(b, str) and isinstance(members, list) and b not in members:
+            mine = ", ".join(map(str, members))
+            errors.append((path, f"{b!r} is not one of the route's backends ({mine})"))
     return errors
 
 

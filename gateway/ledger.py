@@ -58,8 +58,18 @@ _V1_COLUMNS: list[tuple[str, str]] = [
     ("decision", "TEXT"),
     ("started_at", "REAL"),
 ]
+# version 2: the response cache (a hit, its entry, and what the call that stored it cost)
+_V2_CACHE_COLUMNS: list[tuple[str, str]] = [
+    ("cache", "TEXT"),
+    ("cache_entry", "TEXT"),
+    ("cache_similarity", "REAL"),
+    ("saved_cost_usd", "REAL"),
+    ("saved_energy_j", "REAL"),
+    ("saved_co2_g", "REAL"),
+    ("saved_bytes", "INTEGER"),
+]
 # every column the ledger writes: version 1's, then each later migration's, in order
-COLUMNS: list[tuple[str, str]] = [*_V1_COLUMNS]
+COLUMNS: list[tuple[str, str]] = [*_V1_COLUMNS, *_V2_CACHE_COLUMNS]
 _NAMES = [c for c, _ in COLUMNS]
 _INSERT = (
     f"INSERT INTO requests ({', '.join(_NAMES)}) "
@@ -99,7 +109,11 @@ def _v1_requests(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX IF NOT EXISTS requests_team_time ON requests(team, started_at)")
 
 
-MIGRATIONS: list[Migration] = [_v1_requests]
+def _v2_cache(conn: sqlite3.Connection) -> None:
+    add_columns(conn, "requests", _V2_CACHE_COLUMNS)
+
+
+MIGRATIONS: list[Migration] = [_v1_requests, _v2_cache]
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:

@@ -45,6 +45,16 @@ class ChatMessage(_Open):
     name: str | None = None
 
 
+class CacheOptions(BaseModel):
+    """``extra_body={"switchyard": {"cache": {...}}}``: this request's cache controls
+    (docs/cache.md); unset fields keep the route's."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    mode: Literal["on", "off", "read_only", "refresh", "no_store"] | None = None
+    ttl_s: float | None = Field(None, gt=0)
+    threshold: float | None = Field(None, ge=0, le=1)
+
+
 class SwitchyardOptions(BaseModel):
     """Per-request options, sent as ``extra_body={"switchyard": {...}}``."""
 
@@ -54,6 +64,7 @@ class SwitchyardOptions(BaseModel):
     ttft_slo_ms: float | None = Field(None, gt=0)
     latency_target: Literal["ttft", "total"] | None = None
     include_co2: bool | None = None
+    cache: CacheOptions | None = None
 
 
 MAX_TOKENS_LIMIT = 2**31 - 1  # what engines take (a C int); no model writes more

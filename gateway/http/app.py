@@ -150,6 +150,7 @@ def create_app(
     s.settings, s.gateway, s.ledger = settings, parts.gateway, parts.ledger
     s.registry, s.budgets, s.shared_health = parts.built.registry, parts.budgets, parts.shared
     s.authenticate = parts.budgets.authenticate
+    s.cache_on = parts.built.cache is not None
     s.started_at = time.time()
     s.ready = False
     return app

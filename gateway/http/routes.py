@@ -29,6 +29,9 @@ from gateway.protocol import parse_body, validate
 log = logging.getLogger("switchyard.http")
 
 JSON = "application/json"
+# what a cache reads of a request (docs/cache.md); only looked up when a cache is on
+CACHE_HEADERS = ("cache-control", "x-switchyard-cache-mode", "x-switchyard-cache-ttl",
+                 "x-switchyard-cache-threshold")
 
 
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -95,12 +98,19 @@ async def inference(request: Request, endpoint: Endpoint) -> Response:
         body = parse_body(raw)
         req = validate(endpoint, body)
         in_pipeline = True
+        if state.cache_on:
+            ctx.cache_headers = {k: v for k in CACHE_HEADERS
+                                 if (v := request.headers.get(k)) is not None}
         if req.streaming:
             it, rec = await gw.stream(endpoint, body, ctx, req)
             headers = {"x-switchyard-request-id": rid, "cache-control": "no-cache",
                        "x-switchyard-backend": rec.backend or ""}
             if rec.backend:
                 headers["x-switchyard-route"] = f"{rec.backend}; {rec.reason}"
+            if rec.cache is not None:
+                headers.update(rec.cache_headers())
+            if rec.decision is not None and "cascade" in rec.decision:
+                headers["x-switchyard-cascade"] = rec.cascade_header()
             return StreamingResponse(it, media_type="text/event-stream", headers=headers)
         out, rec = await gw.complete(endpoint, body, ctx, req)
         return json_response(out, headers=rec.headers())

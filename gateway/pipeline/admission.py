@@ -72,6 +72,10 @@ class Admission(Protocol):
     async def settle(self, ctx: RequestContext, reservation: Reservation | None,
                      cost_usd: float, tokens: int) -> None: ...
 
+    async def charge(self, ctx: RequestContext, cost_usd: float) -> None:
+        """Add spend that no backend call reserved (a cache hit's ``hit_cost_fraction``)."""
+        ...
+
 
 class OpenAdmission:
     """No teams configured: everything is admitted, nothing is reserved."""
@@ -85,6 +89,9 @@ class OpenAdmission:
 
     async def settle(self, ctx: RequestContext, reservation: Reservation | None,
                      cost_usd: float, tokens: int) -> None:
+        return None
+
+    async def charge(self, ctx: RequestContext, cost_usd: float) -> None:
         return None
 
 
@@ -406,6 +413,29 @@ class BudgetAdmission:
             if res is not None:
                 self._after(r.team, r.period, res)
         await self._correct_tokens(ctx, r.team.name, tokens)
+
+    async def charge(self, ctx: RequestContext, cost_usd: float) -> None:
+        """Spend without a hold (a cache hit that costs a fraction of its call): charged
+        once (by a fresh id), queued for the shared store when it is away; never raises,
+        since the client's answer is already made."""
+        ident = ctx.identity
+        amount = to_nano(cost_usd)
+        if ident is None or amount <= 0:
+            return
+        team, now = ident.team, self._clock()
+        period, keep = period_id(team.period, now), period_ttl_s(team.period, now)
+        p = _Pending("charge", team.name, period, secrets.token_hex(12), amount, keep)
+        try:
+            res, local = await self._shared(team.name, lambda s: s.charge(
+                team.name, period, p.op_id, amount, keep))
+        except Exception as e:  # noqa: BLE001 - queued and retried, like a settlement
+            log.error("charging a cache hit of team %s failed (%s); queued", team.name, why(e))
+            self._queue(p)
+            return
+        if local:
+            self._queue(p)
+        else:
+            self._after(team, period, res)
 
     def _capped(self, r: Hold, actual: int) -> int:
         """What settlement charges: the reported cost, at most the hold (what was checked

@@ -30,3 +30,6 @@ class RequestContext:
     received_at: float = field(default_factory=time.perf_counter)
     identity: Identity | None = None  # the caller's key and team, when keys are configured
     tokens_counted: TokensCounted | None = None  # set by admission, read when settling
+    # the request's cache headers (``Cache-Control``, ``x-switchyard-cache-*``), lower-case
+    # names; only read when a cache is configured
+    cache_headers: dict[str, str] | None = None

@@ -31,6 +31,11 @@ class Exchange:
     # cache lookup: an answer found without calling a backend (None: call one); the
     # stage that sets it fills the record's fields for it too
     answer: dict[str, Any] | None = None
+    # a streamed answer: the lengths of its chunks' text, so that the cache replays it in
+    # the same chunks (set before cache_store, and by cache_lookup with a hit's ``answer``)
+    pieces: list[int] | None = None
+    # the cache's own notes from cache_lookup to cache_store (its keys, the embedding)
+    cache: Any = None
 
     @property
     def streaming(self) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -44,6 +44,7 @@ class Relay:
         "first",
         "it",
         "last",
+        "tap",
         "ttft",
         "usage",
         "want_usage",
@@ -58,6 +59,7 @@ class Relay:
         self.chunks = 0  # chunks that carried generated text: the count when none is reported
         self.usage: Usage | None = None
         self.last: dict[str, Any] | None = None
+        self.tap: Callable[[dict[str, Any]], None] | None = None  # sees every chunk (a cache)
 
     @classmethod
     async def open(cls, a: Attempt) -> Relay:
@@ -118,6 +120,8 @@ class Relay:
     def _event(self, chunk: dict[str, Any]) -> bytes | None:
         """The event for one chunk (None: not for this client); notes usage and TTFT."""
         self.last = chunk
+        if self.tap is not None:
+            self.tap(chunk)
         u = chunk.get("usage")
         if u:
             self.usage = Usage.from_openai(u)

@@ -1,8 +1,8 @@
 """A plugin on the request path, end to end: registered through
 ``switchyard_register_stages`` on a real gateway (uvicorn, the official openai SDK) in front
 of a recording OpenAI-compatible upstream. A cache answers a repeated question without any
-backend call, recorded once in the ledger; a compressor's rewritten prompt is what the
-upstream receives; a stream is never answered from the cache."""
+backend call, recorded once in the ledger, and replays it to a streaming request as SSE; a
+compressor's rewritten prompt is what the upstream receives."""
 
 from __future__ import annotations
 
@@ -109,17 +109,19 @@ def test_a_cache_stage_answers_a_repeat_without_calling_the_backend(
         client.close()
 
 
-def test_a_stream_is_not_answered_from_the_cache(
+def test_a_stream_is_answered_from_the_cache_as_server_sent_events(
         tmp_path: Path, upstream: tuple[RecordingUpstream, LiveServer]) -> None:
     rec, cache = upstream[0], TinyCache()
     with _gateway(tmp_path, upstream, cache) as gw:
         client = sdk(gw.url)
-        _ask(client, "miss-1", "Say hello")
+        first = _ask(client, "miss-1", "Say hello").parse()
         chunks = list(client.chat.completions.create(
             model="up", messages=[{"role": "user", "content": "Say hello"}], max_tokens=8,
             stream=True))
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-        assert text and len(rec.requests) == 2 and rec.last.body["stream"] is True
+        assert len(rec.requests) == 1, "the stream was answered from the cache"
+        assert text == first.choices[0].message.content and len(chunks) > 2
+        assert chunks[-1].choices[0].finish_reason == first.choices[0].finish_reason
         client.close()
 
 

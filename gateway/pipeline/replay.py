@@ -1,0 +1,125 @@
+"""A stream and a whole answer, each made from the other: ``Assembler`` collects a streamed
+chat or text completion into the body a non-streaming request gets (what a cache stores);
+``replay`` sends a stored body to a streaming client as the SSE chunks a backend sends
+(what a cache hit on a stream gets).
+
+``pieces`` are the lengths of the text the stream's chunks carried, in order: a stream
+stored with them replays in the same chunks; a body stored from a non-streaming answer
+replays one word a chunk. Only answers with one choice, no tool calls and no logprobs are
+assembled (what a cache stores); ``Assembler.body`` is None for any other.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from gateway.interfaces import Endpoint, Usage
+from gateway.pipeline.relay import DONE, sse
+from gateway.protocol import usage_chunk
+
+_WORD = re.compile(r"\S+\s*|\s+")
+
+
+class Assembler:
+    """``add`` every chunk of a stream (``Relay.tap``), then ``body(usage)``."""
+
+    __slots__ = ("created", "finish", "id", "model", "object", "parts", "pieces", "reusable")
+
+    def __init__(self) -> None:
+        self.id: Any = None
+        self.object: str | None = None
+        self.created: Any = None
+        self.model: Any = None
+        self.parts: list[str] = []
+        self.pieces: list[int] = []
+        self.finish: str | None = None
+        self.reusable = True
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        choices = chunk.get("choices")
+        if not choices:
+            return
+        if self.id is None:
+            self.id, self.object = chunk.get("id"), chunk.get("object")
+            self.created, self.model = chunk.get("created"), chunk.get("model")
+        if len(choices) != 1 or choices[0].get("index", 0) != 0:
+            self.reusable = False  # n > 1
+            return
+        ch = choices[0]
+        delta = ch.get("delta")
+        if ch.get("logprobs") or (delta is not None and (
+                delta.get("tool_calls") or delta.get("function_call"))):
+            self.reusable = False
+        text = (delta.get("content") if delta is not None else ch.get("text")) or ""
+        if ch.get("finish_reason"):
+            self.finish = ch["finish_reason"]
+            if not text:
+                return
+        self.parts.append(text)
+        self.pieces.append(len(text))
+
+    def body(self, endpoint: Endpoint, usage: Usage) -> dict[str, Any] | None:
+        """The non-streaming body of the stream (None: it did not end normally, or it is
+        not one plain answer)."""
+        if not self.reusable or self.finish is None or self.finish in ("tool_calls",
+                                                                         "function_call"):
+            return None
+        text = "".join(self.parts)
+        if endpoint == "chat":
+            choice: dict[str, Any] = {"index": 0, "finish_reason": self.finish, "logprobs": None,
+                                      "message": {"role": "assistant", "content": text}}
+            obj = "chat.completion"
+        else:
+            choice = {"index": 0, "finish_reason": self.finish, "logprobs": None, "text": text}
+            obj = "text_completion"
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "choices": [choice], "usage": usage.to_openai()}
+
+
+def _split(text: str, pieces: list[int] | None) -> list[str]:
+    if pieces and sum(pieces) == len(text):
+        out, at = [], 0
+        for n in pieces:
+            out.append(text[at:at + n])
+            at += n
+        return out
+    return _WORD.findall(text) or [""]
+
+
+def chunks(answer: dict[str, Any], endpoint: Endpoint,
+           pieces: list[int] | None = None) -> list[dict[str, Any]]:
+    """The stream's chunks for ``answer`` (a chat or text completion body), usage left out."""
+    choice = (answer.get("choices") or [{}])[0]
+    chat = endpoint == "chat"
+    text = ((choice.get("message") or {}).get("content") if chat else choice.get("text")) or ""
+    head = {"id": answer.get("id"), "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": answer.get("created"), "model": answer.get("model")}
+    out = []
+    for i, part in enumerate(_split(text, pieces)):
+        if chat:
+            delta = {"role": "assistant", "content": part} if i == 0 else {"content": part}
+            c: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None,
+                                 "finish_reason": None}
+        else:
+            c = {"index": 0, "text": part, "logprobs": None, "finish_reason": None}
+        out.append({**head, "choices": [c]})
+    end = ({"index": 0, "delta": {}, "logprobs": None} if chat
+           else {"index": 0, "text": "", "logprobs": None})
+    out.append({**head, "choices": [{**end, "finish_reason": choice.get("finish_reason")
+                                     or "stop"}]})
+    return out
+
+
+async def replay(answer: dict[str, Any], endpoint: Endpoint, pieces: list[int] | None,
+                 want_usage: bool) -> AsyncIterator[bytes]:
+    """``answer`` as server-sent events, ending like a backend's stream; the usage chunk
+    when the client asked for it (``stream_options.include_usage``)."""
+    out = chunks(answer, endpoint, pieces)
+    for c in out:
+        yield sse(c)
+    if want_usage:
+        usage = Usage.from_openai(answer.get("usage")) or Usage()
+        yield sse(usage_chunk(out[-1], usage))
+    yield DONE
