@@ -361,3 +361,54 @@ def test_an_entry_stored_through_one_gateway_process_is_found_through_another(
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_in_redis_an_entry_expires_with_its_ttl(
+        tmp_path: Path, upstream: tuple[RecordingUpstream, LiveServer], redis_url: str,
+        redis_prefix: str) -> None:
+    rec, state = upstream[0], {"kind": "redis", "url": redis_url, "prefix": redis_prefix}
+    with _gateway(tmp_path, upstream, cache={"ttl_s": 0.5}, state=state) as gw, \
+            _client(gw) as c:
+        assert _ask(c).headers["x-switchyard-cache"] == "miss"
+        assert _ask(c).headers["x-switchyard-cache"] == "hit-exact"
+        time.sleep(0.7)
+        assert _ask(c).headers["x-switchyard-cache"] == "miss", "Redis expired the entry"
+        assert len(rec.requests) == 2
+
+
+def test_a_hit_at_a_cost_fraction_is_charged_to_the_budget_once(
+        tmp_path: Path, upstream: tuple[RecordingUpstream, LiveServer]) -> None:
+    auth = {"authorization": f"Bearer {ADMIN}"}
+    with _gateway(tmp_path, upstream, cache={"hit_cost_fraction": 0.5},
+                  admin_key=ADMIN) as gw:
+        key = _team_key(gw, "payers", budget_usd=10.0)
+
+        def spent() -> float:
+            r = httpx.get(gw.url + "/admin/teams/payers/spend", headers=auth, timeout=30)
+            return float(r.json()["spent_usd"])
+
+        with _client(gw, key) as c:
+            paid = float(_ask(c).headers["x-switchyard-cost-usd"])
+            before = spent()
+            assert before == pytest.approx(paid, rel=1e-6)
+            hit = _ask(c)
+            assert hit.headers["x-switchyard-cache"] == "hit-exact"
+            assert float(hit.headers["x-switchyard-cost-usd"]) == pytest.approx(paid / 2)
+            assert spent() == pytest.approx(1.5 * paid, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_embeddings_get_the_exact_tier(tmp_path: Path,
+                                       upstream: tuple[RecordingUpstream, LiveServer]) -> None:
+    backends = [{"name": "minilm", "plugin": "sentence_transformers"}]
+    with _gateway(tmp_path, upstream, backends=backends,
+                  routes=[{"name": "embed", "backends": ["minilm"]}]) as gw, _client(gw) as c:
+        first = c.embeddings.with_raw_response.create(model="embed", input=["a cat", "a dog"])
+        again = c.embeddings.with_raw_response.create(model="embed", input=["a cat", "a dog"])
+        other = c.embeddings.with_raw_response.create(model="embed", input=["a cow"])
+        assert first.headers["x-switchyard-cache"] == "miss"
+        assert again.headers["x-switchyard-cache"] == "hit-exact"
+        assert other.headers["x-switchyard-cache"] == "miss"
+        assert again.parse().data[1].embedding == first.parse().data[1].embedding
+        row = ledger_row(gw.app, again.headers["x-switchyard-request-id"])
+        assert row["backend"] == "cache" and row["saved_energy_j"] > 0
