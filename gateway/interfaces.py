@@ -268,10 +268,26 @@ class Reservation(Protocol):
     settled: bool
 
 
-class Judge(Protocol):
-    """Decides, after each call of a cascade but the last, whether its answer is good
-    enough to send; when it is not, the next backend of the cascade is called."""
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A judge's decision on one answer: ``score`` (higher: better), ``accept`` whether it is
+    good enough to send, ``threshold`` the bar it was held to (for the ledger)."""
 
-    async def accept(
+    score: float
+    accept: bool
+    threshold: float | None = None
+
+
+class Judge(Protocol):
+    """Scores the answer of each stage of a cascade but the last; an answer it does not
+    accept sends the request to the next stage. ``logprobs``: the gateway asks the judged
+    calls for their tokens' log-probabilities (and strips them from the answer when the
+    client did not ask for them). Built by a ``JudgeFactory`` from a route's
+    ``cascade.judge_options``; ``verdict`` runs on the event loop: blocking work goes to a
+    thread."""
+
+    logprobs: bool
+
+    async def verdict(
         self, request: RequestFeatures, answer: Mapping[str, Any], step: int
-    ) -> bool: ...
+    ) -> Verdict: ...

@@ -290,6 +290,15 @@ def build_registry(
     if errors:
         raise ConfigError(errors)
     reg = Registry(pm=pm)
+    _fill(reg, commands, errors)
+    if errors:
+        raise ConfigError(errors)
+    return reg
+
+
+def _fill(reg: Registry, commands: bool, errors: Errors) -> None:
+    """Run the registration hooks, each into its table of ``reg``."""
+    pm = reg.pm
     for hook, table, kind, make in (
         ("switchyard_register_backends", reg.backends, "backend plugin", _backend_value),
         ("switchyard_register_policies", reg.policies, "policy", _plain_value),
@@ -304,6 +313,3 @@ def build_registry(
         _call_registration(pm, "switchyard_register_commands", reg.commands, "command",
                            _command_value, errors)
         _command_groups(reg.commands, errors)
-    if errors:
-        raise ConfigError(errors)
-    return reg

@@ -5,8 +5,8 @@ the worst case, count it in flight on the backend's tracker, meter it (bytes, us
 energy), and settle exactly once, with the real cost after a success or nothing after a
 failure or a cancellation. ``Executor.run`` tries the plan's backends (retries, fallbacks,
 breakers: ``retry.Attempts``) until one opens; what "opens" means is the caller's: the whole
-answer for a call, the first chunk for a stream. ``Executor.sequence`` runs a cascade: one
-successful call per step, each with its own record, until the judge accepts an answer.
+answer for a call, the first chunk for a stream. A cascade (``gateway.pipeline.cascade``)
+runs one ``Executor.run`` per stage, each with its own record.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from gateway.interfaces import (
     Backend,
     BackendCall,
     BackendResult,
-    Judge,
     Meter,
     Plan,
     Reservation,
@@ -138,10 +137,12 @@ class Attempt:
 Open = Callable[[Attempt], Awaitable[R]]
 
 
-async def call(a: Attempt) -> BackendResult:
-    """The non-streaming delivery: the backend's whole answer, within its total timeout."""
+async def call(a: Attempt, body: Mapping[str, Any] | None = None) -> BackendResult:
+    """The non-streaming delivery: the backend's whole answer, within its total timeout;
+    ``body`` replaces the forwarded body (a cascade's judged call asks for more)."""
     b, x = a.backend, a.x
-    request = BackendCall(x.endpoint, {**x.forwarded, "model": b.model}, x.ctx.request_id)
+    request = BackendCall(x.endpoint, {**(x.forwarded if body is None else body),
+                                       "model": b.model}, x.ctx.request_id)
     try:
         async with asyncio.timeout(b.config.timeouts.total_s):
             return await b.call(request, a.meter)
@@ -151,7 +152,7 @@ async def call(a: Attempt) -> BackendResult:
 
 @dataclasses.dataclass(slots=True, kw_only=True)
 class Executor:
-    """Runs the attempts of a request (and the calls of a cascade)."""
+    """Runs the attempts of a request (and of each stage of a cascade)."""
 
     backends: Mapping[str, Backend]
     trackers: Mapping[str, Tracker]
@@ -189,35 +190,6 @@ class Executor:
         self.accounts.error(rec, None, err, x.ctx)
         raise err
 
-    async def sequence(self, x: Exchange, judge: Judge | None) -> dict[str, Any]:
-        """A cascade: call ``x.plan.cascade``'s backends one after the other until ``judge``
-        accepts an answer (without a judge, every step runs and the last answers). Each call
-        has its own record, all with the request's id; each says which step answered, and
-        ``x.record`` becomes the answering one's. A step that fails after an answer leaves
-        the client that answer."""
-        steps = x.plan.cascade
-        base = dataclasses.replace(x.record)
-        done: list[tuple[UsageRecord, dict[str, Any]]] = []
-        try:
-            for step, name in enumerate(steps, 1):
-                rec = x.record if step == 1 else _fresh(base)
-                a, result = await self.run(x, call, rec, (name,))
-                await a.succeeded(result.usage, ttft_s=None, emit=False)
-                done.append((rec, result.body))
-                if (step < len(steps) and judge is not None
-                        and await judge.accept(x.features, result.body, step)):
-                    break
-        except SwitchyardError:
-            if not done:
-                raise
-        finally:
-            for i, (rec, _) in enumerate(done, 1):
-                rec.decision = {**(rec.decision or {}),
-                                "cascade": {"step": i, "steps": len(steps), "answer": len(done)}}
-                self.accounts.emit(rec)
-        x.record, body = done[-1]
-        return body
-
     def failure(self, name: str, e: BaseException) -> SwitchyardError:
         """``e`` as the error a client sees; a fault counts against the backend's breaker."""
         if isinstance(e, SwitchyardError):
@@ -228,11 +200,6 @@ class Executor:
         if err.retryable and not isinstance(err, Overloaded):  # a full queue is not a fault
             self.trackers[name].observe_failure(time.monotonic(), err.code)
         return err
-
-
-def _fresh(rec: UsageRecord) -> UsageRecord:
-    """The record of a cascade's next call: the request's, as before its first call."""
-    return dataclasses.replace(rec, started_at=time.time())
 
 
 def _reason(plan: Plan, attempts: Attempts, last: SwitchyardError | None) -> str:

@@ -14,6 +14,7 @@ from gateway.interfaces import (
     Candidate,
     Constraints,
     Endpoint,
+    Judge,
     Plan,
     PlanEditor,
     RequestFeatures,
@@ -26,6 +27,20 @@ log = logging.getLogger("switchyard.routing")
 
 
 @dataclass(frozen=True, slots=True)
+class Cascade:
+    """A route's cascade (``RouteConfig.cascade``) with its judge, built at start-up;
+    ``gateway.pipeline.cascade`` runs it."""
+
+    route: str
+    stages: tuple[str, ...]
+    judge: Judge
+    judge_name: str
+    on_budget: str = "first_answer"  # or "error"
+    stream_first_unjudged: bool = False
+    learn: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Target:
     """What a model name resolves to."""
 
@@ -34,6 +49,7 @@ class Target:
     backends: tuple[str, ...]
     policy: str
     allowed_policies: frozenset[str] | None = None  # per-request overrides allowed (None: any)
+    cascade: Cascade | None = None
 
 
 @dataclass(slots=True)

@@ -111,8 +111,9 @@ class Admit:
 
 
 class PlanStage:
-    """The policy's ordered plan over the target's candidates; the record keeps the
-    policy's decision when it predicted."""
+    """The policy's ordered plan over the target's candidates (a route's cascade: its
+    stages the plan kept: healthy, allowed, not drained); the record keeps the policy's
+    decision when it predicted."""
 
     def __init__(self, router: Router) -> None:
         self.router = router
@@ -121,6 +122,9 @@ class PlanStage:
         req = x.req
         policy = (req.switchyard.policy if req.switchyard else None) or x.ctx.policy
         plan, _ = self.router.plan(x.target, x.features, constraints(x), policy)
+        cascade = x.target.cascade
+        if cascade is not None:  # its stages the plan kept, in the cascade's order
+            plan.cascade = [s for s in cascade.stages if s in plan.order]
         x.plan = plan
         if plan.predictions:
             x.record.decision = {"policy": plan.policy, "reason": plan.reason, "order": plan.order,

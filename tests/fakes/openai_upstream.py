@@ -40,6 +40,7 @@ class Behaviour:
     delay_s: float = 0.0
     chunks: int = 2
     usage: tuple[int, int] | None = None  # (prompt, completion) to report instead of counting
+    logprob: float = -0.1  # every token's log-probability, in an answer that asks for them
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -109,7 +110,10 @@ class RecordingUpstream:
         if body.get("stream"):
             return StreamingResponse(self._events(body, endpoint, words, usage),
                                      media_type="text/event-stream")
-        return _json(_complete_body(body, endpoint, words, usage))
+        out = _complete_body(body, endpoint, words, usage)
+        if body.get("logprobs") or (endpoint == "completions" and body.get("logprobs") == 0):
+            out["choices"][0]["logprobs"] = _logprobs(endpoint, words, b.logprob)
+        return _json(out)
 
     async def _events(self, body: dict[str, Any], endpoint: str, words: list[str],
                       usage: dict[str, int]) -> AsyncIterator[bytes]:
@@ -168,6 +172,16 @@ def _usage(body: dict[str, Any], endpoint: str, completion: int,
         prompt = len(str(body.get("prompt") or "").split())
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
+
+
+def _logprobs(endpoint: str, words: list[str], logprob: float) -> dict[str, Any]:
+    """One token a word, each ``logprob`` (chat's shape, or legacy completions')."""
+    tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
+    if endpoint == "chat":
+        return {"content": [{"token": t, "logprob": logprob, "bytes": list(t.encode()),
+                             "top_logprobs": []} for t in tokens]}
+    return {"tokens": tokens, "token_logprobs": [logprob] * len(tokens), "top_logprobs": None,
+            "text_offset": [sum(map(len, tokens[:i])) for i in range(len(tokens))]}
 
 
 def _complete_body(body: dict[str, Any], endpoint: str, words: list[str],

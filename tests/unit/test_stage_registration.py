@@ -1,18 +1,17 @@
 """``switchyard_register_stages``: a plugin fills an optional seam of the request path by
 registering an object; the registry refuses what cannot work (an unknown seam, two plugins
-on one seam, a judge without ``accept``) at start-up, with the known seams named; assembly
+on one seam, a stage that is not callable) at start-up, with the known seams named; assembly
 hands what was registered to the ``Gateway``, and with no plugin the stage list is the
 built-in one."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway import STAGE_SEAMS, Exchange, RegisterStage, RequestFeatures, hookimpl
+from gateway import STAGE_SEAMS, Exchange, RegisterStage, hookimpl
 from gateway.assembly import build_parts
 from gateway.config import load_settings
 from gateway.errors import ConfigError
@@ -26,12 +25,6 @@ def noop(x: Exchange) -> None:
 
 async def keep(x: Exchange, answer: dict[str, Any]) -> None:
     return None
-
-
-class Always:
-    async def accept(self, request: RequestFeatures, answer: Mapping[str, Any],
-                     step: int) -> bool:
-        return True
 
 
 class Seams:
@@ -63,8 +56,8 @@ def _errors(*plugins: object) -> list[tuple[str, str]]:
 def test_an_unknown_seam_is_refused_naming_every_known_seam() -> None:
     [(path, msg)] = _errors(Seams("acme", cache=noop))
     assert path == "plugins.acme"
-    assert "'cache'" in msg and "known seams: compress, cache_lookup, cache_store, judge" in msg
-    assert STAGE_SEAMS == ("compress", "cache_lookup", "cache_store", "judge")
+    assert "'cache'" in msg and "known seams: compress, cache_lookup, cache_store" in msg
+    assert STAGE_SEAMS == ("compress", "cache_lookup", "cache_store")
 
 
 def test_two_plugins_on_one_seam_are_refused_naming_both() -> None:
@@ -76,23 +69,23 @@ def test_two_plugins_on_one_seam_are_refused_naming_both() -> None:
 def test_what_cannot_serve_its_seam_is_refused() -> None:
     errors = _errors(Seams("bad", judge=noop, cache_lookup="not callable"))
     msgs = " / ".join(m for _, m in errors)
-    assert "a judge needs an async accept" in msgs and "not callable" in msgs
+    assert "'judge': not a seam" in msgs, "judges register with switchyard_register_judges"
+    assert "not callable" in msgs
 
 
 def test_the_registered_objects_reach_the_gateway_at_their_places(tmp_path: Path) -> None:
-    judge = Always()
-    plugin = Seams("acme", compress=noop, cache_lookup=noop, cache_store=keep, judge=judge)
+    plugin = Seams("acme", compress=noop, cache_lookup=noop, cache_store=keep)
     gw = build_parts(_settings(tmp_path), extra_plugins=[plugin]).gateway
     assert stages.names(gw.stages) == ["resolve", "compress", "features", "admit",
                                       "cache_lookup", "plan"]
     assert dict(gw.stages)["compress"] is noop and dict(gw.stages)["cache_lookup"] is noop
-    assert gw.cache_store is keep and gw.judge is judge
+    assert gw.cache_store is keep
 
 
 def test_with_no_plugin_the_stage_list_is_the_built_in_one(tmp_path: Path) -> None:
     gw = build_parts(_settings(tmp_path)).gateway
     assert stages.names(gw.stages) == ["resolve", "features", "admit", "plan"]
-    assert gw.cache_store is None and gw.judge is None
+    assert gw.cache_store is None
 
 
 def test_a_disabled_plugin_fills_no_seam(tmp_path: Path) -> None:
