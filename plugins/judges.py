@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -39,11 +40,16 @@ def answer_logprobs(answer: Mapping[str, Any]) -> list[float] | None:
         if isinstance(lp.get("content"), list):
             found = True
             out += [float(t["logprob"]) for t in lp["content"]
-                    if isinstance(t, Mapping) and isinstance(t.get("logprob"), int | float)]
+                    if isinstance(t, Mapping) and _number(t.get("logprob"))]
         elif isinstance(lp.get("token_logprobs"), list):
             found = True
-            out += [float(v) for v in lp["token_logprobs"] if isinstance(v, int | float)]
+            out += [float(v) for v in lp["token_logprobs"] if _number(v)]
     return out if found else None
+
+
+def _number(v: Any) -> bool:
+    """A real number: llama-cpp-python's in-process logprobs are numpy float32s."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def answer_text(answer: Mapping[str, Any]) -> str:

@@ -4,7 +4,7 @@ request's id), until the route's judge accepts an answer; the last stage is not 
 
 A stage that fails before any stage answered escalates to the next; one that fails (or
 that the team's budget cannot hold) after an answer leaves the client that answer, or,
-for a budget with ``on_budget: error``, a 429. A streaming request holds each judged
+for a budget with ``on_budget: error``, a 429 ``insufficient_quota``. A streaming request holds each judged
 stage (a whole, non-streaming call), then replays the accepted answer as the chunks of a
 stream; the last stage, or with ``stream_first_unjudged`` the first, is streamed live.
 Each row's ``decision["cascade"]`` says what its step did (the fields: docs/cascades.md).
@@ -108,9 +108,8 @@ class Run:
             if err.retryable and not last:
                 return False
             raise err
-        if isinstance(err, BudgetExceeded) and self.spec is not None \
-                and self.spec.on_budget == "error":
-            raise type(err)(
+        if _over_budget(err) and self.spec is not None and self.spec.on_budget == "error":
+            raise BudgetExceeded(
                 f"The cascade of '{self.spec.route}' needs its stage '{step.backend}': the "
                 f"judge did not accept the answer of '{earlier.backend}' (score "
                 f"{_fmt(earlier.score)}). {err.message}", param=err.param, code=err.code,
@@ -234,6 +233,12 @@ def _fields(rec: UsageRecord) -> dict[str, Any]:
     assert rec.decision is not None
     fields: dict[str, Any] = rec.decision["cascade"]
     return fields
+
+
+def _over_budget(err: SwitchyardError) -> bool:
+    """The team's budget cannot hold the stage: spent, or the stage alone costs more than
+    the whole budget may at worst (``request_exceeds_budget``, a 400 outside a cascade)."""
+    return isinstance(err, BudgetExceeded) or err.code == "request_exceeds_budget"
 
 
 def _fmt(score: float | None) -> str:

@@ -47,6 +47,9 @@ def test_logprob_reads_legacy_completions_and_escalates_without_logprobs() -> No
     completion = {"object": "text_completion", "choices": [{"index": 0, "text": " 4",
                   "logprobs": {"tokens": [" 4"], "token_logprobs": [-0.05]}}]}
     assert answer_logprobs(completion) == [-0.05]
+    in_process = chat("4", [])  # llama-cpp-python in process: numpy float32 logprobs
+    in_process["choices"][0]["logprobs"]["content"] = [{"logprob": np.float32(-0.25)}]
+    assert answer_logprobs(in_process) == [-0.25]
     assert verdict(LogprobJudge({}), completion).accept
     none = verdict(LogprobJudge({}), chat("4", None))
     assert none.score == 0.0 and not none.accept

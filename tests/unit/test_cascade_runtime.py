@@ -14,17 +14,23 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from switchyard_echo import EchoBackend, EchoConfig
 
-from gateway import BackendCall, BackendError, BackendResult, Meter, Verdict
+from gateway import BackendCall, BackendError, BackendResult, BudgetExceeded, Meter, Verdict
+from gateway.auth import KeyAuthenticator, mint_key
+from gateway.config import BudgetsConfig
 from gateway.interfaces import Candidate, Constraints, Plan, RequestFeatures
 from gateway.ledger import Ledger
 from gateway.metrics import Metrics
+from gateway.pipeline.admission import BudgetAdmission
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.routing import Cascade, Router, Target
 from gateway.pipeline.service import Gateway
 from gateway.registry import build_registry
+from gateway.state import Team
 from gateway.telemetry import Tracker
+from plugins.state_memory import MemoryStore
 
 
 class InOrder:
@@ -94,7 +100,7 @@ def _backend(name: str) -> Recording:
 
 class World:
     def __init__(self, tmp_path: Path, judge: Judge | None, policy: Any = None,
-                 **cascade: Any) -> None:
+                 admission: Any = None, **cascade: Any) -> None:
         self.backends = {n: _backend(n) for n in ("cheap", "big")}
         trackers = {n: Tracker() for n in self.backends}
         spec = None if judge is None else Cascade("ask", ("cheap", "big"), judge, "words",
@@ -104,11 +110,12 @@ class World:
         self.ledger = Ledger(tmp_path / "ledger.sqlite3", flush_interval_s=0.01)
         self.gw = Gateway(backends=self.backends, router=router, trackers=trackers,
                           metrics=Metrics(), registry=build_registry(load_entry_points=False),
-                          ledger=self.ledger)
+                          ledger=self.ledger, admission=admission)
 
-    def ask(self, text: str, rid: str = "req-1", **body: Any) -> tuple[dict[str, Any], Any]:
+    def ask(self, text: str, rid: str = "req-1", ctx: RequestContext | None = None,
+            **body: Any) -> tuple[dict[str, Any], Any]:
         b = {"model": "ask", "messages": [{"role": "user", "content": text}], **body}
-        return asyncio.run(self.gw.complete("chat", b, RequestContext(request_id=rid)))
+        return asyncio.run(self.gw.complete("chat", b, ctx or RequestContext(request_id=rid)))
 
     def stream(self, text: str, rid: str = "req-s", **body: Any) -> tuple[list[Any], Any]:
         b = {"model": "ask", "messages": [{"role": "user", "content": text}], "stream": True,
@@ -267,3 +274,42 @@ def test_stream_first_unjudged_streams_the_first_stage_live(tmp_path: Path) -> N
     assert _streamed(chunks) == "cheap: hello" and judge.seen == []
     assert w.backends["big"].bodies == []
     assert rec.cascade_header() == "cheap;unjudged"
+
+
+def _team(budget_usd: float) -> tuple[BudgetAdmission, RequestContext, MemoryStore]:
+    async def make() -> tuple[BudgetAdmission, RequestContext, MemoryStore]:
+        store = MemoryStore()
+        await store.create_team(Team(name="acme", budget_usd=budget_usd, period="total"))
+        key, rec = mint_key("acme", "ci")
+        await store.put_key(rec)
+        ctx = RequestContext(request_id="req-budget", team="acme")
+        ctx.identity = await KeyAuthenticator(store).verify(f"Bearer {key}")
+        return BudgetAdmission(store, BudgetsConfig()), ctx, store
+
+    return asyncio.run(make())
+
+
+@pytest.mark.parametrize("on_budget", ["first_answer", "error"])
+def test_a_team_that_cannot_hold_the_next_stage(tmp_path: Path, on_budget: str) -> None:
+    """$0.001 an output token, max_tokens 4: each stage holds $0.004; the first costs $0.002
+    ("cheap: hello"), so the second no longer fits a $0.005 budget."""
+    adm, ctx, store = _team(0.005)
+    w = World(tmp_path, Judge(), admission=adm, on_budget=on_budget)
+    if on_budget == "first_answer":
+        answer, rec = w.ask("hello", ctx=ctx, max_tokens=4)
+        assert _text(answer) == "cheap: hello"
+        assert rec.cascade_header() == (
+            "cheap;score=0.1000;rejected;answered, big;team_budget_exceeded")
+    else:
+        with pytest.raises(BudgetExceeded) as e:
+            w.ask("hello", ctx=ctx, max_tokens=4)
+        assert e.value.status == 429 and e.value.code == "team_budget_exceeded"
+        assert e.value.message.startswith(
+            "The cascade of 'ask' needs its stage 'big': the judge did not accept the answer "
+            "of 'cheap' (score 0.100). Team 'acme'")
+    assert w.backends["big"].bodies == [], "the refused stage is never called"
+    rows = sorted(w.rows(), key=lambda r: int(r["cascade"]["step"]))
+    assert [(r["backend"], r["status"]) for r in rows] == [("cheap", 200), ("big", 429)]
+    assert rows[0]["cascade"]["answered"] == (1 if on_budget == "first_answer" else None)
+    spend = asyncio.run(store.spend("acme", "total"))
+    assert spend.spent == pytest.approx(rows[0]["cost_usd"] * 1e9) and spend.reserved == 0
