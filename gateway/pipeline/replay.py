@@ -90,25 +90,36 @@ def _split(text: str, pieces: list[int] | None) -> list[str]:
 
 def chunks(answer: dict[str, Any], endpoint: Endpoint,
            pieces: list[int] | None = None) -> list[dict[str, Any]]:
-    """The stream's chunks for ``answer`` (a chat or text completion body), usage left out."""
-    choice = (answer.get("choices") or [{}])[0]
+    """The stream's chunks for ``answer`` (a chat or text completion body), usage left out:
+    per choice, its text (in ``pieces`` for a one-choice answer), its tool calls, then its
+    finish reason (a cascade's held answer may have several choices, tools or logprobs)."""
+    choices = answer.get("choices") or [{}]
     chat = endpoint == "chat"
-    text = ((choice.get("message") or {}).get("content") if chat else choice.get("text")) or ""
     head = {"id": answer.get("id"), "object": "chat.completion.chunk" if chat else "text_completion",
             "created": answer.get("created"), "model": answer.get("model")}
-    out = []
-    for i, part in enumerate(_split(text, pieces)):
+    one = pieces if len(choices) == 1 else None
+    return [{**head, "choices": [c]} for choice in choices for c in _choice(choice, chat, one)]
+
+
+def _choice(choice: dict[str, Any], chat: bool, pieces: list[int] | None) -> list[dict[str, Any]]:
+    i = choice.get("index", 0)
+    msg = choice.get("message") or {}
+    text = (msg.get("content") if chat else choice.get("text")) or ""
+    out: list[dict[str, Any]] = []
+    for n, part in enumerate(_split(text, pieces)):
+        lp = choice.get("logprobs") if n == 0 else None  # all of them, with the first piece
         if chat:
-            delta = {"role": "assistant", "content": part} if i == 0 else {"content": part}
-            c: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None,
-                                 "finish_reason": None}
+            delta = {"role": "assistant", "content": part} if n == 0 else {"content": part}
+            out.append({"index": i, "delta": delta, "logprobs": lp, "finish_reason": None})
         else:
-            c = {"index": 0, "text": part, "logprobs": None, "finish_reason": None}
-        out.append({**head, "choices": [c]})
-    end = ({"index": 0, "delta": {}, "logprobs": None} if chat
-           else {"index": 0, "text": "", "logprobs": None})
-    out.append({**head, "choices": [{**end, "finish_reason": choice.get("finish_reason")
-                                     or "stop"}]})
+            out.append({"index": i, "text": part, "logprobs": lp, "finish_reason": None})
+    if chat and msg.get("tool_calls"):
+        calls = [{"index": k, **call} for k, call in enumerate(msg["tool_calls"])]
+        out.append({"index": i, "delta": {"tool_calls": calls}, "logprobs": None,
+                    "finish_reason": None})
+    end = {"index": i, "delta": {}, "logprobs": None} if chat else {"index": i, "text": "",
+                                                                     "logprobs": None}
+    out.append({**end, "finish_reason": choice.get("finish_reason") or "stop"})
     return out
 
 

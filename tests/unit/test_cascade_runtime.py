@@ -65,7 +65,7 @@ class Judge:
         self.seen.append((step, choice["message"]["content"], choice.get("logprobs")))
         if self.fail:
             raise RuntimeError("the judge broke")
-        ok = self.word in choice["message"]["content"]
+        ok = self.word in json.dumps(choice["message"])
         return Verdict(0.9 if ok else 0.1, ok, 0.5)
 
 
@@ -81,6 +81,13 @@ class Recording(EchoBackend):
         if self.fail:
             raise BackendError(f"Backend '{self.name}' failed: on purpose.")
         out = await super().call(call, meter)
+        if call.body.get("tools"):  # calls the client's first tool, twice (n=2)
+            tool = call.body["tools"][0]["function"]["name"]
+            msg = {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": tool, "arguments": '{"x": 1}'}}]}
+            out.body["choices"] = [{"index": i, "message": msg, "finish_reason": "tool_calls"}
+                                   for i in range(2)]
         if call.body.get("logprobs"):
             out.body["choices"][0]["logprobs"] = {"content": [{"token": "x", "logprob": -0.5}]}
         return out
@@ -254,6 +261,21 @@ def test_a_stream_holds_the_judged_stage_and_replays_the_accepted_answer(
     assert rec.cascade_header() == "cheap;score=0.9000;accepted"
     [row] = w.rows()
     assert row["stream"] == 1 and row["ttft_ms"] == row["latency_ms"]
+
+
+def test_a_held_answer_with_tool_calls_and_two_choices_is_replayed_whole(
+        tmp_path: Path) -> None:
+    w = World(tmp_path, Judge("sure_tool"))
+    tools = [{"type": "function", "function": {"name": "sure_tool", "parameters": {}}}]
+    chunks, rec = w.stream("call it", tools=tools, n=2)
+    assert rec.cascade_header() == "cheap;score=0.9000;accepted"
+    for i in (0, 1):
+        mine = [c["choices"][0] for c in chunks if c.get("choices") and
+                c["choices"][0]["index"] == i]
+        [calls] = [m["delta"]["tool_calls"] for m in mine if m["delta"].get("tool_calls")]
+        assert calls == [{"index": 0, "id": "call_1", "type": "function",
+                          "function": {"name": "sure_tool", "arguments": '{"x": 1}'}}]
+        assert mine[-1]["finish_reason"] == "tool_calls"
 
 
 def test_a_rejected_stream_streams_the_last_stage_live(tmp_path: Path) -> None:
