@@ -123,8 +123,8 @@ class PlanStage:
         policy = (req.switchyard.policy if req.switchyard else None) or x.ctx.policy
         plan, _ = self.router.plan(x.target, x.features, constraints(x), policy)
         cascade = x.target.cascade
-        if cascade is not None:  # its stages the plan kept, in the cascade's order
-            plan.cascade = [s for s in cascade.stages if s in plan.order]
+        if cascade is not None and x.endpoint != "embeddings":  # nothing to judge there
+            plan.cascade = [s for s in cascade.stages if s in plan.order]  # kept, in order
         x.plan = plan
         if plan.predictions:
             x.record.decision = {"policy": plan.policy, "reason": plan.reason, "order": plan.order,
