@@ -73,7 +73,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"switchyard: {args.config}: {ConfigError(errors)}", file=sys.stderr)
         return 2
     backends = ", ".join(f"{b.name} ({b.plugin})" for b in settings.backends) or "none"
-    routes = "; ".join(f"{r.name} -> {', '.join(r.backends)} [{r.policy}]"
+    routes = "; ".join(f"{r.name} -> {', '.join(r.backends)} "
+                       + (f"[cascade: {' > '.join(r.cascade.stages)}, judge {r.cascade.judge}]"
+                          if r.cascade else f"[{r.policy}]")
                        for r in settings.routes) or "none"
     print(f"{args.config}: OK\n  {len(settings.backends)} backends: {backends}\n"
           f"  {len(settings.routes)} routes: {routes}")
