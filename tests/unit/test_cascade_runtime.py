@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ class World:
     def __init__(self, tmp_path: Path, judge: Judge | None, policy: Any = None,
                  admission: Any = None, **cascade: Any) -> None:
         self.backends = {n: _backend(n) for n in ("cheap", "big")}
-        trackers = {n: Tracker() for n in self.backends}
+        self.trackers = trackers = {n: Tracker() for n in self.backends}
         spec = None if judge is None else Cascade("ask", ("cheap", "big"), judge, "words",
                                                    **cascade)
         target = Target("ask", "route", ("cheap", "big"), "p", cascade=spec)
@@ -223,6 +224,15 @@ def test_a_failing_first_stage_escalates(tmp_path: Path) -> None:
     assert [(r["backend"], r["status"]) for r in rows] == [("cheap", 502), ("big", 200)]
     assert rows[0]["cost_usd"] == 0.0 and rows[0]["cascade"]["step"] == 1
     assert rows[1]["cascade"]["answered"] == 2
+
+
+def test_a_stage_whose_circuit_is_open_fails_at_once_and_the_next_runs(tmp_path: Path) -> None:
+    w = World(tmp_path, Judge())
+    for _ in range(3):  # the breaker opens after 3 failures in a row
+        w.trackers["cheap"].observe_failure(time.monotonic(), "backend_error")
+    answer, rec = w.ask("sure")
+    assert _text(answer) == "big: sure" and w.backends["cheap"].bodies == []
+    assert rec.cascade_header() == "cheap;backend_unavailable, big;answered"
 
 
 def test_a_failing_later_stage_leaves_the_client_the_earlier_answer(tmp_path: Path) -> None:
