@@ -1,0 +1,96 @@
+"""The ``learned`` policy routes as its model predicts: a kNN router trained (on real MiniLM
+embeddings) where the small model fails arithmetic word problems and handles small talk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway import Candidate, Constraints, RequestFeatures
+from plugins.learn.embed import encode
+from plugins.learn.features import route_text
+from plugins.learn.router import RouterModel
+from policies.learned import Learned
+
+MATH = [f"A farmer has {a} sheep and buys {b} more each week for {c} weeks. How many sheep "
+        f"does he have at the end?" for a, b, c in ((12, 3, 4), (40, 7, 2), (5, 11, 6), (9, 2, 8))] + [
+    "Solve for x: 3x + 7 = 25, then compute x squared minus 4.",
+    "A train leaves at 3 pm going 60 mph; another at 4 pm going 80 mph. When does it catch up?",
+]
+CHAT = ["Hi there, how are you today?", "Say hello to my friend Ana.",
+        "Thanks, that was helpful!", "Good morning! Have a nice day.",
+        "What a lovely weather, isn't it?", "Tell me something nice."]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    prompts = MATH + CHAT
+    X = encode([route_text(p) for p in prompts])
+    small_ok = np.array([0.0] * len(MATH) + [1.0] * len(CHAT))
+    Y = np.stack([small_ok, np.ones(len(prompts))], axis=1)
+    C = np.tile([0.0001, 0.01], (len(prompts), 1))
+    path = tmp_path_factory.mktemp("learned") / "router.npz"
+    RouterModel.fit(X, Y, C, ["small-model", "big-model"], "knn", {"k": 3}, folds=3).save(path)
+    return path
+
+
+CANDIDATES = [
+    Candidate.make("cheap", model="small-model", input_usd_per_token=1e-7, output_usd_per_token=2e-7),
+    Candidate.make("strong", model="big-model", input_usd_per_token=1e-5, output_usd_per_token=3e-5),
+]
+
+
+def _req(text: str) -> RequestFeatures:
+    return RequestFeatures(endpoint="chat", requested="auto", prompt_tokens=30, max_tokens=64,
+                           text=text)
+
+
+def test_it_sends_each_prompt_where_its_model_predicts(model_file: Path) -> None:
+    policy = Learned({"model": str(model_file), "quality_target": 0.7})
+    hard = policy.plan(_req("A shop sells 14 apples a day for 9 days and 6 more on Sunday. How many apples in all?"),
+                       CANDIDATES, Constraints())
+    easy = policy.plan(_req("Hello! How are you doing this morning?"), CANDIDATES, Constraints())
+    assert hard.order == ["strong", "cheap"]  # the other candidate stays as the fallback
+    assert easy.order == ["cheap", "strong"]
+    assert hard.policy == "learned" and "predicted quality" in hard.reason
+    assert set(easy.predictions) == {"cheap", "strong"}  # the usual predictions, for the ledger
+
+
+def test_a_cost_weight_trades_quality_for_cost(model_file: Path) -> None:
+    hard = _req("Compute 17 times 23 and then subtract 45; what is the result?")
+    frugal = Learned({"model": str(model_file), "cost_weight": 1e6})
+    lavish = Learned({"model": str(model_file), "cost_weight": 0.0})
+    assert frugal.plan(hard, CANDIDATES, Constraints()).order[0] == "cheap"
+    assert lavish.plan(hard, CANDIDATES, Constraints()).order[0] == "strong"
+
+
+def test_hard_constraints_still_apply(model_file: Path) -> None:
+    policy = Learned({"model": str(model_file), "quality_target": 0.7})
+    hard = _req("A train goes 300 miles at 50 mph and back at 60 mph. How long in total?")
+    plan = policy.plan(hard, [CANDIDATES[0], Candidate.make("strong", model="big-model",
+                                                           healthy=False)], Constraints())
+    assert plan.order == ["cheap"] and "strong" in plan.rejected
+
+
+def test_candidates_the_file_does_not_know_come_last(model_file: Path) -> None:
+    other = Candidate.make("other", model="mystery")
+    plan = Learned({"model": str(model_file), "models": {"cheap": "small-model"}}).plan(
+        _req("Hi!"), [other, *CANDIDATES], Constraints())
+    assert plan.order[-1] == "other"
+
+
+@pytest.mark.parametrize("options,message", [
+    ({}, "'model'"),
+    ({"model": "/nonexistent.npz"}, "no such model file"),
+    ({"model": "M", "keep": 0.9, "cost_weight": 1.0}, "give one of"),
+    ({"model": "M", "quality_target": 2}, "quality_target"),
+    ({"model": "M", "models": {"cheap": "not-in-file"}}, "'models'"),
+    ({"model": "M", "wieght": 1}, "unknown option"),
+])
+def test_bad_options_stop_start_up(model_file: Path, options: dict, message: str) -> None:
+    if options.get("model") == "M":
+        options = {**options, "model": str(model_file)}
+    with pytest.raises(ValueError, match=message):
+        Learned(options)
