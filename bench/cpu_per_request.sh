@@ -5,6 +5,8 @@
 # alternating runs in one sitting:
 #   for i in 1 2 3 4; do bench/cpu_per_request.sh /tmp/before; bench/cpu_per_request.sh .; done
 # usage: cpu_per_request.sh TREE   (a checkout of this repository; runs with .venv of this one)
+# An older tree under this .venv's newer entry points: EXTRA_CONFIG='disable_plugins: [cache, judges]'
+# (the plugins it lacks) is appended to the gateway's config.
 set -euo pipefail
 TREE=$(cd "${1:-.}" && pwd)
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,6 +29,7 @@ routes:
     backends: [upstream]
 ledger: {kind: sqlite, path: $D/ledger.sqlite3}
 log_level: warning
+${EXTRA_CONFIG:-}
 Y
 cat > "$D/w.lua" <<'L'
 wrk.method = "POST"

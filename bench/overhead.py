@@ -8,6 +8,11 @@ energy profile, SQLite ledger, Prometheus metrics); the upstream and the load ge
 
     python bench/overhead.py [--seconds 10] [--json out.json] [--budget] [--redis URL]
 
+It runs the gateway of the current directory: from another checkout (before/after a change),
+`cd /tmp/before && python /path/to/bench/overhead.py`; where that older tree lacks plugins
+this .venv's entry points name, `EXTRA_CONFIG='disable_plugins: [cache, judges]'` appends
+to the gateway's config.
+
 Any response outside 2xx, or a socket error, is printed and makes the script exit 1: a
 figure with errors in it is not a figure.
 """
@@ -170,6 +175,7 @@ routes:
 ledger: {{kind: {"none" if args.no_ledger else "sqlite"}, path: {tmp / "ledger.sqlite3"}}}
 log_level: warning
 admin_key: bench-admin-key
+{os.environ.get("EXTRA_CONFIG", "")}
 """)
     prefix = f"switchyard-bench:{os.getpid()}:"
     if args.redis:

@@ -1,0 +1,118 @@
+"""Python function calls per request: the gateway of each TREE under cProfile, serving N
+requests from a fixed-response upstream. Unlike requests/s or CPU time, the count does not
+drift with the machine, so two trees compare exactly in any sitting.
+
+    python bench/calls_per_request.py TREE [TREE ...] [--requests 2000] [--top 25]
+
+Each TREE is a checkout of this repository, run with this .venv (`git worktree add
+/tmp/before REV`). With two trees it prints the functions whose calls per request differ
+most. `EXTRA_CONFIG='disable_plugins: [cache, judges]'` is appended to the gateway's config
+(an older tree under this .venv's newer entry points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pstats
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+from overhead import free_port, wait_port
+from provenance import header
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say hello"}],
+        "max_tokens": 16}
+
+
+async def load(port: int, n: int, concurrency: int = 8) -> None:
+    sem = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+        async def one() -> None:
+            async with sem:
+                r = await c.post("/v1/chat/completions", json=BODY)
+                if r.status_code != 200:
+                    raise SystemExit(f"non-2xx response {r.status_code}: {r.text[:200]}")
+        await asyncio.gather(*(one() for _ in range(n)))
+
+
+def profile(tree: Path, n: int, out: Path) -> None:
+    up, gw = free_port(), free_port()
+    cfg = out.with_suffix(".yaml")
+    cfg.write_text(f"""
+backends:
+  - name: upstream
+    plugin: openai_compatible
+    base_url: http://127.0.0.1:{up}/v1
+    model: bench-model
+    pricing: {{input_per_mtok: 0.15, output_per_mtok: 0.60}}
+    energy: {{watts_busy: 300, grid_g_per_kwh: 400}}
+routes:
+  - name: bench
+    backends: [upstream]
+ledger: {{kind: sqlite, path: {out.with_suffix(".sqlite3")}}}
+log_level: warning
+{os.environ.get("EXTRA_CONFIG", "")}
+""")
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONPATH": str(tree)}
+    procs = [subprocess.Popen([PY, str(HERE / "upstream.py"), str(up)])]
+    procs.append(subprocess.Popen(
+        [PY, "-m", "cProfile", "-o", str(out), "-m", "gateway.cli", "serve", "--config",
+         str(cfg), "--port", str(gw)], cwd=tree, env=env, stderr=subprocess.DEVNULL))
+    try:
+        wait_port(up)
+        wait_port(gw)
+        asyncio.run(load(gw, n))
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            p.wait(30)
+
+
+def per_function(stats: pstats.Stats, n: int) -> dict[str, float]:
+    calls: dict[str, float] = defaultdict(float)
+    for (path, _line, name), (_cc, nc, *_rest) in stats.stats.items():  # type: ignore[attr-defined]
+        calls[f"{Path(path).name}:{re.sub(' at 0x[0-9a-f]+', '', name)}"] += nc / n
+    return calls
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("trees", nargs="+", type=Path)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args()
+    print(header())
+    tmp = Path(tempfile.mkdtemp())
+    tables = []
+    for i, tree in enumerate(args.trees):
+        out = tmp / f"tree{i}.prof"
+        profile(tree.resolve(), args.requests, out)
+        stats = pstats.Stats(str(out))
+        rev = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+                             check=False, capture_output=True, text=True).stdout.strip()
+        total = stats.total_calls / args.requests  # type: ignore[attr-defined]
+        print(f"{tree} ({rev}): {total:.1f} Python calls per request "
+              f"over {args.requests} requests")
+        tables.append(per_function(stats, args.requests))
+    if len(tables) == 2:
+        a, b = tables
+        diff = {k: b.get(k, 0.0) - a.get(k, 0.0) for k in set(a) | set(b)}
+        print(f"calls per request, {args.trees[1]} minus {args.trees[0]}:")
+        for k in sorted(diff, key=lambda k: -abs(diff[k]))[:args.top]:
+            if abs(diff[k]) >= 0.01:
+                print(f"{diff[k]:+8.2f}  {k}")
+
+
+if __name__ == "__main__":
+    main()
