@@ -25,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import httpx
-from overhead import free_port, wait_port
+from overhead import free_port, gateway_config, wait_port
 from provenance import header
 
 HERE = Path(__file__).resolve().parent
@@ -48,21 +48,7 @@ async def load(port: int, n: int, concurrency: int = 8) -> None:
 def profile(tree: Path, n: int, out: Path) -> None:
     up, gw = free_port(), free_port()
     cfg = out.with_suffix(".yaml")
-    cfg.write_text(f"""
-backends:
-  - name: upstream
-    plugin: openai_compatible
-    base_url: http://127.0.0.1:{up}/v1
-    model: bench-model
-    pricing: {{input_per_mtok: 0.15, output_per_mtok: 0.60}}
-    energy: {{watts_busy: 300, grid_g_per_kwh: 400}}
-routes:
-  - name: bench
-    backends: [upstream]
-ledger: {{kind: sqlite, path: {out.with_suffix(".sqlite3")}}}
-log_level: warning
-{os.environ.get("EXTRA_CONFIG", "")}
-""")
+    cfg.write_text(gateway_config(up, "sqlite", out.with_suffix(".sqlite3")))
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONPATH": str(tree)}
     procs = [subprocess.Popen([PY, str(HERE / "upstream.py"), str(up)])]
     procs.append(subprocess.Popen(

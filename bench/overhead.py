@@ -46,6 +46,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def gateway_config(up_port: int, ledger: str, ledger_path: Path) -> str:
+    """The benchmarks' gateway: one priced, energy-profiled backend in front of
+    ``upstream.py``; ``EXTRA_CONFIG`` from the environment is appended."""
+    return f"""
+backends:
+  - name: upstream
+    plugin: openai_compatible
+    base_url: http://127.0.0.1:{up_port}/v1
+    model: bench-model
+    pricing: {{input_per_mtok: 0.15, output_per_mtok: 0.60}}
+    energy: {{watts_busy: 300, grid_g_per_kwh: 400}}
+routes:
+  - name: bench
+    backends: [upstream]
+ledger: {{kind: {ledger}, path: {ledger_path}}}
+log_level: warning
+{os.environ.get("EXTRA_CONFIG", "")}
+"""
+
+
 def wait_port(port: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -161,22 +181,8 @@ def main() -> None:
     up_port, gw_port = free_port(), free_port()
     tmp = Path(tempfile.mkdtemp())
     cfg = tmp / "bench.yaml"
-    cfg.write_text(f"""
-backends:
-  - name: upstream
-    plugin: openai_compatible
-    base_url: http://127.0.0.1:{up_port}/v1
-    model: bench-model
-    pricing: {{input_per_mtok: 0.15, output_per_mtok: 0.60}}
-    energy: {{watts_busy: 300, grid_g_per_kwh: 400}}
-routes:
-  - name: bench
-    backends: [upstream]
-ledger: {{kind: {"none" if args.no_ledger else "sqlite"}, path: {tmp / "ledger.sqlite3"}}}
-log_level: warning
-admin_key: bench-admin-key
-{os.environ.get("EXTRA_CONFIG", "")}
-""")
+    cfg.write_text(gateway_config(up_port, "none" if args.no_ledger else "sqlite",
+                                  tmp / "ledger.sqlite3") + "admin_key: bench-admin-key\n")
     prefix = f"switchyard-bench:{os.getpid()}:"
     if args.redis:
         with cfg.open("a") as f:
