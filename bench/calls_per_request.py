@@ -1,8 +1,8 @@
-"""Python function calls per request: the gateway of each TREE under cProfile, serving N
-requests from a fixed-response upstream. Unlike requests/s or CPU time, the count does not
+"""Python function calls per request: the gateway of each TREE under cProfile, serving N and
+then 3N requests from a fixed-response upstream (the difference is the requests' own). Unlike requests/s or CPU time, the count does not
 drift with the machine, so two trees compare exactly in any sitting.
 
-    python bench/calls_per_request.py TREE [TREE ...] [--requests 2000] [--top 25]
+    python bench/calls_per_request.py TREE [TREE ...] [--requests 1000] [--top 25]
 
 Each TREE is a checkout of this repository, run with this .venv (`git worktree add
 /tmp/before REV`). With two trees it prints the functions whose calls per request differ
@@ -75,22 +75,28 @@ def per_function(stats: pstats.Stats, n: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("trees", nargs="+", type=Path)
-    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args()
     print(header())
     tmp = Path(tempfile.mkdtemp())
     tables = []
     for i, tree in enumerate(args.trees):
-        out = tmp / f"tree{i}.prof"
-        profile(tree.resolve(), args.requests, out)
-        stats = pstats.Stats(str(out))
+        # start-up and shutdown make about a million calls: two runs, n and 3n requests,
+        # and the difference over 2n is what a request costs
+        runs = []
+        for k, n in enumerate((args.requests, 3 * args.requests)):
+            out = tmp / f"tree{i}-{k}.prof"
+            profile(tree.resolve(), n, out)
+            runs.append(pstats.Stats(str(out)))
         rev = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
                              check=False, capture_output=True, text=True).stdout.strip()
-        total = stats.total_calls / args.requests  # type: ignore[attr-defined]
+        n2 = 2 * args.requests
+        total = (runs[1].total_calls - runs[0].total_calls) / n2  # type: ignore[attr-defined]
         print(f"{tree} ({rev}): {total:.1f} Python calls per request "
-              f"over {args.requests} requests")
-        tables.append(per_function(stats, args.requests))
+              f"(runs of {args.requests} and {3 * args.requests} requests)")
+        one, three = per_function(runs[0], 1), per_function(runs[1], 1)
+        tables.append({k: (three.get(k, 0.0) - one.get(k, 0.0)) / n2 for k in set(one) | set(three)})
     if len(tables) == 2:
         a, b = tables
         diff = {k: b.get(k, 0.0) - a.get(k, 0.0) for k in set(a) | set(b)}
