@@ -112,8 +112,8 @@ class Admit:
 
 class PlanStage:
     """The policy's ordered plan over the target's candidates (a route's cascade: its
-    stages the plan kept: healthy, allowed, not drained); the record keeps the policy's
-    decision when it predicted."""
+    stages the plan kept, from the policy's first choice on); the record keeps the
+    policy's decision when it predicted."""
 
     def __init__(self, router: Router) -> None:
         self.router = router
@@ -124,12 +124,20 @@ class PlanStage:
         plan, _ = self.router.plan(x.target, x.features, constraints(x), policy)
         cascade = x.target.cascade
         if cascade is not None and x.endpoint != "embeddings":  # nothing to judge there
-            plan.cascade = [s for s in cascade.stages if s in plan.order]  # kept, in order
+            plan.cascade = cascade_of(cascade.stages, plan.order)
         x.plan = plan
         if plan.predictions:
             x.record.decision = {"policy": plan.policy, "reason": plan.reason, "order": plan.order,
                             "rejected": plan.rejected,
                             "predictions": {k: vars_of(v) for k, v in plan.predictions.items()}}
+
+
+def cascade_of(stages: Sequence[str], order: Sequence[str]) -> list[str]:
+    """The stages the plan kept, in the cascade's order, from the policy's first choice on:
+    a pre-router (the ``learned`` policy) that picks a stronger stage skips the cheaper ones;
+    the cheapest-first policies start at the first stage."""
+    kept = [s for s in stages if s in order]
+    return kept[kept.index(order[0]):] if order and order[0] in kept else kept
 
 
 def constraints(x: Exchange) -> Constraints:

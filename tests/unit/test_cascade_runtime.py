@@ -43,6 +43,14 @@ class InOrder:
         return Plan(order=names, reason="in order")
 
 
+class StrongFirst(InOrder):
+    """A pre-router that predicts the cheap stage will not do."""
+
+    def plan(self, request: RequestFeatures, candidates: Sequence[Candidate],
+             constraints: Constraints) -> Plan:
+        return Plan(order=["big", "cheap"], reason="cheap predicted not good enough")
+
+
 class AllSteps(InOrder):
     """A policy that asks for a cascade itself (no route judge)."""
 
@@ -251,6 +259,16 @@ def test_a_judge_that_raises_escalates(tmp_path: Path) -> None:
     answer, rec = w.ask("sure")
     assert _text(answer) == "big: sure"
     assert rec.headers()["x-switchyard-cascade"] == "cheap;judge_error, big;answered"
+
+
+def test_the_cascade_starts_at_the_policys_first_choice(tmp_path: Path) -> None:
+    judge = Judge()
+    w = World(tmp_path, judge, policy=StrongFirst())
+    answer, rec = w.ask("hello")
+    assert _text(answer) == "big: hello" and judge.seen == []
+    assert w.backends["cheap"].bodies == [] and rec.cascade_header() == "big;answered"
+    [row] = w.rows()
+    assert row["cascade"]["steps"] == 1
 
 
 def test_a_policy_cascade_without_a_judge_runs_every_stage(tmp_path: Path) -> None:
