@@ -14,13 +14,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fakes.harness import sdk
-from fakes.openai_upstream import RecordingUpstream
+from cascade_helpers import ask, cascade_gateway
 from http_helpers import ledger_row
-from support import make_settings, serve
 
 from gateway import RegisterJudge, RequestFeatures, Verdict, hookimpl
-from gateway.http.app import create_app
 
 MATH = [f"A farmer has {a} sheep and buys {b} more each week for {c} weeks. How many sheep "
         f"does he have at the end?" for a, b, c in ((12, 3, 4), (40, 7, 2), (5, 11, 6), (9, 2, 8))]
@@ -67,32 +64,18 @@ def _router_file(path: Path) -> None:
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     tmp = tmp_path_factory.mktemp("cascade-routing")
     _router_file(tmp / "router.npz")
-    up = RecordingUpstream("big-model")
-    with serve(up.app) as upstream:
-        backends = [
-            {"name": "cheap", "plugin": "echo", "model": "small-model",
-             "pricing": {"output_per_mtok": 0.2}},
-            {"name": "strong", "plugin": "openai_compatible", "model": "big-model",
-             "base_url": upstream.url + "/v1", "pricing": {"output_per_mtok": 30}}]
-        route = {"name": "ask", "policy": "learned",
-                 "policy_options": {"model": str(tmp / "router.npz"), "quality_target": 0.7},
-                 "cascade": {"stages": ["cheap", "strong"], "judge": "accepting"}}
-        app = create_app(make_settings(tmp, backends=backends, routes=[route]),
-                         extra_plugins=[Judges()])
-        with serve(app) as srv:
-            srv.recording = up  # type: ignore[attr-defined]
-            yield srv
-
-
-def _ask(gw: Any, text: str) -> Any:
-    with sdk(gw.url) as client:
-        return client.chat.completions.with_raw_response.create(
-            model="ask", messages=[{"role": "user", "content": text}], max_tokens=8)
+    cheap = {"name": "cheap", "plugin": "echo", "model": "small-model",
+             "pricing": {"output_per_mtok": 0.2}}
+    route = {"name": "ask", "policy": "learned",
+             "policy_options": {"model": str(tmp / "router.npz"), "quality_target": 0.7},
+             "cascade": {"stages": ["cheap", "strong"], "judge": "accepting"}}
+    with cascade_gateway(tmp, cheap, route, extra_plugins=[Judges()]) as srv:
+        yield srv
 
 
 def test_small_talk_starts_at_the_cheap_stage(gw: Any) -> None:
     gw.recording.reset()
-    raw = _ask(gw, "Hello! How are you doing this morning?")
+    raw = ask(gw, "Hello! How are you doing this morning?")
     assert raw.headers["x-switchyard-backend"] == "cheap"
     assert raw.headers["x-switchyard-cascade"] == "cheap;score=1.0000;accepted"
     assert gw.recording.requests == []
@@ -100,7 +83,7 @@ def test_small_talk_starts_at_the_cheap_stage(gw: Any) -> None:
 
 def test_a_word_problem_skips_the_cheap_stage(gw: Any) -> None:
     gw.recording.reset()
-    raw = _ask(gw, "A shop sells 14 apples a day for 9 days and 6 more on Sunday. "
+    raw = ask(gw, "A shop sells 14 apples a day for 9 days and 6 more on Sunday. "
                    "How many apples in all?")
     assert raw.headers["x-switchyard-backend"] == "strong"
     assert raw.headers["x-switchyard-cascade"] == "strong;answered"

@@ -12,12 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fakes.harness import sdk
-from fakes.openai_upstream import RecordingUpstream
+from cascade_helpers import ask, cascade_gateway
 from http_helpers import ledger_row
-from support import make_settings, serve
-
-from gateway.http.app import create_app
 
 GOOD = "The answer is 4."
 BAD = "I am not sure, maybe it is 7 or 9?"
@@ -36,32 +32,19 @@ def _train(path: Path) -> None:
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     tmp = tmp_path_factory.mktemp("scorer")
     _train(tmp / "judge.npz")
-    up = RecordingUpstream("big-model")
-    with serve(up.app) as upstream:
-        backends = [{"name": "echo", "plugin": "echo", "pricing": {"output_per_mtok": 1}},
-                    {"name": "big", "plugin": "openai_compatible", "model": "big-model",
-                     "base_url": upstream.url + "/v1", "pricing": {"output_per_mtok": 1000}}]
-        cascade = {"stages": ["echo", "big"], "judge": "scorer",
-                   "judge_options": {"path": str(tmp / "judge.npz"), "logprobs": False}}
-        app = create_app(make_settings(tmp, backends=backends,
-                                       routes=[{"name": "ask", "cascade": cascade}]))
-        with serve(app) as srv:
-            srv.recording = up  # type: ignore[attr-defined]
-            yield srv
-
-
-def _ask(gw: Any, text: str) -> Any:
-    with sdk(gw.url) as client:
-        return client.chat.completions.with_raw_response.create(
-            model="ask", messages=[{"role": "user", "content": text}], max_tokens=8)
+    cascade = {"stages": ["echo", "big"], "judge": "scorer",
+               "judge_options": {"path": str(tmp / "judge.npz"), "logprobs": False}}
+    echo = {"name": "echo", "plugin": "echo", "pricing": {"output_per_mtok": 1}}
+    with cascade_gateway(tmp, echo, {"name": "ask", "cascade": cascade}, strong="big") as srv:
+        yield srv
 
 
 def test_the_scorer_accepts_a_good_answer_and_escalates_a_bad_one(gw: Any) -> None:
-    good = _ask(gw, GOOD)
+    good = ask(gw, GOOD)
     assert good.headers["x-switchyard-backend"] == "echo"
     assert good.parse().choices[0].message.content == GOOD
     assert gw.recording.requests == []
-    bad = _ask(gw, BAD)
+    bad = ask(gw, BAD)
     assert bad.headers["x-switchyard-backend"] == "big"
     assert len(gw.recording.requests) == 1
     scores = [float(h["x-switchyard-cascade"].split(";")[1].removeprefix("score="))
