@@ -42,6 +42,7 @@ shall should may might must i me my mine we us our you your yours he him his she
 they them their what which who whom whose this that these those there here when where why
 how all any both each few some such only own same so too very just than then also s t
 please tell give get know want need let make does doing go going way ways best good
+st nd rd th
 """))  # ``best``, ``good``, ``get``: question filler in both QQP and chat prompts
 
 NEGATIONS = frozenset(_words("""not no never none nothing nobody neither nor cannot cant dont doesnt
@@ -105,9 +106,9 @@ def _opposites() -> dict[str, frozenset[str]]:
 
 
 OPPOSITES = _opposites()
-# markers of direction: "X to Y", "X into Y", "X than Y"; "Y from X" reads X -> Y
+# markers of direction: "X to Y", "X into Y", "X than Y" ("from X to Y" through its "to";
+# "from" alone is no marker: "stop myself from watching" has no direction)
 _FORWARD = frozenset({"to", "into", "than", "onto", "towards", "toward"})
-_BACKWARD = frozenset({"from"})
 _WINDOW = 3
 
 
@@ -147,15 +148,15 @@ class Parsed:
     numbers: frozenset[str]
     negated: bool
     entities: frozenset[str]         # capitalised inside the sentence, acronyms, alphanumerics
-    directions: tuple[tuple[frozenset[str], frozenset[str]], ...]  # (from words, to words)
+    directions: tuple[Direction, ...]  # (from words, to words, nearest from, nearest to)
 
 
-def _side(norms: list[str], start: int, step: int) -> frozenset[str]:
+def _side(norms: list[str], start: int, step: int, window: int) -> frozenset[str]:
     words: list[str] = []
     i = start
-    while 0 <= i < len(norms) and len(words) < _WINDOW:
+    while 0 <= i < len(norms) and len(words) < window:
         w = norms[i]
-        if w in _FORWARD or w in _BACKWARD:
+        if w in _FORWARD:
             break
         if w not in STOPWORDS:
             words.append(w)
@@ -163,13 +164,20 @@ def _side(norms: list[str], start: int, step: int) -> frozenset[str]:
     return frozenset(words)
 
 
-def _directions(norms: list[str]) -> tuple[tuple[frozenset[str], frozenset[str]], ...]:
+Direction = tuple[frozenset[str], frozenset[str], str, str]
+
+
+def _directions(norms: list[str]) -> tuple[Direction, ...]:
+    """Per marker: the content words before and after it (up to ``_WINDOW``), and the
+    nearest one on each side."""
     out = []
     for i, w in enumerate(norms):
-        if w in _FORWARD or w in _BACKWARD:
-            left, right = _side(norms, i - 1, -1), _side(norms, i + 1, 1)
+        if w in _FORWARD:
+            left, right = _side(norms, i - 1, -1, _WINDOW), _side(norms, i + 1, 1, _WINDOW)
             if left and right:
-                out.append((left, right) if w in _FORWARD else (right, left))
+                nl = next(iter(_side(norms, i - 1, -1, 1)))
+                nr = next(iter(_side(norms, i + 1, 1, 1)))
+                out.append((left, right, nl, nr))
     return tuple(out)
 
 
@@ -209,7 +217,16 @@ def _opposite(a: Parsed, b: Parsed) -> bool:
 
 
 def _swapped(a: Parsed, b: Parsed) -> bool:
-    return any(la & rb and ra & lb for la, ra in a.directions for lb, rb in b.directions)
+    """"X to Y" in one, "Y to X" in the other: the nearest words on each side of a marker
+    trade places, or words cross it both ways ("convert ethanol to ethanoic acid" /
+    "convert ethanoic acid to ethanol": "convert" stays, the rest cross)."""
+    for la, ra, nla, nra in a.directions:
+        for lb, rb, nlb, nrb in b.directions:
+            if nla == nrb and nra == nlb and nla != nra:
+                return True
+            if (la - lb) & rb and (ra - rb) & lb:
+                return True
+    return False
 
 
 def vetoes(a: Parsed, b: Parsed) -> list[str]:
@@ -238,7 +255,12 @@ def _inversions(a: tuple[str, ...], b: tuple[str, ...]) -> float:
 
 
 FEATURES = ("cosine", "cosine_sq", "jaccard", "only_one_side", "substitution",
-            "entity_mismatch", "inversions", "length_ratio", "bias")
+            "entity_mismatch", "inversions", "length_ratio", "question_word", "bias")
+_QUESTION_WORDS = ("what", "why", "how", "when", "where", "who", "which", "whose")
+
+
+def _question_word(norms: tuple[str, ...]) -> str | None:
+    return next((w for w in norms if w in _QUESTION_WORDS), None)
 
 
 def features(a: Parsed, b: Parsed, cosine: float) -> np.ndarray:
@@ -249,19 +271,31 @@ def features(a: Parsed, b: Parsed, cosine: float) -> np.ndarray:
     only_a, only_b = len(ca - cb), len(cb - ca)
     ent = len((a.entities - set(b.norms)) | (b.entities - set(a.norms)))
     length = abs(math.log((len(a.norms) + 1) / (len(b.norms) + 1)))
+    qa, qb = _question_word(a.norms), _question_word(b.norms)
     return np.array([cosine, cosine * cosine, jac, min(only_a + only_b, 8) / 8,
                      float(only_a == 1 and only_b == 1), min(ent, 3) / 3,
-                     _inversions(a.content, b.content), min(length, 2.0), 1.0],
+                     _inversions(a.content, b.content), min(length, 2.0),
+                     float(qa is not None and qb is not None and qa != qb), 1.0],
                     dtype=np.float64)
+
+
+def pair_features(va: np.ndarray, vb: np.ndarray) -> np.ndarray:
+    """The two embeddings' element-wise product and absolute difference (Sentence-BERT's
+    pair classifier reads the same)."""
+    return np.concatenate([va * vb, np.abs(va - vb)]).astype(np.float64)
 
 
 @dataclass(frozen=True, slots=True)
 class Verifier:
-    weights: np.ndarray
+    weights: np.ndarray  # over FEATURES
     threshold: float
+    pair_weights: np.ndarray | None = None  # over pair_features, when fitted with them
 
-    def probability(self, x: np.ndarray) -> float:
+    def probability(self, x: np.ndarray, va: np.ndarray | None = None,
+                    vb: np.ndarray | None = None) -> float:
         z = float(x @ self.weights)
+        if self.pair_weights is not None and va is not None and vb is not None:
+            z += float(pair_features(va, vb) @ self.pair_weights)
         return 1.0 / (1.0 + math.exp(-max(min(z, 40.0), -40.0)))
 
 
@@ -270,11 +304,15 @@ def load_verifier(path: Path = VERIFIER_FILE) -> Verifier:
     data = json.loads(path.read_text())
     if tuple(data["features"]) != FEATURES:
         raise ValueError(f"{path}: fitted for features {data['features']}, not {FEATURES}")
-    return Verifier(np.array(data["weights"], dtype=np.float64), float(data["threshold"]))
+    pair = data.get("pair_weights")
+    return Verifier(np.array(data["weights"], dtype=np.float64), float(data["threshold"]),
+                    None if pair is None else np.array(pair, dtype=np.float64))
 
 
-def score(a: Parsed, b: Parsed, cosine: float, verifier: Verifier | None = None) -> float:
-    """The decision's score in [0, 1]: the verifier's probability, cut by any veto."""
+def score(a: Parsed, b: Parsed, cosine: float, verifier: Verifier | None = None,
+          va: np.ndarray | None = None, vb: np.ndarray | None = None) -> float:
+    """The decision's score in [0, 1]: the verifier's probability, cut by any veto.
+    ``va``, ``vb``: the two embeddings (a verifier fitted on them needs them)."""
     v = verifier or load_verifier()
-    p = v.probability(features(a, b, cosine))
+    p = v.probability(features(a, b, cosine), va, vb)
     return p * VETO_FACTOR if vetoes(a, b) else p

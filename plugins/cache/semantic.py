@@ -101,8 +101,8 @@ class _Group:
         self.ann.add(np.array(self.keys, dtype=np.uint64), self.vecs[:n])
         log.info("group of %d entries: searched through an HNSW graph from now on", n)
 
-    def nearest(self, vec: np.ndarray, k: int) -> list[tuple[str, float]]:
-        """The ``k`` nearest entries and their exact cosines, best first."""
+    def nearest(self, vec: np.ndarray, k: int) -> list[tuple[str, float, int]]:
+        """The ``k`` nearest entries, their exact cosines and rows, best first."""
         n = len(self.ids)
         if self.ann is not None:
             found = self.ann.search(vec, k)
@@ -112,7 +112,7 @@ class _Group:
             sims = self.vecs[:n] @ vec
             top = np.argpartition(-sims, k - 1)[:k] if n > k else np.arange(n)
             rows = [int(r) for r in top]
-        scored = [(self.ids[r], float(self.vecs[r] @ vec)) for r in rows]
+        scored = [(self.ids[r], float(self.vecs[r] @ vec), r) for r in rows]
         return sorted(scored, key=lambda t: -t[1])
 
 
@@ -177,8 +177,9 @@ class SemanticIndex:
         query = parse(text)
         best: Match | None = None
         limit = self.threshold if threshold is None else threshold
-        for entry_id, sim in g.nearest(vec, CANDIDATES):
-            s = score(self._entries[entry_id].parsed, query, sim, self.verifier)
+        for entry_id, sim, row in g.nearest(vec, CANDIDATES):
+            s = score(self._entries[entry_id].parsed, query, sim, self.verifier,
+                      g.vecs[row], vec)
             if best is None or s > best.score:
                 best = Match(entry_id, sim, s, s >= limit)
         assert best is not None  # the group is not empty

@@ -1,0 +1,184 @@
+"""GPTCache's own semantic cache benchmark, run on Switchyard.
+
+The data is GPTCache's ``examples/benchmark/mock_data.json`` (zilliztech/GPTCache, MIT): 999
+``{"origin", "similar"}`` pairs, a sentence and a paraphrase of it. It is not in this repo
+and this script fetches nothing: download it yourself and pass its path. GPTCache stores
+every origin as its own entry, then looks up every paraphrase; at its default threshold
+(0.9) it reports 804 right hits, 77 wrong hits (an answer stored for another sentence) and
+118 misses.
+
+Two ways, same counts:
+
+- ``--direct``: the production ``SemanticIndex`` in this process, one group;
+- default: end to end through the HTTP API of a real ``switchyard serve`` (started here,
+  with ``cache: {enabled: true}`` and an upstream that answers with the prompt it got, so
+  the answer tells which entry served a hit). The origins are sent with
+  ``Cache-Control: no-cache`` (stored fresh), then the paraphrases plainly; the
+  ``x-switchyard-cache`` header says hit or miss, and a hit is right when its answer is
+  its own origin's.
+
+    python bench/cache_gptcache.py --data ~/GPTCache/examples/benchmark/mock_data.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MODEL = "echo-model"
+
+
+def load(path: Path) -> list[tuple[str, str]]:
+    rows = json.loads(path.read_text())
+    return [(str(r["origin"]), str(r["similar"])) for r in rows]
+
+
+def count(pairs: list[tuple[str, str]], answered: list[str | None]) -> dict[str, int]:
+    """``answered[i]``: the origin text whose entry served paraphrase i, None for a miss."""
+    right = sum(1 for (o, _), a in zip(pairs, answered, strict=True) if a is not None and a == o)
+    misses = sum(1 for a in answered if a is None)
+    return {"pairs": len(pairs), "right_hits": right,
+            "wrong_hits": len(pairs) - right - misses, "misses": misses}
+
+
+async def direct(pairs: list[tuple[str, str]], threshold: float | None) -> dict[str, Any]:
+    from plugins.cache.semantic import SemanticIndex
+    from plugins.minilm import MiniLM
+
+    model = MiniLM.shared()
+    texts = sorted({t for p in pairs for t in p})
+    vecs = dict(zip(texts, model.encode(texts), strict=True))
+    index = SemanticIndex(model)
+    for i, (origin, _) in enumerate(pairs):
+        index.add("bench", str(i), origin, vecs[origin])
+    answered: list[str | None] = []
+    for _, similar in pairs:
+        m = await index.lookup("bench", similar, vecs[similar], threshold)
+        answered.append(pairs[int(m.entry_id)][0] if m is not None and m.hit else None)
+    return {"way": "direct (SemanticIndex)", "threshold": threshold or index.threshold,
+            **count(pairs, answered)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _echo_upstream(port: int) -> Any:
+    """An OpenAI-compatible upstream whose answer is the last user message."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def chat(request: Request) -> JSONResponse:
+        body = await request.json()
+        text = body["messages"][-1]["content"]
+        return JSONResponse({
+            "id": "chatcmpl-echo", "object": "chat.completion", "created": 1, "model": MODEL,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}})
+
+    server = uvicorn.Server(uvicorn.Config(
+        Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])]),
+        host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    return server
+
+
+def _wait(port: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"nothing listens on port {port}")
+
+
+def http(pairs: list[tuple[str, str]], threshold: float | None) -> dict[str, Any]:
+    import httpx
+
+    up, gw = _free_port(), _free_port()
+    tmp = Path(tempfile.mkdtemp())
+    cfg = tmp / "gptcache-bench.yaml"
+    cfg.write_text(f"""
+backends:
+  - {{name: echo, plugin: openai_compatible, base_url: "http://127.0.0.1:{up}/v1",
+     model: {MODEL}}}
+routes:
+  - {{name: auto, backends: [echo]}}
+default_route: auto
+cache: {{enabled: true, max_entries: 100000}}
+ledger: {{kind: none}}
+log_level: warning
+""")
+    server = _echo_upstream(up)
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg),
+                             "--port", str(gw)], env=env)
+    headers = {"x-switchyard-cache-threshold": str(threshold)} if threshold is not None else {}
+    try:
+        _wait(up)
+        _wait(gw)
+        with httpx.Client(base_url=f"http://127.0.0.1:{gw}/v1", timeout=60) as c:
+            def ask(text: str, extra: dict[str, str]) -> httpx.Response:
+                r = c.post("/chat/completions", headers={**headers, **extra}, json={
+                    "model": "auto", "temperature": 0,
+                    "messages": [{"role": "user", "content": text}]})
+                r.raise_for_status()
+                return r
+
+            for origin, _ in pairs:
+                ask(origin, {"cache-control": "no-cache"})
+            answered: list[str | None] = []
+            tiers: dict[str, int] = {}
+            for _, similar in pairs:
+                r = ask(similar, {})
+                tier = r.headers.get("x-switchyard-cache", "")
+                tiers[tier] = tiers.get(tier, 0) + 1
+                content = r.json()["choices"][0]["message"]["content"]
+                answered.append(content if tier.startswith("hit") else None)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        server.should_exit = True
+    return {"way": "HTTP API (switchyard serve, cache: {enabled: true})",
+            "threshold": threshold, "x-switchyard-cache": tiers, **count(pairs, answered)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="GPTCache's mock_data.json")
+    p.add_argument("--direct", action="store_true", help="SemanticIndex in process, no HTTP")
+    p.add_argument("--threshold", type=float, help="default: the shipped one")
+    p.add_argument("--limit", type=int, help="the first N pairs only")
+    args = p.parse_args()
+    pairs = load(args.data)[: args.limit]
+    t0 = time.perf_counter()
+    out = asyncio.run(direct(pairs, args.threshold)) if args.direct else http(pairs,
+                                                                              args.threshold)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    out["gptcache_reported_at_0.9"] = {"right_hits": 804, "wrong_hits": 77, "misses": 118}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
