@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from overhead import free_port
+from soak import wait_port
 
 MODEL = "echo-model"
 
@@ -71,12 +74,6 @@ async def direct(pairs: list[tuple[str, str]], threshold: float | None) -> dict[
             **count(pairs, answered)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _echo_upstream(port: int) -> Any:
     """An OpenAI-compatible upstream whose answer is the last user message."""
     import uvicorn
@@ -101,21 +98,10 @@ def _echo_upstream(port: int) -> Any:
     return server
 
 
-def _wait(port: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"nothing listens on port {port}")
-
-
 def http(pairs: list[tuple[str, str]], threshold: float | None) -> dict[str, Any]:
     import httpx
 
-    up, gw = _free_port(), _free_port()
+    up, gw = free_port(), free_port()
     tmp = Path(tempfile.mkdtemp())
     cfg = tmp / "gptcache-bench.yaml"
     cfg.write_text(f"""
@@ -135,8 +121,8 @@ log_level: warning
                              "--port", str(gw)], env=env)
     headers = {"x-switchyard-cache-threshold": str(threshold)} if threshold is not None else {}
     try:
-        _wait(up)
-        _wait(gw)
+        wait_port(up)
+        wait_port(gw, proc=proc)
         with httpx.Client(base_url=f"http://127.0.0.1:{gw}/v1", timeout=60) as c:
             def ask(text: str, extra: dict[str, str]) -> httpx.Response:
                 r = c.post("/chat/completions", headers={**headers, **extra}, json={
