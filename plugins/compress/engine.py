@@ -1,0 +1,180 @@
+"""The prompt compressor: question-aware coarse selection (and, optionally, LLMLingua-style token
+dropping) over a chat request's messages.
+
+``Compressor.compress`` takes the messages of a chat request and returns what to send instead,
+with what changed and what was kept verbatim. It never runs its work on the event loop: the
+parsing and ranking run in a worker thread, and the embeddings go through
+``MiniLM.embed`` (batched with every other caller on the loop). ``eval_messages`` is the shape
+``switchyard eval compress`` sends, the shape a RAG application sends: documents in a system
+message, the question as the last user message."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from plugins.compress import rank
+from plugins.compress.units import Part, Segment, last_user_index, question_of, split_messages
+
+if TYPE_CHECKING:
+    from plugins.minilm import MiniLM
+
+DEFAULT_RATIO = 16.0      # words before / words after aimed at (whole prompt)
+DEFAULT_MIN_WORDS = 300   # prompts shorter than this are sent as they are
+MIN_CONTEXT_WORDS = 24    # the least context kept, however small the budget
+WORDS_PER_TOKEN = 0.75    # to turn a token budget into words (English, BPE tokenizers)
+EVAL_SYSTEM = "Answer the question using the documents below."
+
+
+@dataclass(slots=True)
+class Compressed:
+    messages: list[dict[str, Any]]
+    words_before: int
+    words_after: int
+    changed: list[str]
+    kept_verbatim: list[str]
+    ms: float
+    stages: list[str] = field(default_factory=list)
+
+
+def eval_messages(question: str, context: str) -> list[dict[str, Any]]:
+    """An evaluation item as a chat request: the documents after a one-line instruction in the
+    system message, the question as the user message (docs/compression.md)."""
+    return [{"role": "system", "content": f"{EVAL_SYSTEM}\n\n{context}"},
+            {"role": "user", "content": question}]
+
+
+def count_words(messages: list[dict[str, Any]]) -> int:
+    return sum(rank.words(m["content"]) for m in messages if isinstance(m.get("content"), str))
+
+
+def _labels(messages: list[dict[str, Any]], parts: list[Part], changed: set[int]) -> list[str]:
+    """What went out verbatim: whole messages, or the protected segments of changed ones."""
+    last = last_user_index(messages)
+    out = []
+    for part in parts:
+        k, m = part.index, messages[part.index]
+        if k in changed:
+            kinds = {("question" if k == last else "instructions" if part.role == "system"
+                      else "text") if s.kind == "text" else s.kind
+                     for s in part.segments if not s.unit and s.text.strip()}
+            out += [f"messages[{k}].content:{kind}" for kind in sorted(kinds)]
+        elif isinstance(m.get("content"), str) or m.get("content") is not None:
+            out.append(f"messages[{k}].content")
+        if m.get("tool_calls") or m.get("function_call"):
+            out.append(f"messages[{k}].tool_calls")
+    return out
+
+
+@dataclass(slots=True)
+class _Plan:
+    """The parsed request: its parts, its units (in order) and the word budget for them."""
+    parts: list[Part]
+    units: list[Segment]
+    question: str
+    budget: int
+
+
+class Compressor:
+    """Built once at start-up. Options: ``ratio`` (default target, words before / after),
+    ``min_words``, ``weights`` (rank.Weights), ``title_cosine`` (embed unit titles with MiniLM),
+    ``workers`` (threads)."""
+
+    name = "switchyard"
+
+    def __init__(self, embedder: MiniLM | None = None, **options: Any) -> None:
+        self.embedder = embedder
+        self.ratio = float(options.pop("ratio", DEFAULT_RATIO))
+        self.min_words = int(options.pop("min_words", DEFAULT_MIN_WORDS))
+        self.weights: rank.Weights = options.pop("weights", rank.Weights())
+        self.title_cosine = bool(options.pop("title_cosine", self.weights.title_cosine > 0))
+        workers = int(options.pop("workers", 2))
+        if options:
+            raise TypeError(f"unknown compressor options: {', '.join(sorted(options))}")
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="compress")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    async def compress(self, messages: list[dict[str, Any]], *, ratio: float | None = None,
+                       token_budget: int | None = None,
+                       min_words: int | None = None) -> Compressed:
+        t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        before = count_words(messages)
+        floor = self.min_words if min_words is None else min_words
+        plan = None
+        if before >= floor:
+            plan = await loop.run_in_executor(self._pool, self._plan, messages, before,
+                                              ratio, token_budget)
+        if plan is None:
+            return self._unchanged(messages, before, t0)
+        cosine = None
+        if self.title_cosine and self.embedder is not None:
+            cosine = await self._title_cosine(plan)
+        return await loop.run_in_executor(self._pool, self._apply, messages, plan, cosine,
+                                          before, t0)
+
+    async def _title_cosine(self, plan: _Plan) -> np.ndarray:
+        assert self.embedder is not None
+        titles = [s.title for s in plan.units]
+        wanted = sorted({t for t in titles if t})
+        vecs = await asyncio.gather(*(self.embedder.embed(t) for t in [plan.question, *wanted]))
+        q, by_title = vecs[0], dict(zip(wanted, vecs[1:], strict=True))
+        return np.array([float(by_title[t] @ q) if t else 0.0 for t in titles])
+
+    def _unchanged(self, messages: list[dict[str, Any]], before: int, t0: float) -> Compressed:
+        parts = split_messages(messages)
+        return Compressed(messages, before, before, [], _labels(messages, parts, set()),
+                          (time.perf_counter() - t0) * 1e3, [])
+
+    def _plan(self, messages: list[dict[str, Any]], before: int, ratio: float | None,
+              token_budget: int | None) -> _Plan | None:
+        parts = split_messages(messages)
+        units = [s for p in parts for s in p.segments if s.unit]
+        if not units:
+            return None
+        unit_words = sum(rank.words(s.header) + rank.words(s.text) for s in units)
+        if token_budget is not None:
+            target = int(token_budget * WORDS_PER_TOKEN)
+        else:
+            target = math.ceil(before / (ratio or self.ratio))
+        budget = max(MIN_CONTEXT_WORDS, target - (before - unit_words))
+        if unit_words <= budget:
+            return None
+        return _Plan(parts, units, question_of(messages, parts), budget)
+
+    def _apply(self, messages: list[dict[str, Any]], plan: _Plan, cosine: np.ndarray | None,
+               before: int, t0: float) -> Compressed:
+        units = [rank.Unit(s.text, s.header, s.title) for s in plan.units]
+        split, scores = rank.score(plan.question, units, self.weights, cosine)
+        kept = rank.select(split, scores, [u.header for u in units], plan.budget)
+        new_text = {id(s): _rewrite(s, split[i], kept[i]) for i, s in enumerate(plan.units)}
+        out = [dict(m) for m in messages]
+        changed: set[int] = set()
+        for part in plan.parts:
+            if not any(s.unit for s in part.segments):
+                continue
+            text = "".join(new_text.get(id(s), s.text) for s in part.segments)
+            if text != messages[part.index]["content"]:
+                out[part.index]["content"] = text if text.strip() else "…"
+                changed.add(part.index)
+        after = count_words(out)
+        return Compressed(out, before, after, [f"messages[{k}].content" for k in sorted(changed)],
+                          _labels(messages, plan.parts, changed),
+                          (time.perf_counter() - t0) * 1e3, ["coarse"])
+
+
+def _rewrite(seg: Segment, sents: list[str], kept: list[int]) -> str:
+    """A unit with only its kept sentences (its header first), or nothing."""
+    if not kept:
+        return ""
+    body = "".join(sents[j] for j in kept).rstrip()
+    tail = seg.text[len(seg.text.rstrip()):]
+    return f"{seg.header}{body}{tail}"
