@@ -1,5 +1,5 @@
-"""``switchyard``: serve, check-config (and, with budgets, teams and keys), and the commands
-plugins register (``switchyard eval cache``, ...)."""
+"""``switchyard``: serve, check-config, import-litellm (and, with budgets, teams and keys),
+and the commands plugins register (``switchyard eval cache``, ...)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,30 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_litellm(args: argparse.Namespace) -> int:
+    """A LiteLLM proxy config as a Switchyard config (stdout, or ``-o FILE``); every key not
+    carried over, and every secret turned into a variable, one line each on stderr."""
+    from gateway.litellm_import import Unreadable, import_litellm, read_litellm, render
+
+    try:
+        data = read_litellm(args.litellm_config)
+    except Unreadable as e:
+        print(f"switchyard: {args.litellm_config}: {e}", file=sys.stderr)
+        return 2
+    out = import_litellm(data)
+    text = render(out, os.path.basename(args.litellm_config))
+    for line in out.report:
+        print(f"switchyard: {line}", file=sys.stderr)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+        print(f"switchyard: wrote {args.output}: {len(out.config['backends'])} backends, "
+              f"{len(out.config['routes'])} routes", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _plugin_commands() -> list[Command]:
     """The commands plugins register (``switchyard_register_commands``), from every
     installed plugin; a broken plugin stops the CLI with its error, as at start-up."""
@@ -123,6 +147,11 @@ def build_parser(commands: list[Command] | None = None) -> argparse.ArgumentPars
     c = sub.add_parser("check-config", help="validate a config file and report every error")
     c.add_argument("config")
     c.set_defaults(fn=cmd_check_config)
+    m = sub.add_parser("import-litellm", help="write a Switchyard config from a LiteLLM proxy "
+                       "config.yaml (docs/migrating-from-litellm.md)")
+    m.add_argument("litellm_config", help="LiteLLM proxy config.yaml")
+    m.add_argument("-o", "--output", help="write here (default: stdout)")
+    m.set_defaults(fn=cmd_import_litellm)
     from gateway.admin_cli import add_admin_commands
 
     add_admin_commands(sub)

@@ -36,7 +36,8 @@ Errors = list[tuple[str, str]]
 
 # The CLI's own first words (gateway/cli.py, gateway/admin_cli.py): no plugin command may
 # take one of them.
-BUILTIN_COMMANDS = frozenset({"serve", "check-config", "teams", "keys", "spend", "backends"})
+BUILTIN_COMMANDS = frozenset({"serve", "check-config", "import-litellm", "teams", "keys", "spend",
+                              "backends"})
 _COMMAND_WORD = re.compile(r"[a-z][a-z0-9-]*")
 
 
@@ -54,9 +55,11 @@ class Registry:
     policies: dict[str, Entry] = field(default_factory=dict)
     plan_editors: dict[str, Entry] = field(default_factory=dict)
     state_stores: dict[str, Entry] = field(default_factory=dict)
+    ledgers: dict[str, Entry] = field(default_factory=dict)  # kind -> LedgerFactory
     stages: dict[str, Entry] = field(default_factory=dict)  # seam -> stage (STAGE_SEAMS)
     caches: dict[str, Entry] = field(default_factory=dict)  # kind -> CacheFactory
     judges: dict[str, Entry] = field(default_factory=dict)  # name -> JudgeFactory
+    compressors: dict[str, Entry] = field(default_factory=dict)  # kind -> CompressorFactory
     # "eval cache" -> Command; filled only by ``build_registry(commands=True)`` (the CLI)
     commands: dict[str, Entry] = field(default_factory=dict)
 
@@ -304,9 +307,11 @@ def _fill(reg: Registry, commands: bool, errors: Errors) -> None:
         ("switchyard_register_policies", reg.policies, "policy", _plain_value),
         ("switchyard_register_plan_editors", reg.plan_editors, "plan editor", _plain_value),
         ("switchyard_register_state_stores", reg.state_stores, "state store", _plain_value),
+        ("switchyard_register_ledgers", reg.ledgers, "ledger", _plain_value),
         ("switchyard_register_stages", reg.stages, "seam", _stage_value),
         ("switchyard_register_caches", reg.caches, "cache", _plain_value),
         ("switchyard_register_judges", reg.judges, "judge", _plain_value),
+        ("switchyard_register_compressors", reg.compressors, "compressor", _plain_value),
     ):
         _call_registration(pm, hook, table, kind, make, errors)
     if commands:
