@@ -19,11 +19,12 @@ The plan's first choice is the pick; the other candidates follow as fallbacks, t
 predicted best first; candidates the file does not know come last. Every built-in hard
 constraint applies first (``gateway.evaluate``).
 
-The embedding: a policy's ``plan`` is synchronous and pure, so the prompt's embedding is
+The embedding: a policy's ``plan`` is synchronous and pure, so the prompt's vector is
 computed inside it, on the event loop, from the last ``ROUTE_CHARS`` characters of
-``RequestFeatures.text`` (one MiniLM forward pass of at most 128 tokens; the last
-characters hold the last user turn), with an LRU of recent prompts (a retried or repeated
-prompt costs nothing). ``bench/learned_policy.py`` measures the decision's cost.
+``RequestFeatures.text`` (the last user turn), with the embedder the file was trained with:
+``minilm`` (one transformer forward pass, about 130 tokens at most) or ``static`` (the
+tokenizer and a table look-up, no forward pass); an LRU of recent prompts makes a retried
+or repeated prompt free. ``bench/learned_policy.py`` measures the decision's cost.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from gateway import (
     evaluate,
     hookimpl,
 )
-from plugins.learn.embed import encode
 from plugins.learn.features import route_text
 from plugins.learn.router import RouterModel
 
@@ -101,7 +101,7 @@ class Learned:
         key = route_text(text)
         vec = self._cache.get(key)
         if vec is None:
-            vec = encode([key])[0]
+            vec = self.model.encoder.encode([key])[0]
             self._cache[key] = vec
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)

@@ -44,10 +44,13 @@ def _fail(e: Exception) -> int:
 def _kind(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=["auto", "knn", "logreg", "mf"], default="auto",
                    help="the predictor (auto: chosen by 5-fold cross-validation on the training data)")
+    p.add_argument("--embedder", choices=["minilm", "static"], default="minilm",
+                   help="prompt vectors: MiniLM sentence embeddings, or the static bag of its "
+                   "token embeddings (no forward pass on the request path)")
 
 
 def _params(kind: str) -> tuple[str | None, dict[str, Any] | None]:
-    defaults: dict[str, dict[str, Any]] = {"knn": {"k": 50}, "logreg": {"l2": 30.0}, "mf": {"rank": 16}}
+    defaults: dict[str, dict[str, Any]] = {"knn": {"k": 100}, "logreg": {"l2": 30.0}, "mf": {"rank": 16}}
     return (None, None) if kind == "auto" else (kind, defaults[kind])
 
 
@@ -62,8 +65,8 @@ def run_eval_router(args: argparse.Namespace) -> int:
     try:
         train, data = datafile.load(args.train), datafile.load(args.data)
         kind, params = _params(args.model)
-        out = eval_router(train, data, kind=kind, params=params, cache=args.cache,
-                          log=_log(args.json))
+        out = eval_router(train, data, kind=kind, params=params, embedder=args.embedder,
+                          cache=args.cache, log=_log(args.json))
     except datafile.DataError as e:
         return _fail(e)
     return _report(out, args, "router", "strong-model calls (%)")
@@ -121,9 +124,8 @@ def configure_train_router(p: argparse.ArgumentParser) -> None:
 
 
 def run_train_router(args: argparse.Namespace) -> int:
-    from plugins.learn.embed import encode_cached
+    from plugins.learn.embed import PromptEncoder
     from plugins.learn.evaluate import select_router
-    from plugins.learn.features import route_text
     from plugins.learn.ledger import from_ledger, to_jsonl
     from plugins.learn.router import RouterModel
 
@@ -134,7 +136,8 @@ def run_train_router(args: argparse.Namespace) -> int:
         return _fail(e)
     if args.dump:
         to_jsonl(table, args.dump)
-    X = encode_cached([route_text(p) for p in table.prompts], args.cache)
+    encoder = PromptEncoder.fit(args.embedder, table.prompts)
+    X = encoder.encode(table.prompts, disk_cache=True, cache=args.cache)
     kind, params = _params(args.model)
     if kind is None:
         if len(table) >= 50:
@@ -142,7 +145,7 @@ def run_train_router(args: argparse.Namespace) -> int:
         else:  # too few to cross-validate: the simplest
             kind, params = "knn", {"k": max(1, min(50, len(table) // 2))}
     model = RouterModel.fit(X, table.quality, table.cost, table.models, kind, params or {},
-                            folds=5 if len(table) >= 10 else 1)
+                            folds=5 if len(table) >= 10 else 1, encoder=encoder)
     model.meta["source"] = str(args.from_ledger or args.data)
     model.save(args.out)
     log(f"wrote {args.out}: {kind} {params} over {len(table)} prompts, models {table.models}")

@@ -16,8 +16,8 @@ from numpy.typing import NDArray
 
 from plugins.learn import metrics
 from plugins.learn.data import DataError, Table
-from plugins.learn.embed import encode_cached
-from plugins.learn.features import judge_text, route_text
+from plugins.learn.embed import PromptEncoder, encode_cached
+from plugins.learn.features import judge_text
 from plugins.learn.judge import AnswerScorer
 from plugins.learn.router import RouterModel, best_tradeoff, out_of_fold, realised
 
@@ -109,22 +109,26 @@ def references(t: Table, cascade: bool = False) -> dict[str, Any]:
 
 
 def eval_router(train: Table, data: Table, *, kind: str | None = None,
-                params: dict[str, Any] | None = None, cache: Path | None = None,
+                params: dict[str, Any] | None = None, embedder: str = "minilm",
+                cache: Path | None = None,
                 log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     _same_models(train, data)
-    log(f"embedding {len(train)} + {len(data)} prompts")
-    X_tr = encode_cached([route_text(p) for p in train.prompts], cache)
-    X_te = encode_cached([route_text(p) for p in data.prompts], cache)
+    log(f"embedding {len(train)} + {len(data)} prompts ({embedder})")
+    encoder = PromptEncoder.fit(embedder, train.prompts)
+    X_tr = encoder.encode(train.prompts, disk_cache=True, cache=cache)
+    X_te = encoder.encode(data.prompts, disk_cache=True, cache=cache)
     tried: list[dict[str, Any]] = []
     if kind is None:
         kind, params, tried = select_router(train, X_tr, log=log)
-    model = RouterModel.fit(X_tr, train.quality, train.cost, train.models, kind, params, folds=1)
+    model = RouterModel.fit(X_tr, train.quality, train.cost, train.models, kind, params, folds=1,
+                            encoder=encoder)
     res = _quality_of(data, model.predict(X_te))
     pts = res.pop("points")
     out: dict[str, Any] = {
         "apgr": res.get("apgr"), "cpt50": res.get("cpt50"), "cpt80": res.get("cpt80"),
         "aiq": _aiq(data, pts), "points": [asdict(p) for p in pts],
-        "model": {"kind": kind, "params": params or {}, "cross_validation": tried},
+        "model": {"kind": kind, "params": params or {}, "embedder": embedder,
+                  "cross_validation": tried},
         "n": {"train": len(train), "data": len(data)}, "models": data.models,
         "single_models": {m: {"quality": float(data.quality[:, j].mean()),
                               "cost_usd": float(data.cost[:, j].mean())}

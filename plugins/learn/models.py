@@ -3,9 +3,10 @@ quality of model ``j`` on example ``i`` (in [0, 1]); ``predict(X)`` the expected
 
 - ``logreg``: one L2-regularised logistic regression per model (Newton's method; features
   standardised), soft labels allowed.
-- ``knn``: the mean quality of the ``k`` most similar training examples (cosine; the
-  vectors are L2-normalised embeddings), the kNN router RouterBench and "a well-tuned kNN
-  matches most learned routers" describe.
+- ``knn``: the mean quality of the ``k`` most similar training examples (cosine, after
+  centring the vectors on the training mean, which removes the direction every MiniLM
+  embedding shares), the kNN router RouterBench and "a well-tuned kNN matches most
+  learned routers" describe.
 - ``mf``: matrix factorisation as RouteLLM's ``mf`` router: a shared projection of the
   features to ``rank`` dimensions and a vector per model, ``sigmoid(v_m . (P x) + b_m)``,
   fitted with Adam on the cross-entropy.
@@ -92,17 +93,22 @@ class KNN:
         self.k = k
         self.X: NDArray[np.float32] = np.zeros((0, 0), dtype=np.float32)
         self.Y: Arr = np.zeros((0, 0))
+        self.center: NDArray[np.float32] = np.zeros(0, dtype=np.float32)
+
+    def _unit(self, X: NDArray[Any]) -> NDArray[np.float32]:
+        V = np.asarray(X, dtype=np.float32) - self.center
+        out: NDArray[np.float32] = (V / np.maximum(np.linalg.norm(V, axis=1, keepdims=True),
+                                                   1e-12)).astype(np.float32)
+        return out
 
     def fit(self, X: NDArray[Any], Y: NDArray[Any]) -> KNN:
-        V = np.asarray(X, dtype=np.float32)
-        norms = np.linalg.norm(V, axis=1, keepdims=True)
-        self.X = (V / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+        self.center = np.asarray(X, dtype=np.float32).mean(axis=0)
+        self.X = self._unit(X)
         self.Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
         return self
 
     def predict(self, X: NDArray[Any]) -> Arr:
-        Q = np.asarray(X, dtype=np.float32)
-        Q = Q / np.maximum(np.linalg.norm(Q, axis=1, keepdims=True), 1e-12)
+        Q = self._unit(X)
         k = min(self.k, len(self.X))
         out = np.empty((len(Q), self.Y.shape[1]))
         for start in range(0, len(Q), 1024):
@@ -112,12 +118,13 @@ class KNN:
         return out
 
     def state(self) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
-        return {"X": self.X, "Y": self.Y}, {"k": self.k}
+        return {"X": self.X, "Y": self.Y, "center": self.center}, {"k": self.k}
 
     @classmethod
     def restore(cls, arrays: dict[str, NDArray[Any]], params: dict[str, Any]) -> KNN:
         m = cls(int(params["k"]))
         m.X, m.Y = arrays["X"].astype(np.float32), arrays["Y"]
+        m.center = arrays["center"].astype(np.float32)
         return m
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from plugins.learn import files, models
-from plugins.learn.embed import EMBEDDER
+from plugins.learn.embed import EMBEDDER, PromptEncoder
 
 Arr = NDArray[np.float64]
 
@@ -87,8 +87,9 @@ class RouterModel:
 
     def __init__(self, predictor: models.Predictor, model_names: Sequence[str],
                  mean_cost: Sequence[float], meta: dict[str, Any] | None = None,
-                 oof: dict[str, Arr] | None = None) -> None:
+                 oof: dict[str, Arr] | None = None, encoder: PromptEncoder | None = None) -> None:
         self.predictor = predictor
+        self.encoder = encoder or PromptEncoder()
         self.models = list(model_names)
         self.mean_cost = np.asarray(mean_cost, dtype=np.float64)
         self.meta = dict(meta or {})
@@ -97,13 +98,13 @@ class RouterModel:
     @classmethod
     def fit(cls, X: NDArray[Any], Y: Arr, C: Arr, model_names: Sequence[str],
             kind: str = "knn", params: dict[str, Any] | None = None,
-            folds: int = 5) -> RouterModel:
+            folds: int = 5, encoder: PromptEncoder | None = None) -> RouterModel:
+        """Fit on vectors ``X`` (made by ``encoder``, MiniLM by default)."""
         params = params or {}
         oof = ({"Q": out_of_fold(kind, params, X, Y, folds), "Y": Y, "C": C}
                if folds > 1 else None)
         predictor = models.make(kind, **params).fit(X, Y)
-        return cls(predictor, model_names, C.mean(axis=0),
-                   {"examples": len(X), "embedder": EMBEDDER}, oof)
+        return cls(predictor, model_names, C.mean(axis=0), {"examples": len(X)}, oof, encoder)
 
     def predict(self, X: NDArray[Any]) -> Arr:
         return self.predictor.predict(X)
@@ -118,9 +119,11 @@ class RouterModel:
         arrays = dict(arrays)
         for k, v in self.oof.items():
             arrays[f"oof.{k}"] = v
+        if self.encoder.idf is not None:
+            arrays["embed.idf"] = self.encoder.idf
         meta = {**self.meta, "models": self.models, "mean_cost_usd": self.mean_cost.tolist(),
                 "model": {"kind": self.predictor.kind, "params": params},
-                "features": {"prompt": EMBEDDER}}
+                "features": {"prompt": self.encoder.kind, "from": EMBEDDER}}
         files.save(path, "router", meta, arrays)
 
     @classmethod
@@ -128,9 +131,10 @@ class RouterModel:
         meta, arrays = files.load(path, "router")
         try:
             spec = meta["model"]
-            own = {k: v for k, v in arrays.items() if not k.startswith("oof.")}
+            own = {k: v for k, v in arrays.items() if "." not in k}
             predictor = models.restore(spec["kind"], own, spec["params"])
             oof = {k[4:]: v for k, v in arrays.items() if k.startswith("oof.")}
-            return cls(predictor, meta["models"], meta["mean_cost_usd"], meta, oof)
+            encoder = PromptEncoder(meta["features"]["prompt"], arrays.get("embed.idf"))
+            return cls(predictor, meta["models"], meta["mean_cost_usd"], meta, oof, encoder)
         except (KeyError, TypeError, ValueError) as e:
             raise files.ModelFileError(f"{path}: incomplete router model ({e})") from None

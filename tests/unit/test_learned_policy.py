@@ -1,5 +1,6 @@
 """The ``learned`` policy routes as its model predicts: a kNN router trained (on real MiniLM
-embeddings) where the small model fails arithmetic word problems and handles small talk."""
+embeddings, and on the static bag of MiniLM's token embeddings) where the small model fails
+arithmetic word problems and handles small talk."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ import numpy as np
 import pytest
 
 from gateway import Candidate, Constraints, RequestFeatures
-from plugins.learn.embed import encode
-from plugins.learn.features import route_text
+from plugins.learn.embed import PromptEncoder
 from plugins.learn.router import RouterModel
 from policies.learned import Learned
 
@@ -24,15 +24,17 @@ CHAT = ["Hi there, how are you today?", "Say hello to my friend Ana.",
         "What a lovely weather, isn't it?", "Tell me something nice."]
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", params=["minilm", "static"])
+def model_file(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     prompts = MATH + CHAT
-    X = encode([route_text(p) for p in prompts])
+    encoder = PromptEncoder.fit(request.param, prompts)
+    X = encoder.encode(prompts)
     small_ok = np.array([0.0] * len(MATH) + [1.0] * len(CHAT))
     Y = np.stack([small_ok, np.ones(len(prompts))], axis=1)
     C = np.tile([0.0001, 0.01], (len(prompts), 1))
     path = tmp_path_factory.mktemp("learned") / "router.npz"
-    RouterModel.fit(X, Y, C, ["small-model", "big-model"], "knn", {"k": 3}, folds=3).save(path)
+    RouterModel.fit(X, Y, C, ["small-model", "big-model"], "knn", {"k": 3}, folds=3,
+                    encoder=encoder).save(path)
     return path
 
 

@@ -1,0 +1,76 @@
+"""The ``learned`` policy's decision cost, embedding included.
+
+Each prompt is routed once (no LRU hit: every prompt is new) by ``Learned.plan`` over two
+candidates, exactly as the router calls it on the event loop; the time is the whole call
+(the prompt's vector, the model's prediction, the built-in constraints and predictions, the
+ordering). The ``weighted`` policy on the same candidates is measured in the same sitting,
+for the ratio. Models come from ``switchyard train router``.
+
+    python bench/learned_policy.py --model /tmp/cml/mmlu-minilm.npz --model /tmp/cml/mmlu-static.npz \\
+        [--data /tmp/switchyard-eval/mmlu.test.jsonl] [--n 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from gateway import Candidate, Constraints, RequestFeatures
+from plugins.learn.router import RouterModel
+from policies.learned import Learned
+from policies.weighted import DEFAULT_WEIGHTS, Weighted
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def run(policy: object, prompts: list[str], cands: list[Candidate]) -> tuple[list[float], list[str]]:
+    times, firsts = [], []
+    plan = policy.plan  # type: ignore[attr-defined]
+    for text in prompts:
+        req = RequestFeatures(endpoint="chat", requested="auto", prompt_tokens=len(text) // 4,
+                              max_tokens=16, text=text)
+        t0 = time.perf_counter()
+        p = plan(req, cands, Constraints())
+        times.append(time.perf_counter() - t0)
+        firsts.append(p.order[0])
+    return times, firsts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", action="append", required=True, type=Path)
+    ap.add_argument("--data", type=Path, default=Path("/tmp/switchyard-eval/mmlu.test.jsonl"))
+    ap.add_argument("--n", type=int, default=300)
+    args = ap.parse_args()
+    with args.data.open() as f:
+        prompts = [json.loads(line)["prompt"] for line, _ in zip(f, range(args.n), strict=False)]
+    print(f"{len(prompts)} prompts from {args.data.name}, each routed once (no cache hit)")
+    print("| policy | embedder | load s | p50 ms | p90 ms | p99 ms | strong first |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for path in args.model:
+        names = RouterModel.load(path).models
+        cands = [Candidate.make("weak", model=names[0], input_usd_per_token=6e-7,
+                                output_usd_per_token=6e-7),
+                 Candidate.make("strong", model=names[1], input_usd_per_token=1e-5,
+                                output_usd_per_token=3e-5)]
+        t0 = time.perf_counter()
+        policy = Learned({"model": str(path)})
+        load_s = time.perf_counter() - t0
+        run(policy, ["warm up one", "warm up two"], cands)
+        times, firsts = run(policy, prompts, cands)
+        ms = [t * 1000 for t in times]
+        print(f"| learned | {policy.model.encoder.kind} | {load_s:.2f} | {statistics.median(ms):.2f} | "
+              f"{_pct(ms, 0.9):.2f} | {_pct(ms, 0.99):.2f} | {firsts.count('strong') / len(firsts):.0%} |")
+    weighted = Weighted("weighted", DEFAULT_WEIGHTS, {})
+    times, _ = run(weighted, prompts, cands)
+    ms = [t * 1000 for t in times]
+    print(f"| weighted | - | - | {statistics.median(ms):.3f} | {_pct(ms, 0.9):.3f} | {_pct(ms, 0.99):.3f} | - |")
+
+
+if __name__ == "__main__":
+    main()
