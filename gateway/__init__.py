@@ -5,7 +5,16 @@ Everything a plugin needs is exported here; every other module may change withou
 
 from gateway.accounting import UsageRecord
 from gateway.backend import BackendContext, BaseBackend
-from gateway.config import BackendConfig, CacheConfig, EnergyProfile, Pricing, StateConfig, Timeouts
+from gateway.config import (
+    BackendConfig,
+    CacheConfig,
+    CompressConfig,
+    EnergyProfile,
+    LedgerConfig,
+    Pricing,
+    StateConfig,
+    Timeouts,
+)
 from gateway.errors import (
     AuthenticationFailed,
     BackendError,
@@ -28,12 +37,19 @@ from gateway.hookspecs import (
     CacheStore,
     CommandConfigure,
     CommandRun,
+    Compression,
+    Compressor,
+    CompressorFactory,
     JudgeFactory,
+    LedgerFactory,
+    LedgerStore,
     PolicyFactory,
     RegisterBackend,
     RegisterCache,
     RegisterCommand,
+    RegisterCompressor,
     RegisterJudge,
+    RegisterLedger,
     RegisterPlanEditor,
     RegisterPolicy,
     RegisterStage,
@@ -61,6 +77,12 @@ from gateway.interfaces import (
     Usage,
     Verdict,
 )
+from gateway.ledger import COLUMNS as LEDGER_COLUMNS
+from gateway.ledger import MIGRATIONS as LEDGER_MIGRATIONS
+from gateway.ledger import BatchWriter
+from gateway.ledger import Ledger as SQLiteLedger
+from gateway.ledger import Schema as LedgerSchema
+from gateway.ledger import apply_migrations as apply_ledger_migrations
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.exchange import Exchange
 from gateway.predict import PredictOptions, estimate, evaluate
@@ -77,6 +99,8 @@ from gateway.state import (
 )
 
 __all__ = [
+    "LEDGER_COLUMNS",
+    "LEDGER_MIGRATIONS",
     "STAGE_SEAMS",
     "AuthenticationFailed",
     "Backend",
@@ -91,6 +115,7 @@ __all__ = [
     "BackendTimeout",
     "BackendUnavailable",
     "BaseBackend",
+    "BatchWriter",
     "BudgetExceeded",
     "Cache",
     "CacheConfig",
@@ -99,6 +124,10 @@ __all__ = [
     "Candidate",
     "CommandConfigure",
     "CommandRun",
+    "CompressConfig",
+    "Compression",
+    "Compressor",
+    "CompressorFactory",
     "Constraints",
     "Endpoint",
     "EnergyProfile",
@@ -107,6 +136,10 @@ __all__ = [
     "Judge",
     "JudgeFactory",
     "KeyRecord",
+    "LedgerConfig",
+    "LedgerFactory",
+    "LedgerSchema",
+    "LedgerStore",
     "Limit",
     "Meter",
     "ModelNotFound",
@@ -122,7 +155,9 @@ __all__ = [
     "RegisterBackend",
     "RegisterCache",
     "RegisterCommand",
+    "RegisterCompressor",
     "RegisterJudge",
+    "RegisterLedger",
     "RegisterPlanEditor",
     "RegisterPolicy",
     "RegisterStage",
@@ -131,6 +166,7 @@ __all__ = [
     "RequestFeatures",
     "Reserved",
     "RoutingPolicy",
+    "SQLiteLedger",
     "ServiceUnavailable",
     "Settled",
     "Spend",
@@ -145,6 +181,7 @@ __all__ = [
     "Usage",
     "UsageRecord",
     "Verdict",
+    "apply_ledger_migrations",
     "estimate",
     "evaluate",
     "has_content",

@@ -54,6 +54,37 @@ class UsageRecord:
     saved_energy_j: float = 0.0
     saved_co2_g: float = 0.0
     saved_bytes: int = 0
+    # prompt compression (docs/compression.md): compressed | skipped | unchanged | failed
+    # (None: no compression on this request's route; the why is in ``decision["compress"]``);
+    # the prompt tokens it removed (the gateway's count), the message bytes not sent, and the
+    # time the request waited for the compressor
+    compress: str | None = None
+    compress_saved_tokens: int = 0
+    compress_saved_bytes: int = 0
+    compress_ms: float | None = None
+    # savings (docs/report.md; ``gateway.savings`` fills them as the record is emitted): the
+    # baseline backend, what routing, compression and a cascade saved against it, a cascade
+    # row's step and its judge's score
+    baseline: str | None = None
+    saved_routing_usd: float = 0.0
+    saved_routing_energy_j: float = 0.0
+    saved_routing_co2_g: float = 0.0
+    saved_compress_usd: float = 0.0
+    saved_compress_energy_j: float = 0.0
+    saved_compress_co2_g: float = 0.0
+    saved_cascade_usd: float = 0.0
+    saved_cascade_energy_j: float = 0.0
+    saved_cascade_co2_g: float = 0.0
+    cascade_step: int | None = None
+    judge_score: float | None = None
+
+    @property
+    def prompt_tokens_original(self) -> int | None:
+        """The prompt's tokens before compression: the billed count plus what compression
+        removed (None: no compression on this route, or nothing billed)."""
+        if self.compress is None or not self.prompt_tokens:
+            return None
+        return self.prompt_tokens + self.compress_saved_tokens
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,6 +107,8 @@ class UsageRecord:
             h["x-switchyard-ttft-ms"] = f"{self.ttft_ms:.2f}"
         if self.cache is not None:
             h.update(self.cache_headers())
+        if self.compress is not None:
+            h.update(self.compress_headers())
         if self.backend:
             h["x-switchyard-route"] = f"{self.backend}; {self.reason}" if self.reason else self.backend
         if self.decision is not None and "cascade" in self.decision:
@@ -96,6 +129,16 @@ class UsageRecord:
                 part += ";answered"
             out.append(part)
         return ", ".join(out)
+
+    def compress_headers(self) -> dict[str, str]:
+        """``x-switchyard-compress`` (the outcome; why, when it was not compressed) and
+        ``x-switchyard-prompt-tokens-original`` beside ``x-switchyard-prompt-tokens``."""
+        why = ((self.decision or {}).get("compress") or {}).get("reason")
+        h = {"x-switchyard-compress": f"{self.compress}; {why}" if why else self.compress or ""}
+        original = self.prompt_tokens_original
+        if original is not None:
+            h["x-switchyard-prompt-tokens-original"] = str(original)
+        return h
 
     def cache_headers(self) -> dict[str, str]:
         h = {"x-switchyard-cache": self.cache or ""}

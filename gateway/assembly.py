@@ -22,20 +22,27 @@ from pydantic import ValidationError
 
 from gateway.auth import KeyAuthenticator
 from gateway.backend import BackendContext
-from gateway.config import BackendConfig, RouteConfig, Settings, StateConfig, validation_errors
+from gateway.config import (
+    BackendConfig,
+    CompressConfig,
+    RouteConfig,
+    Settings,
+    StateConfig,
+    validation_errors,
+)
 from gateway.energy import FairShare, open_meters
 from gateway.errors import ConfigError, SwitchyardError
-from gateway.hookspecs import Cache
+from gateway.hookspecs import Cache, Compressor, LedgerStore
 from gateway.interfaces import Backend, RoutingPolicy
-from gateway.ledger import Ledger
 from gateway.metrics import Metrics
 from gateway.pipeline import stages
 from gateway.pipeline.admission import BudgetAdmission
+from gateway.pipeline.compress import Compress
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.health import SharedHealth
 from gateway.pipeline.routing import Cascade, Router, build_targets
 from gateway.pipeline.service import Gateway
-from gateway.registry import Registry, build_registry
+from gateway.registry import Entry, Registry, build_registry
 from gateway.state import StateStore
 from gateway.telemetry import Tracker, make_trackers
 
@@ -56,6 +63,7 @@ class Built:
     policies: dict[str, RoutingPolicy]
     cache: Cache | None = None
     cascades: dict[str, Cascade] = field(default_factory=dict)  # route name -> its cascade
+    compressor: Compressor | None = None  # compression on somewhere: ``compress.kind``'s
 
 
 def build_registry_for(settings: Settings, extra_plugins: Iterable[object] = (),
@@ -143,6 +151,16 @@ def build_policies(settings: Settings, registry: Registry, errors: Errors) -> di
     return policies
 
 
+def _registered(table: Mapping[str, Entry], name: str, path: str, what: str,
+                errors: Errors) -> Entry | None:
+    """``table[name]``, or an error at ``path`` naming the registered ones."""
+    entry = table.get(name)
+    if entry is None:
+        known = ", ".join(sorted(table)) or "none"
+        errors.append((path, f"unknown {what} {name!r} (known: {known})"))
+    return entry
+
+
 def build_cache(settings: Settings, registry: Registry, errors: Errors) -> Cache | None:
     """The cache ``cache.kind`` names, when the cache is on at the top level or on a route
     (None: off everywhere, and no stage for it on the request path)."""
@@ -150,10 +168,8 @@ def build_cache(settings: Settings, registry: Registry, errors: Errors) -> Cache
     routes = {r.name: cfg.for_route(r.cache) for r in settings.routes}
     if not cfg.enabled and not any(c.enabled for c in routes.values()):
         return None
-    entry = registry.caches.get(cfg.kind)
+    entry = _registered(registry.caches, cfg.kind, "cache.kind", "cache", errors)
     if entry is None:
-        known = ", ".join(sorted(registry.caches)) or "none"
-        errors.append(("cache.kind", f"unknown cache {cfg.kind!r} (known: {known})"))
         return None
     for seam in ("cache_lookup", "cache_store"):
         if seam in registry.stages:
@@ -169,6 +185,30 @@ def build_cache(settings: Settings, registry: Registry, errors: Errors) -> Cache
         errors.append(("cache", f"cannot create the {cfg.kind} cache: {type(e).__name__}: {e}"))
         return None
     return cache
+
+
+def compress_routes(settings: Settings) -> dict[str, CompressConfig | None]:
+    """Each route's compression settings (None: off on that route)."""
+    cfg = settings.compress
+    routes = {r.name: cfg.for_route(r.compress) for r in settings.routes}
+    return {name: c if c.enabled else None for name, c in routes.items()}
+
+
+def build_compressor(settings: Settings, registry: Registry, errors: Errors) -> Compressor | None:
+    """The compressor ``compress.kind`` names, when compression is on at the top level or
+    on a route (None: off everywhere, and no ``compress`` stage on the request path)."""
+    cfg = settings.compress
+    if not cfg.enabled and not any(compress_routes(settings).values()):
+        return None
+    entry = _registered(registry.compressors, cfg.kind, "compress.kind", "compressor", errors)
+    if entry is None:
+        return None
+    if "compress" in registry.stages:
+        source = registry.stages["compress"].source
+        msg = (f"plugin {source!r} fills the compress seam itself: turn compression off or "
+               "disable that plugin")
+        errors.append(("compress.enabled", msg))
+    return _make_policy(entry.value, cfg.options, "compress.options", errors)
 
 
 def build_cascades(settings: Settings, registry: Registry, errors: Errors) -> dict[str, Cascade]:
@@ -202,9 +242,11 @@ def validate(settings: Settings, registry: Registry,
     policies = build_policies(settings, registry, errors)
     cache = build_cache(settings, registry, errors)
     cascades = build_cascades(settings, registry, errors)
+    compressor = build_compressor(settings, registry, errors)
+    _ledger_entry(settings, registry, errors)
     if errors:
         raise ConfigError(errors)
-    return Built(registry, backends, ctx, policies, cache, cascades)
+    return Built(registry, backends, ctx, policies, cache, cascades, compressor)
 
 
 # ---- budgets: state store, key authenticator, admission -------------------------------
@@ -283,6 +325,36 @@ def build_budgets(settings: Settings, registry: Registry, metrics: Metrics) -> B
 # ---- the parts, built and wired -------------------------------------------------------
 
 
+def _ledger_entry(settings: Settings, registry: Registry, errors: Errors) -> Entry | None:
+    kind = settings.ledger.kind
+    entry = registry.ledgers.get(kind)
+    if entry is None and kind != "none":
+        known = ", ".join(["none", *sorted(registry.ledgers)])
+        errors.append(("ledger.kind", f"unknown ledger {kind!r} (known: {known})"))
+    return entry
+
+
+def build_ledger(settings: Settings, registry: Registry) -> LedgerStore | None:
+    """The ledger ``ledger.kind`` names (from the plugins: ``sqlite``, ``postgres``...),
+    None for ``none``. A kind nobody registered, or a section its factory refuses, stops
+    start-up with the path of the bad key."""
+    cfg = settings.ledger
+    if cfg.kind == "none":
+        return None
+    errors: Errors = []
+    entry = _ledger_entry(settings, registry, errors)
+    if entry is None:
+        raise ConfigError(errors)
+    try:
+        ledger: LedgerStore = entry.value(cfg)
+    except ValueError as e:
+        raise ConfigError([("ledger", str(e))]) from None
+    except Exception as e:  # noqa: BLE001 - a broken plugin stops start-up with a clear message
+        msg = f"cannot create the {cfg.kind} ledger: {type(e).__name__}: {e}"
+        raise ConfigError([("ledger", msg)]) from None
+    return ledger
+
+
 @dataclass
 class Parts:
     """Everything ``build_parts`` builds, in the order ``running`` starts it."""
@@ -293,8 +365,9 @@ class Parts:
     gateway: Gateway
     budgets: Budgets
     shared: SharedHealth
-    ledger: Ledger | None
+    ledger: LedgerStore | None
     probe_interval_s: float
+    compress: Compress | None = None  # the compress stage, warmed up by ``running``
 
 
 def _energy_meters(backends: dict[str, Backend]) -> dict[str, FairShare]:
@@ -318,13 +391,15 @@ def _build_router(settings: Settings, built: Built, trackers: dict[str, Tracker]
     )
 
 
-def _seams(registry: Registry, cache: Cache | None) -> dict[str, Any]:
-    """What plugins registered on the optional seams (``switchyard_register_stages``), and
-    the configured cache's two, as ``Gateway``'s arguments: an empty seam is left out, so it
-    costs nothing per request."""
+def _seams(registry: Registry, cache: Cache | None, compress: Compress | None) -> dict[str, Any]:
+    """What plugins registered on the optional seams (``switchyard_register_stages``), the
+    configured cache's two and the compress stage, as ``Gateway``'s arguments: an empty seam
+    is left out, so it costs nothing per request."""
     filled = {seam: e.value for seam, e in registry.stages.items()}
     if cache is not None:
         filled.update(cache_lookup=cache.lookup, cache_store=cache.store)
+    if compress is not None:
+        filled["compress"] = compress
     return {"stages_extra": {s: v for s, v in filled.items() if s in stages.OPTIONAL},
             "cache_store": filled.get("cache_store")}
 
@@ -337,16 +412,23 @@ def build_parts(settings: Settings, *, extra_plugins: Iterable[object] = (),
     trackers = make_trackers(settings.health, built.backends)
     router = _build_router(settings, built, trackers)
     metrics = Metrics()
-    ledger = (Ledger(settings.ledger.path, settings.ledger.flush_interval_s)
-              if settings.ledger.kind == "sqlite" else None)
+    ledger = build_ledger(settings, registry)
+    if ledger is not None:
+        metrics.watch_ledger(ledger)
     budgets = build_budgets(settings, registry, metrics)
+    compress = None if built.compressor is None else Compress(
+        built.compressor, settings.compress.kind,
+        settings.compress if settings.compress.enabled else None, compress_routes(settings),
+        built.backends, trackers)
     probe_interval_s = health_interval_s or settings.health.probe_interval_s
     gw = Gateway(backends=built.backends, router=router, trackers=trackers, metrics=metrics,
                  registry=registry, ledger=ledger, energy_meters=_energy_meters(built.backends),
                  admission=budgets.admission, retry=settings.health.retry,
-                 plugin_text_chars=settings.plugin_text_chars, **_seams(registry, built.cache))
+                 plugin_text_chars=settings.plugin_text_chars,
+                 **_seams(registry, built.cache, compress))
     shared = SharedHealth(budgets.store, trackers, probe_interval_s)
-    return Parts(settings, built, router, gw, budgets, shared, ledger, probe_interval_s)
+    return Parts(settings, built, router, gw, budgets, shared, ledger, probe_interval_s,
+                 compress)
 
 
 # ---- health loops ---------------------------------------------------------------------
@@ -401,8 +483,12 @@ async def running(parts: Parts) -> AsyncIterator[None]:
         await b.start()
         log.info("backend %s ready in %.1f s", name, time.perf_counter() - t0)
     await budgets.start()
+    if parts.ledger is not None:
+        await parts.ledger.start()
     if built.cache is not None:
         await built.cache.start()
+    if parts.compress is not None:
+        await parts.compress.start()
     loops = [asyncio.create_task(probe_loop(gw, parts.probe_interval_s, parts.shared)),
              asyncio.create_task(share_loop(parts.shared, parts.settings.health.share_interval_s))]
     try:

@@ -173,6 +173,54 @@ class CacheConfig(Strict):
         return self.model_copy(update=rules.model_dump(exclude_none=True))
 
 
+CompressWhen = Literal["pays", "always"]
+
+
+class CompressRules(Strict):
+    """What a route may change of the top-level ``compress`` section (unset: the top
+    level's)."""
+
+    enabled: bool | None = None
+    ratio: float | None = Field(None, gt=1)
+    token_budget: int | None = Field(None, ge=1)
+    min_tokens: int | None = Field(None, ge=0)
+    when: CompressWhen | None = None
+    value_of_time_usd_per_hour: float | None = Field(None, ge=0)
+    prefill_tokens_per_s: float | None = Field(None, gt=0)
+
+
+class CompressConfig(Strict):
+    """Prompt compression (docs/compression.md): off unless ``enabled`` (here, or on a
+    route). ``ratio`` or ``token_budget`` is the target (unset: the compressor's own);
+    nothing happens below ``min_tokens``; ``when: pays`` compresses only where the
+    predicted saving beats the compressor's measured cost."""
+
+    enabled: bool = False
+    kind: str = Field("question_aware", min_length=1,
+                      description="the registered compressor to use")
+    ratio: float | None = Field(None, gt=1, description="tokens in over tokens out")
+    token_budget: int | None = Field(None, ge=1, description="tokens the prompt may keep")
+    min_tokens: int = Field(500, ge=0, description="shorter prompts are sent as they are")
+    when: CompressWhen = Field("pays", description="pays: only where the saving beats the cost")
+    value_of_time_usd_per_hour: float = Field(
+        10.0, ge=0, description="what an hour of waiting is worth: prices the compressor's "
+        "time and the prefill time saved")
+    prefill_tokens_per_s: float | None = Field(
+        None, gt=0, description="the first backend's prefill speed; unset: from its measured "
+        "time to first token")
+    options: dict[str, Any] = Field(default_factory=dict, description="the compressor's own")
+
+    def for_route(self, rules: CompressRules | None) -> CompressConfig:
+        """The settings a route's requests get: this section with the route's changes (a
+        route that sets ``ratio`` or ``token_budget`` replaces both: one target)."""
+        if rules is None:
+            return self
+        update = rules.model_dump(exclude_none=True)
+        if "ratio" in update or "token_budget" in update:
+            update = {"ratio": None, "token_budget": None, **update}
+        return self.model_copy(update=update)
+
+
 class CascadeConfig(Strict):
     """A route's cascade (docs/cascades.md): its stages run cheapest first until the judge
     accepts an answer; every stage is a reserved, settled and recorded call."""
@@ -203,6 +251,9 @@ class RouteConfig(Strict):
         None, description="policies a request may switch to (None: any)"
     )
     cascade: CascadeConfig | None = None
+    baseline: str | None = Field(
+        None, min_length=1, description="the backend the application would call without the "
+        "gateway, what the savings report compares with (unset: the first in backends)")
 
     @model_validator(mode="before")
     @classmethod
@@ -214,7 +265,14 @@ class RouteConfig(Strict):
             if isinstance(stages, list):
                 return {**data, "backends": stages}
         return data
+
+    @model_validator(mode="after")
+    def _baseline_listed(self) -> RouteConfig:
+        if self.baseline is not None and self.baseline not in self.backends:
+            raise ValueError(f"baseline {self.baseline!r} is not one of the route's backends")
+        return self
     cache: CacheRules | None = None
+    compress: CompressRules | None = None
 
 
 class ServerConfig(Strict):
@@ -237,9 +295,19 @@ class ServerConfig(Strict):
 
 
 class LedgerConfig(Strict):
-    kind: Literal["sqlite", "none"] = "sqlite"
+    """Where every request's record goes (docs/ledger.md): ``sqlite`` (one file per
+    replica), ``postgres`` (one database for many replicas), ``none``, or a plugin's."""
+
+    kind: str = Field("sqlite", min_length=1,
+                      description="sqlite, postgres, none, or a plugin's ledger")
     path: str = "~/.local/state/switchyard/ledger.sqlite3"
+    url: SecretStr | None = Field(
+        None, description="the database (postgres: postgresql://user:pass@host:5432/db)")
     flush_interval_s: float = Field(0.25, gt=0)
+    buffer_max: int = Field(
+        100_000, ge=1, description="records held while the database is away; past it new "
+        "ones are dropped (counted in switchyard_ledger_dropped_records), never a failed request")
+    connect_timeout_s: float = Field(5.0, gt=0, description="opening a database connection")
 
 
 class StateConfig(Strict):
@@ -280,6 +348,7 @@ class Settings(BaseSettings):
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    compress: CompressConfig = Field(default_factory=CompressConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     admin_key: SecretStr | None = Field(None, min_length=1, description="unset: no admin API")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -29,7 +29,7 @@ import pluggy
 if TYPE_CHECKING:
     from gateway.accounting import UsageRecord
     from gateway.backend import BackendContext
-    from gateway.config import BackendConfig, CacheConfig, StateConfig
+    from gateway.config import BackendConfig, CacheConfig, LedgerConfig, StateConfig
     from gateway.interfaces import Backend, Judge, PlanEditor, RoutingPolicy
     from gateway.pipeline.exchange import Exchange
     from gateway.state import StateStore
@@ -122,10 +122,87 @@ class RegisterJudge(Protocol):
     def __call__(self, name: str, factory: JudgeFactory) -> None: ...
 
 
+class Compression(Protocol):
+    """What a ``Compressor`` returns: the messages to send instead (same roles, same order),
+    the words before and after, which parts it changed (``"messages[1].content"``) and
+    which it kept verbatim, its own time in ms and the stages it ran (``["coarse"]``)."""
+
+    @property
+    def messages(self) -> list[dict[str, Any]]: ...
+    @property
+    def words_before(self) -> int: ...
+    @property
+    def words_after(self) -> int: ...
+    @property
+    def changed(self) -> list[str]: ...
+    @property
+    def kept_verbatim(self) -> list[str]: ...
+    @property
+    def ms(self) -> float: ...
+    @property
+    def stages(self) -> list[str]: ...
+
+
+class Compressor(Protocol):
+    """A prompt compressor (``switchyard_register_compressors``): ``compress`` a chat
+    request's messages toward ``ratio`` (words in over words out) or ``token_budget``; the
+    messages unchanged (``changed == []``) when there is nothing it may change or the prompt
+    is under ``min_words``. Blocking work runs in a worker thread, never on the event loop."""
+
+    async def compress(self, messages: list[dict[str, Any]], *, ratio: float | None = None,
+                       token_budget: int | None = None,
+                       min_words: int | None = None) -> Compression: ...
+
+
+# ``factory(options)``: the ``compress.options`` section; returns a ``Compressor``.
+CompressorFactory = Callable[[dict[str, Any]], Compressor]
+
+
+class RegisterCompressor(Protocol):
+    """``register(kind, factory)``: ``factory(options) -> Compressor``."""
+
+    def __call__(self, kind: str, factory: CompressorFactory) -> None: ...
+
+
 class RegisterStateStore(Protocol):
     """``register(kind, factory)``: ``factory(state_config) -> StateStore``."""
 
     def __call__(self, kind: str, factory: StateFactory) -> None: ...
+
+
+class LedgerStore(Protocol):
+    """A ledger (``switchyard_register_ledgers``): where every ``UsageRecord`` is kept.
+    ``write`` runs on the event loop for every request: it only buffers (never blocks,
+    never raises; ``gateway.BatchWriter`` does the batching, the retries and the bound).
+    ``start`` (connect, migrate) and ``close`` (drain) run with the gateway. ``query(sql,
+    params)`` reads rows in SQLite's SQL with ``?`` placeholders (the ledger translates them),
+    blocking: call it off the event loop. ``dialect`` (``sqlite`` or ``postgres``) tells
+    ``gateway.ledger_queries`` which few expressions to use."""
+
+    @property
+    def dialect(self) -> str: ...
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def buffered(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    def write(self, rec: UsageRecord) -> None: ...
+
+    def close(self) -> None: ...
+
+    def query(self, sql: str, params: tuple[Any, ...] = ...) -> list[dict[str, Any]]: ...
+
+
+# ``factory(ledger_config)``: the validated ``ledger`` section; no I/O (``start`` does it).
+LedgerFactory = Callable[["LedgerConfig"], LedgerStore]
+
+
+class RegisterLedger(Protocol):
+    """``register(kind, factory)``: ``factory(ledger_config) -> LedgerStore``."""
+
+    def __call__(self, kind: str, factory: LedgerFactory) -> None: ...
 
 
 # ``configure(parser)`` adds a command's options to its ``argparse`` parser; ``run(args)``
@@ -209,6 +286,22 @@ def switchyard_register_state_stores(register: RegisterStateStore) -> None:
 
 
 @hookspec
+def switchyard_register_ledgers(register: RegisterLedger) -> None:
+    """Register ledgers: where every request's ``UsageRecord`` is written (docs/ledger.md).
+
+    Called once at start-up. Call ``register(kind, factory)``; ``ledger: {kind: <kind>}``
+    selects one (``sqlite``, the built-in default; ``postgres``, built in, for many
+    replicas; ``none`` turns the ledger off) and ``factory(ledger_config)`` builds it from
+    the validated ``ledger`` section, without I/O (raise ``ValueError`` for a section it
+    refuses). The gateway awaits its ``start`` before serving and calls its ``close`` at
+    shutdown; the request path calls only its ``write``.
+
+    Returns nothing; all implementations are called. Duplicate kinds are refused, and a
+    plugin overrides a ``trylast`` registration of the same kind.
+    """
+
+
+@hookspec
 def switchyard_register_stages(register: RegisterStage) -> None:
     """Fill the optional seams of the request path (``gateway.pipeline.stages.ORDER``).
 
@@ -275,6 +368,25 @@ def switchyard_register_caches(register: RegisterCache) -> None:
     Returns nothing; all implementations are called. Duplicate kinds are refused, and a
     plugin overrides a ``trylast`` registration of the same kind. A configured cache and a
     plugin that fills ``cache_lookup`` or ``cache_store`` itself is a start-up error.
+    """
+
+
+@hookspec
+def switchyard_register_compressors(register: RegisterCompressor) -> None:
+    """Register prompt compressors: what makes a long prompt shorter before it is counted,
+    budgeted, routed and sent (docs/compression.md).
+
+    Called once at start-up, and used only when the config turns compression on
+    (``compress: {enabled: true}``, or a route's ``compress``). Call ``register(kind,
+    factory)``; ``compress: {kind: <kind>}`` selects one (``question_aware``, the built-in,
+    by default), and ``factory(options)`` builds it once from ``compress.options`` without
+    loading anything heavy (the gateway warms it up at start). The gateway's ``compress``
+    stage calls its ``compress`` where it pays, checks that only message text changed, and
+    accounts the saving; a compressor that raises leaves the prompt as it was.
+
+    Returns nothing; all implementations are called. Duplicate kinds are refused, and a
+    plugin overrides a ``trylast`` registration of the same kind. Configured compression
+    and a plugin that fills the ``compress`` seam itself is a start-up error.
     """
 
 

@@ -1,16 +1,23 @@
-"""The durable ledger: every UsageRecord as a row in SQLite.
+"""The durable ledger: every UsageRecord as a row, in SQLite (here) or another database
+(a ``switchyard_register_ledgers`` plugin: the built-in PostgreSQL one, for many replicas).
 
-Writes never run on the event loop: records go into a queue that a writer thread drains in
-batches (one transaction per batch, WAL mode). ``close()`` drains the queue before it
-returns, so a clean shutdown loses nothing.
+Writes never run on the event loop: records go into a bounded buffer that a writer thread
+(``BatchWriter``) drains in batches (one transaction per batch). A batch that fails (the
+database is away) is kept and retried with backoff; past ``buffer_max`` records held, new
+ones are dropped, counted (``dropped``, the ``switchyard_ledger_dropped_records`` metric)
+and logged, and the request that made them is served all the same. ``close()`` drains the
+buffer before it returns, so a clean shutdown with the database up loses nothing.
 
 The schema has a version (SQLite's ``PRAGMA user_version``) and numbered migrations
-(``MIGRATIONS``, version N is ``MIGRATIONS[N - 1]``). Opening a ledger applies the missing
-ones in one ``BEGIN IMMEDIATE`` transaction: two replicas opening one file at once take
-turns, and the second finds the work done. Each step is idempotent (``IF NOT EXISTS``, a
-column added only when missing), so a ledger written before versions existed (version 0,
-the table already there) migrates too. A new column goes at the end of ``COLUMNS`` and into
-a new migration that adds it; never edit a migration that has shipped.
+(``MIGRATIONS``, version N is ``MIGRATIONS[N - 1]``). A step is dialect-neutral: it calls
+a ``Schema`` (create a table, add columns, create an index), which each database renders in
+its own SQL, so SQLite and PostgreSQL run the one list. Opening a ledger applies the missing
+ones in one transaction (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: under an advisory lock):
+two replicas opening one ledger at once take turns, and the second finds the work done.
+Each step is idempotent (``IF NOT EXISTS``, a column added only when missing), so a ledger
+written before versions existed (version 0, the table already there) migrates too. A new
+column goes at the end of ``COLUMNS`` and into a new migration that adds it
+(``add_columns(db, "requests", ...)``); never edit a migration that has shipped.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -69,7 +76,34 @@ _V2_CACHE_COLUMNS: list[tuple[str, str]] = [
     ("saved_bytes", "INTEGER"),
 ]
 # every column the ledger writes: version 1's, then each later migration's, in order
-COLUMNS: list[tuple[str, str]] = [*_V1_COLUMNS, *_V2_CACHE_COLUMNS]
+# version 3: prompt compression (its outcome, the prompt's tokens before it, what it saved,
+# the compressor's time)
+_V3_COMPRESS_COLUMNS: list[tuple[str, str]] = [
+    ("compress", "TEXT"),
+    ("prompt_tokens_original", "INTEGER"),
+    ("compress_saved_tokens", "INTEGER"),
+    ("compress_saved_bytes", "INTEGER"),
+    ("compress_ms", "REAL"),
+]
+# version 4: the savings report (docs/report.md): the baseline backend, what routing,
+# compression and a cascade saved against it (``gateway.savings``), a cascade row's step and
+# its judge's score; an index on time for reports over every team
+_V4_SAVINGS_COLUMNS: list[tuple[str, str]] = [
+    ("baseline", "TEXT"),
+    ("saved_routing_usd", "REAL"),
+    ("saved_routing_energy_j", "REAL"),
+    ("saved_routing_co2_g", "REAL"),
+    ("saved_compress_usd", "REAL"),
+    ("saved_compress_energy_j", "REAL"),
+    ("saved_compress_co2_g", "REAL"),
+    ("saved_cascade_usd", "REAL"),
+    ("saved_cascade_energy_j", "REAL"),
+    ("saved_cascade_co2_g", "REAL"),
+    ("cascade_step", "INTEGER"),
+    ("judge_score", "REAL"),
+]
+COLUMNS: list[tuple[str, str]] = [*_V1_COLUMNS, *_V2_CACHE_COLUMNS, *_V3_COMPRESS_COLUMNS,
+                                  *_V4_SAVINGS_COLUMNS]
 _NAMES = [c for c, _ in COLUMNS]
 _INSERT = (
     f"INSERT INTO requests ({', '.join(_NAMES)}) "
@@ -89,67 +123,247 @@ def _row(rec: UsageRecord) -> tuple[Any, ...]:
     return tuple(row)
 
 
-Migration = Callable[[sqlite3.Connection], None]
+class Schema(Protocol):
+    """What a migration step may do, in any database: each ledger kind renders these in its
+    own SQL (column kinds are SQLite's ``TEXT``, ``INTEGER``, ``REAL``), each idempotent."""
+
+    def create_table(self, table: str, columns: Iterable[tuple[str, str]]) -> None: ...
+
+    def add_columns(self, table: str, columns: Iterable[tuple[str, str]]) -> None: ...
+
+    def create_index(self, name: str, table: str, columns: Sequence[str]) -> None: ...
 
 
-def add_columns(conn: sqlite3.Connection, table: str, columns: Iterable[tuple[str, str]]) -> None:
+Migration = Callable[[Schema], None]
+
+
+def add_columns(db: Schema, table: str, columns: Iterable[tuple[str, str]]) -> None:
     """``ALTER TABLE ... ADD COLUMN`` for each column the table lacks (idempotent)."""
-    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-    for name, kind in columns:
-        if name not in have:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+    db.add_columns(table, columns)
 
 
-def _v1_requests(conn: sqlite3.Connection) -> None:
-    cols = ", ".join(f"{n} {t}" for n, t in _V1_COLUMNS)
+class SQLiteSchema:
+    """``Schema`` in SQLite's SQL, on a connection inside the migration's transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def create_table(self, table: str, columns: Iterable[tuple[str, str]]) -> None:
+        cols = ", ".join(f"{n} {t}" for n, t in columns)
+        self.conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
+
+    def add_columns(self, table: str, columns: Iterable[tuple[str, str]]) -> None:
+        have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns:
+            if name not in have:
+                self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+    def create_index(self, name: str, table: str, columns: Sequence[str]) -> None:
+        self.conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table}({', '.join(columns)})")
+
+
+def _v1_requests(db: Schema) -> None:
     # request_id is not the key: a client may send its own x-request-id twice, and the
     # ledger must keep both rows (a batch is one transaction, so a retry never duplicates)
-    conn.execute(f"CREATE TABLE IF NOT EXISTS requests ({cols})")
-    conn.execute("CREATE INDEX IF NOT EXISTS requests_request_id ON requests(request_id)")
-    conn.execute("CREATE INDEX IF NOT EXISTS requests_team_time ON requests(team, started_at)")
+    db.create_table("requests", _V1_COLUMNS)
+    db.create_index("requests_request_id", "requests", ["request_id"])
+    db.create_index("requests_team_time", "requests", ["team", "started_at"])
 
 
-def _v2_cache(conn: sqlite3.Connection) -> None:
-    add_columns(conn, "requests", _V2_CACHE_COLUMNS)
+def _v2_cache(db: Schema) -> None:
+    add_columns(db, "requests", _V2_CACHE_COLUMNS)
 
 
-MIGRATIONS: list[Migration] = [_v1_requests, _v2_cache]
+def _v3_compress(db: Schema) -> None:
+    add_columns(db, "requests", _V3_COMPRESS_COLUMNS)
 
 
-def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
-    """Brings the schema to ``len(migrations)``; returns the version it found. One
-    transaction: a failed step leaves the file as it was. ``conn`` is in autocommit mode
-    (``isolation_level=None``)."""
-    conn.execute("BEGIN IMMEDIATE")  # the write lock first: a second opener waits here
-    try:
-        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
-        for version in range(found + 1, len(migrations) + 1):
-            migrations[version - 1](conn)
-            conn.execute(f"PRAGMA user_version = {version}")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+def _v4_savings(db: Schema) -> None:
+    add_columns(db, "requests", _V4_SAVINGS_COLUMNS)
+    db.create_index("requests_time", "requests", ["started_at"])
+
+
+MIGRATIONS: list[Migration] = [_v1_requests, _v2_cache, _v3_compress, _v4_savings]
+
+
+def apply_migrations(db: Schema, found: int, set_version: Callable[[int], None],
+                     migrations: Sequence[Migration] = MIGRATIONS) -> None:
+    """Runs the steps after version ``found`` in order, recording each version as it goes;
+    the caller holds the transaction (and the lock), so a failed step undoes them all."""
+    for version in range(found + 1, len(migrations) + 1):
+        migrations[version - 1](db)
+        set_version(version)
     if found < len(migrations):
         log.info("ledger schema migrated from version %d to %d", found, len(migrations))
     elif found > len(migrations):  # a newer replica's ledger: it only added columns
         log.info("ledger schema version %d is newer than this code's %d", found,
                  len(migrations))
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Brings a SQLite ledger's schema to ``len(migrations)``; returns the version it found.
+    One transaction: a failed step leaves the file as it was. ``conn`` is in autocommit mode
+    (``isolation_level=None``)."""
+    conn.execute("BEGIN IMMEDIATE")  # the write lock first: a second opener waits here
+    try:
+        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        apply_migrations(SQLiteSchema(conn), found,
+                         lambda v: conn.execute(f"PRAGMA user_version = {v}"), migrations)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
     return found
 
 
-class Ledger:
-    """SQLite ledger with a background writer thread."""
+_BATCH = 1000  # rows per transaction
 
-    def __init__(self, path: str | Path, flush_interval_s: float = 0.25) -> None:
-        self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+class BatchWriter:
+    """The writer side every ledger shares: ``write`` puts a record in a buffer (never
+    blocks, never raises); a thread converts records to rows and hands them to ``_insert``
+    in batches of up to 1,000, one transaction each. A batch that fails is kept and retried
+    with backoff (1 s doubling to 30 s, after ``_reset``); while it fails, records pile up
+    to ``buffer_max``, and past it new ones are dropped, counted in ``dropped`` and logged
+    (one line when dropping starts, one when writing resumes). A subclass provides
+    ``_open`` (connect and migrate; called before the first insert and after a reset),
+    ``_insert`` and, if it holds a connection, ``_reset`` and ``_shutdown``."""
+
+    dialect = "sqlite"  # the SQL its ``query`` speaks: "sqlite" or "postgres"
+
+    def __init__(self, flush_interval_s: float, buffer_max: int, name: str) -> None:
         self._q: queue.SimpleQueue[UsageRecord | None] = queue.SimpleQueue()
         self._interval = flush_interval_s
-        self._conn = self._connect()
-        self._thread = threading.Thread(target=self._run, name="switchyard-ledger", daemon=True)
-        self._thread.start()
+        self._max = buffer_max
+        self._held = 0  # rows the thread holds, not yet written
+        self._dropped_full = 0  # by ``write`` (the event loop's thread)
+        self._dropped_held = 0  # by the writer thread
+        self._dropping = False
+        self._opened = False
         self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    @property
+    def dropped(self) -> int:
+        """Records given up since start (the database was away and the buffer full)."""
+        return self._dropped_full + self._dropped_held
+
+    @property
+    def buffered(self) -> int:
+        """Records waiting to be written."""
+        return self._q.qsize() + self._held
+
+    def write(self, rec: UsageRecord) -> None:
+        """Queue one record; never blocks on the database, never raises."""
+        if self._q.qsize() + self._held >= self._max:
+            self._dropped_full += 1
+            if not self._dropping:
+                self._dropping = True
+                log.error("ledger buffer full (%d records): dropping new records until the "
+                          "database takes writes again", self._max)
+            return
+        self._q.put(rec)
+
+    def _open(self) -> None:
+        return None
+
+    def _insert(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        raise NotImplementedError
+
+    def _reset(self) -> None:
+        return None
+
+    def _shutdown(self) -> None:
+        return None
+
+    def _take(self, rows: list[tuple[Any, ...]], wait: float) -> bool:
+        """Moves queued records into ``rows`` (waiting up to ``wait`` s for the first);
+        True when ``close`` was called."""
+        try:
+            item = self._q.get(timeout=wait)
+        except queue.Empty:
+            return False
+        while item is not None:
+            if len(rows) < self._max:
+                rows.append(_row(item))
+                self._held = len(rows)
+            else:
+                self._dropped_held += 1
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                break
+        self._held = len(rows)
+        return item is None
+
+    def _flush(self, rows: list[tuple[Any, ...]]) -> bool:
+        """Writes ``rows`` in batches, removing each batch once committed; False (rows
+        kept) when the database refuses."""
+        try:
+            if not self._opened:
+                self._open()
+                self._opened = True
+            while rows:
+                self._insert(rows[:_BATCH])
+                del rows[:_BATCH]
+                self._held = len(rows)
+        except Exception as e:  # noqa: BLE001 - the database's problem, never the request's
+            log.warning("ledger write failed (%s: %s); %d records held, retrying",
+                        type(e).__name__, e, len(rows))
+            self._opened = False
+            self._reset()
+            return False
+        if self._dropping:
+            self._dropping = False
+            log.warning("ledger writes resumed; %d records dropped so far", self.dropped)
+        return True
+
+    def _run(self) -> None:
+        rows: list[tuple[Any, ...]] = []
+        closing, backoff = False, 0.0
+        if not self._flush(rows):  # connect and migrate first (a no-op once open)
+            backoff = 1.0
+        while True:
+            closing = self._take(rows, backoff or self._interval) or closing
+            if rows and not self._flush(rows):
+                backoff = min(30.0, max(1.0, backoff * 2))
+                if closing:  # one last try failed: what is held is lost, and said so
+                    self._dropped_held += len(rows)
+                    log.error("ledger closed with the database away: %d records dropped",
+                              len(rows))
+                    rows.clear()
+            else:
+                backoff = 0.0
+            self._held = len(rows)
+            if closing and not rows:
+                break
+        self._shutdown()
+
+    async def start(self) -> None:
+        return None
+
+    def close(self) -> None:
+        """Writes what is buffered (one last try when the database is away), then stops."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._thread.is_alive():  # never started: what was queued cannot be written
+            return
+        self._q.put(None)
+        self._thread.join(timeout=60)
+
+
+class Ledger(BatchWriter):
+    """SQLite ledger with a background writer thread (``ledger: {kind: sqlite}``)."""
+
+    def __init__(self, path: str | Path, flush_interval_s: float = 0.25,
+                 buffer_max: int = 100_000) -> None:
+        super().__init__(flush_interval_s, buffer_max, "switchyard-ledger")
+        self.path = Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = self._connect()
+        self._opened = True
+        self._thread.start()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
@@ -159,51 +373,12 @@ class Ledger:
         migrate(conn)
         return conn
 
-    def write(self, rec: UsageRecord) -> None:
-        """Queue one record; never blocks on disk."""
-        self._q.put(rec)
+    def _insert(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        with self._conn:
+            self._conn.execute("BEGIN")
+            self._conn.executemany(_INSERT, rows)
 
-    def _run(self) -> None:
-        done = False
-        while not done:
-            batch: list[UsageRecord] = []
-            try:
-                item = self._q.get(timeout=self._interval)
-            except queue.Empty:
-                continue
-            while True:
-                if item is None:
-                    done = True
-                    break
-                batch.append(item)
-                if len(batch) >= 1000:
-                    break
-                try:
-                    item = self._q.get_nowait()
-                except queue.Empty:
-                    break
-            if batch:
-                self._flush(batch)
-
-    def _flush(self, batch: Iterable[UsageRecord]) -> None:
-        rows = [_row(r) for r in batch]
-        for attempt in range(5):
-            try:
-                with self._conn:
-                    self._conn.execute("BEGIN")
-                    self._conn.executemany(_INSERT, rows)
-                return
-            except sqlite3.OperationalError as e:  # locked by another replica: retry
-                log.warning("ledger write failed (%s), retrying", e)
-                threading.Event().wait(0.05 * (attempt + 1))
-        log.error("ledger write failed 5 times; %d records kept in memory", len(rows))
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._q.put(None)
-        self._thread.join(timeout=30)
+    def _shutdown(self) -> None:
         self._conn.close()
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:

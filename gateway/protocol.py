@@ -55,6 +55,18 @@ class CacheOptions(BaseModel):
     threshold: float | None = Field(None, ge=0, le=1)
 
 
+class CompressOptions(BaseModel):
+    """``extra_body={"switchyard": {"compress": {...}}}``: this request's prompt compression
+    (docs/compression.md); unset fields keep the route's. ``ratio`` or ``token_budget``
+    replaces the route's target; ``off`` sends the prompt as it is."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    ratio: float | None = Field(None, gt=1)
+    token_budget: int | None = Field(None, ge=1)
+    min_tokens: int | None = Field(None, ge=0)
+    off: bool = False
+
+
 class SwitchyardOptions(BaseModel):
     """Per-request options, sent as ``extra_body={"switchyard": {...}}``."""
 
@@ -65,6 +77,7 @@ class SwitchyardOptions(BaseModel):
     latency_target: Literal["ttft", "total"] | None = None
     include_co2: bool | None = None
     cache: CacheOptions | None = None
+    compress: CompressOptions | None = None
 
 
 MAX_TOKENS_LIMIT = 2**31 - 1  # what engines take (a C int); no model writes more

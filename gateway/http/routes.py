@@ -109,6 +109,8 @@ async def inference(request: Request, endpoint: Endpoint) -> Response:
                 headers["x-switchyard-route"] = f"{rec.backend}; {rec.reason}"
             if rec.cache is not None:
                 headers.update(rec.cache_headers())
+            if rec.compress is not None:
+                headers.update(rec.compress_headers())
             if rec.decision is not None and "cascade" in rec.decision:
                 headers["x-switchyard-cascade"] = rec.cascade_header()
             return StreamingResponse(it, media_type="text/event-stream", headers=headers)

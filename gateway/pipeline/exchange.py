@@ -36,6 +36,8 @@ class Exchange:
     pieces: list[int] | None = None
     # the cache's own notes from cache_lookup to cache_store (its keys, the embedding)
     cache: Any = None
+    # compress: what it did and why, for the record features starts (``pipeline.compress``)
+    compression: Any = None
 
     @property
     def streaming(self) -> bool:

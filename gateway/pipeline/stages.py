@@ -10,14 +10,16 @@ a cache no ``cache_lookup``, without a compressor no ``compress``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import Any
 
 from gateway.accounting import UsageRecord
 from gateway.errors import InvalidRequest
 from gateway.hookspecs import Stage
 from gateway.interfaces import Backend, BackendCall, Constraints, RequestFeatures
 from gateway.pipeline.admission import Admission, OpenAdmission
+from gateway.pipeline.compress import Compress
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.routing import Router, vars_of
 from gateway.protocol import max_prompt_tokens, prompt_text
@@ -100,6 +102,19 @@ class Features:
                 f"the prompt and the completion.", param=param, code="context_length_exceeded")
 
 
+class NotedFeatures(Features):
+    """``features``, then ``note(exchange)``: a stage before it (``compress``) puts what it
+    did into the record features just started; without one, plain ``Features`` runs."""
+
+    def __init__(self, note: Callable[[Exchange], None], *args: Any) -> None:
+        super().__init__(*args)
+        self.note = note
+
+    def __call__(self, x: Exchange) -> None:
+        super().__call__(x)
+        self.note(x)
+
+
 class Admit:
     """Rate limits per key and team (``Admission.admit``); only there with budgets."""
 
@@ -127,7 +142,8 @@ class PlanStage:
             plan.cascade = cascade_of(cascade.stages, plan.order)
         x.plan = plan
         if plan.predictions:
-            x.record.decision = {"policy": plan.policy, "reason": plan.reason, "order": plan.order,
+            x.record.decision = {**(x.record.decision or {}),  # the compress stage's, if any
+                            "policy": plan.policy, "reason": plan.reason, "order": plan.order,
                             "rejected": plan.rejected,
                             "predictions": {k: vars_of(v) for k, v in plan.predictions.items()}}
 
@@ -166,9 +182,13 @@ def build(router: Router, backends: Mapping[str, Backend], admission: Admission,
     unknown = set(optional) - OPTIONAL
     if unknown:
         raise ValueError(f"unknown stages {sorted(unknown)} (optional: {sorted(OPTIONAL)})")
+    # the built-in compress stage notes what it did in the record features starts
+    compress = optional.get("compress")
+    note = compress.note if isinstance(compress, Compress) else None
     built: dict[str, Stage] = {
         "resolve": Resolve(router),
-        "features": Features(backends, admission, text_chars),
+        "features": (Features(backends, admission, text_chars) if note is None
+                     else NotedFeatures(note, backends, admission, text_chars)),
         "plan": PlanStage(router),
         **optional,
     }
