@@ -227,3 +227,34 @@ def test_a_route_can_turn_compression_off_and_other_endpoints_are_left_alone(
                                                       max_tokens=4)
         assert rec.last.body["prompt"] == context()
         assert "x-switchyard-compress" not in done.headers
+
+
+ADMIN = "admin-secret-for-compress-tests"
+
+
+def test_the_budget_holds_the_compressed_prompt_not_the_original(
+        tmp_path: Path, upstream: tuple[RecordingUpstream, LiveServer]) -> None:
+    """A team whose whole budget cannot hold the original prompt at the backend's price is
+    served: admission reserves what is sent, the compressed prompt."""
+    import httpx
+
+    rec = upstream[0]
+    with _gateway(tmp_path, upstream, admin_key=ADMIN) as gw:
+        auth = {"authorization": f"Bearer {ADMIN}"}
+        r = httpx.post(gw.url + "/admin/teams", json={"name": "rag-team", "budget_usd": 0.002},
+                       headers=auth, timeout=30)
+        assert r.status_code == 201, r.text
+        r = httpx.post(gw.url + "/admin/keys", json={"team": "rag-team", "name": "ci"},
+                       headers=auth, timeout=30)
+        key = str(r.json()["key"])
+        with openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0,
+                           timeout=60) as c:
+            with pytest.raises(openai.BadRequestError) as e:
+                _ask(c, RAG, extra_body={"switchyard": {"compress": {"off": True}}})
+            assert e.value.code == "request_exceeds_budget"
+            assert len(rec.requests) == 0
+            ok = _ask(c, RAG)
+            assert ok.headers["x-switchyard-compress"] == "compressed"
+            assert int(ok.headers["x-switchyard-prompt-tokens-original"]) * 3e-6 > 0.002
+            assert float(ok.headers["x-switchyard-cost-usd"]) < 0.002
+            assert ANSWER_SENTENCE in rec.last.body["messages"][0]["content"]
