@@ -499,6 +499,8 @@ async def running(parts: Parts) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await gw.close()
+        if parts.compress is not None:
+            parts.compress.close()
         if built.cache is not None:
             await built.cache.close()
         await budgets.close()

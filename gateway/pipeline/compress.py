@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import CompressConfig
+from gateway.errors import ConfigError
 from gateway.hookspecs import Compression, Compressor
 from gateway.interfaces import Backend, BackendCall
 from gateway.pipeline.exchange import Exchange
@@ -293,15 +294,25 @@ class Compress:
         measure its cost on a retrieval-like prompt, the prior of every prediction."""
         messages = warmup_messages()
         words = sum(len(str(m["content"]).split()) for m in messages)
-        t0 = time.perf_counter()
-        for _ in range(2):  # the first run loads; the second is the measure
-            t0 = time.perf_counter()
-            c = await self.compressor.compress(messages, min_words=0)
+        try:
+            for _ in range(2):  # the first run loads; the second is the measure
+                t0 = time.perf_counter()
+                c = await self.compressor.compress(messages, min_words=0)
+        except Exception as e:
+            msg = f"the {self.kind} compressor failed its warm-up: {type(e).__name__}: {e}"
+            raise ConfigError([("compress", msg)]) from e
         ms = (time.perf_counter() - t0) * 1000.0
         tokens = round(words * 4 / 3)  # about 0.75 words a token in English
         self.reach.observe(tokens, round(c.words_after * 4 / 3), ms)
         log.info("compressor %s warmed up: %.0f ms for %d words (%.2f ms per 1k tokens)",
                  self.kind, ms, words, 1000 * (self.reach.ms_per_token or 0.0))
+
+
+    def close(self) -> None:
+        """The compressor's own ``close()`` (its threads), where it has one."""
+        close = getattr(self.compressor, "close", None)
+        if callable(close):
+            close()
 
 
 def _described(c: Compression) -> dict[str, Any]:

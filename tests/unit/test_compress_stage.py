@@ -282,3 +282,12 @@ def test_a_bad_kind_or_option_or_a_second_compress_stage_stops_start_up(
     parts = build_parts(make_settings(tmp_path, backends=backends, compress={"enabled": True}),
                         extra_plugins=[Another()])
     assert isinstance(parts.built.compressor, Misbehaving), "a plugin overrides the built-in"
+
+
+async def test_a_compressor_that_fails_its_warm_up_stops_start_up_with_its_name() -> None:
+    cfg = CompressConfig(enabled=True)
+    stage = Compress(Misbehaving("raise"), "broken", cfg, {}, {}, {})
+    with pytest.raises(ConfigError) as e:
+        await stage.start()
+    assert e.value.errors == [("compress", ("the broken compressor failed its warm-up: "
+                                           "RuntimeError: model file missing"))]
