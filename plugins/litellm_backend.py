@@ -53,6 +53,10 @@ class LiteLLMConfig(BackendConfig):
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
+# For a model its bundled map lacks, litellm's get_model_info asks these providers' servers
+# (config.json on huggingface.co, Ollama's /api/show): never at start-up, nor in check-config.
+_ASKS_ONLINE = frozenset({"huggingface", "ollama", "ollama_chat", "lemonade"})
+
 # litellm reads these from its keyword arguments as connection settings: taken from a
 # client's body, they would send our key wherever the client likes. Config sets them.
 _CONNECTION_KEYS = frozenset({
@@ -94,7 +98,8 @@ class LiteLLMBackend(BaseBackend):
         self._ll = _litellm()
         info: dict[str, Any] = {}
         try:
-            info = self._ll.get_model_info(config.model)
+            if self._ll.get_llm_provider(config.model)[1] not in _ASKS_ONLINE:
+                info = self._ll.get_model_info(config.model)
         except Exception:  # noqa: BLE001 - a model litellm does not know has no prices
             info = {}
         self._info = info
