@@ -83,6 +83,15 @@ class Imported:
             self.not_mapped(f"{path}.{k}" if path else str(k), (why or {}).get(str(k), ""))
 
 
+def mapping(value: Any, path: str, out: Imported) -> dict[str, Any]:
+    """A section as a fresh dict (handlers pop what they map); not a mapping: reported."""
+    if isinstance(value, dict):
+        return dict(value)
+    if value not in (None, [], ""):
+        out.not_mapped(path, "not a mapping")
+    return {}
+
+
 def env_name(text: str) -> str:
     return re.sub(r"[^A-Z0-9]+", "_", text.upper()).strip("_") or "SECRET"
 
@@ -246,8 +255,8 @@ def _litellm_params(params: dict[str, Any], backend: dict[str, Any], path: str,
 
 def backend_of(dep: dict[str, Any], path: str, name: str, ctx: Context,
                out: Imported) -> dict[str, Any] | None:
-    params = dict(dep.pop("litellm_params", None) or {})
-    info = dict(dep.pop("model_info", None) or {})
+    params = mapping(dep.pop("litellm_params", None), f"{path}.litellm_params", out)
+    info = mapping(dep.pop("model_info", None), f"{path}.model_info", out)
     model = params.pop("model", None)
     if not isinstance(model, str) or not model:
         out.not_mapped(f"{path}.litellm_params.model",
@@ -264,6 +273,9 @@ def backend_of(dep: dict[str, Any], path: str, name: str, ctx: Context,
         out.env_vars.add("HOSTED_VLLM_API_BASE")
     if api_base:
         backend["base_url" if plugin != "litellm" else "api_base"] = str(api_base).rstrip("/")
+        if plugin != "litellm" and not re.match(r"^(https?://|\$\{)", str(api_base)):
+            out.report.append(f"{path}.litellm_params.api_base: {api_base!r} is not a URL: "
+                              "check-config refuses the backend's base_url until it is one")
     key = secret(params.pop("api_key", None), f"{path}.litellm_params.api_key",
                  env_name(f"{name}_API_KEY"), out)
     if key:
@@ -294,6 +306,7 @@ class Context:
 def deployments(model_list: Any, ctx: Context, out: Imported) -> list[Deployment]:
     deps: list[Deployment] = []
     counts: dict[str, int] = {}
+    used: set[str] = set()
     for i, raw in enumerate(model_list if isinstance(model_list, list) else []):
         path = f"model_list[{i}]"
         if not isinstance(raw, dict):
@@ -313,6 +326,9 @@ def deployments(model_list: Any, ctx: Context, out: Imported) -> list[Deployment
             continue
         counts[group] = counts.get(group, 0) + 1
         name = f"{_NAME_BAD.sub('-', group)}@{counts[group]}"
+        while name in used:  # two model_names that read alike once cleaned ("a b", "a-b")
+            name = name.replace("@", "-@", 1)
+        used.add(name)
         order = params.pop("order", None)
         dep["litellm_params"] = params
         mid = (dep.get("model_info") or {}).get("id")
@@ -485,8 +501,8 @@ def _redis_url(src: dict[str, Any], path: str, out: Imported) -> str | None:
 def settings_of(data: dict[str, Any], out: Imported) -> tuple[Context, Routing]:
     """litellm_settings and router_settings: what the deployments and routes need; the
     rest goes into the top-level sections of ``out.config``."""
-    ls = dict(data.get("litellm_settings") or {})
-    rs = dict(data.get("router_settings") or {})
+    ls = mapping(data.get("litellm_settings"), "litellm_settings", out)
+    rs = mapping(data.get("router_settings"), "router_settings", out)
     ctx, routing = Context(), Routing()
     ctx.drop_params = bool(ls.pop("drop_params", False))
     timeouts = [rs.pop("timeout", None), ls.pop("request_timeout", None), ls.pop("timeout", None)]
@@ -497,9 +513,12 @@ def settings_of(data: dict[str, Any], out: Imported) -> tuple[Context, Routing]:
             for group, targets in _fallback_pairs(src.pop(kind, None), f"{section}.{kind}", out):
                 routing.fallbacks.append((group, targets, f"{section}.{kind}"))
         dflt = src.pop("default_fallbacks", None)
+        dflt = [dflt] if isinstance(dflt, str) else dflt
+        if dflt is not None and not isinstance(dflt, list):
+            out.not_mapped(f"{section}.default_fallbacks", "not a list of model names")
         routing.default_fallbacks += [str(x) for x in dflt] if isinstance(dflt, list) else []
-        alias = src.pop("model_group_alias", None)
-        routing.aliases.update(alias if isinstance(alias, dict) else {})
+        routing.aliases.update(mapping(src.pop("model_group_alias", None),
+                                       f"{section}.model_group_alias", out))
     _health(ls, rs, out)
     if ls.pop("set_verbose", False):
         out.config["log_level"] = "debug"
@@ -542,7 +561,7 @@ def _health(ls: dict[str, Any], rs: dict[str, Any], out: Imported) -> None:
 
 def _cache(ls: dict[str, Any], out: Imported) -> None:
     on = ls.pop("cache", False)
-    params = dict(ls.pop("cache_params", None) or {})
+    params = mapping(ls.pop("cache_params", None), "litellm_settings.cache_params", out)
     if not on:
         if params:
             out.leftovers(params, "litellm_settings.cache_params", {
@@ -567,7 +586,12 @@ def _cache(ls: dict[str, Any], out: Imported) -> None:
     if isinstance(calls, list):
         out.cache_calls = [str(c) for c in calls]
     if kind.startswith("redis"):
-        url = _redis_url(params, path, out) or "redis://127.0.0.1:6379/0"
+        # no host: LiteLLM reads REDIS_HOST, REDIS_PORT and REDIS_PASSWORD; so does this URL
+        url = _redis_url(params, path, out)
+        if url is None:
+            url = "redis://:${REDIS_PASSWORD:-}@${REDIS_HOST:-127.0.0.1}:${REDIS_PORT:-6379}/0"
+            out.notes.append("cache_params names no Redis host: as LiteLLM, the URL reads "
+                             "REDIS_HOST, REDIS_PORT and REDIS_PASSWORD")
         out.config["state"] = {"kind": "redis", "url": url}
         out.notes.append("the cache's Redis is the state store: budgets, rate limits and "
                          "health live there too")
@@ -597,7 +621,7 @@ def _cache_by_route(routes: list[dict[str, Any]], backends: dict[str, dict[str, 
 
 
 def _general(data: dict[str, Any], out: Imported) -> None:
-    gs = dict(data.get("general_settings") or {})
+    gs = mapping(data.get("general_settings"), "general_settings", out)
     key = gs.pop("master_key", None)
     if key:
         out.config["admin_key"] = secret(key, "general_settings.master_key",
@@ -613,7 +637,8 @@ def _credentials(data: dict[str, Any], out: Imported) -> dict[str, dict[str, Any
     creds: dict[str, dict[str, Any]] = {}
     for i, c in enumerate(data.get("credential_list") or []):
         if isinstance(c, dict) and c.get("credential_name"):
-            creds[str(c["credential_name"])] = dict(c.get("credential_values") or {})
+            creds[str(c["credential_name"])] = mapping(
+                c.get("credential_values"), f"credential_list[{i}].credential_values", out)
             for k in c:
                 if k not in ("credential_name", "credential_values", "credential_info"):
                     out.not_mapped(f"credential_list[{i}].{k}")

@@ -259,3 +259,95 @@ def test_cli_refuses_a_broken_file_without_quoting_it(capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert "not valid YAML at line" in err
     assert "sk-1234" not in err
+
+
+# ---- nothing dropped silently, on LiteLLM's own configs -----------------------------------
+
+MAPPED_PARAMS = {"model", "api_key", "api_base", "timeout", "stream_timeout", "order",
+                 "litellm_credential_name", "input_cost_per_token", "output_cost_per_token",
+                 "cache_read_input_token_cost", "input_cost_per_second",
+                 "output_cost_per_second", "organization", "extra_headers", "headers"}
+MAPPED_INFO = {"max_input_tokens", "max_tokens", "mode", "base_model", "input_cost_per_token",
+               "output_cost_per_token"}
+MAPPED_SETTINGS = {"drop_params", "request_timeout", "timeout", "routing_strategy", "fallbacks",
+                   "context_window_fallbacks", "default_fallbacks", "model_group_alias",
+                   "num_retries", "allowed_fails", "cooldown_time", "set_verbose", "cache",
+                   "cache_params", "telemetry", "redis_host", "redis_port", "redis_password",
+                   "redis_url", "master_key"}
+MAPPED_CACHE = {"type", "ttl", "namespace", "supported_call_types", "host", "port", "password",
+                "url", "mode"}
+SECTIONS = {"model_list", "litellm_settings", "router_settings", "general_settings",
+            "credential_list"}
+
+
+def unaccounted(data: dict[str, Any], cfg: dict[str, Any], report: list[str]) -> list[str]:
+    """Every key of the LiteLLM file that is neither mapped nor reported with its path."""
+    said = {line.split(": ")[0] for line in report}
+    missing: list[str] = []
+
+    def check(path: str, mapped: bool) -> None:
+        if not mapped and path not in said:
+            missing.append(path)
+
+    for i, dep in enumerate(data.get("model_list") or []):
+        p = f"model_list[{i}]"
+        if p in said or f"{p}.litellm_params.model" in said:
+            continue  # the whole deployment was reported
+        extra = cfg["backends"][[b["name"] for b in cfg["backends"]].index(
+            next(b["name"] for b in cfg["backends"]
+                 if b["name"].startswith(str(dep["model_name"]).replace(" ", "-") + "@")))]
+        for k in dep:
+            check(f"{p}.{k}", k in ("model_name", "litellm_params", "model_info"))
+        for k in dep.get("litellm_params") or {}:
+            check(f"{p}.litellm_params.{k}", k in MAPPED_PARAMS or k in extra.get("extra", {}))
+        for k in dep.get("model_info") or {}:
+            check(f"{p}.model_info.{k}", k in MAPPED_INFO)
+    for section in ("litellm_settings", "router_settings", "general_settings"):
+        for k in data.get(section) or {}:
+            check(f"{section}.{k}", k in MAPPED_SETTINGS)
+    for k in (data.get("litellm_settings") or {}).get("cache_params") or {}:
+        check(f"litellm_settings.cache_params.{k}", k in MAPPED_CACHE)
+    for k in data.get("environment_variables") or {}:
+        check(f"environment_variables.{k}", False)
+    for k in data:
+        check(str(k), k in SECTIONS or k == "environment_variables")
+    return missing
+
+
+@pytest.mark.parametrize("src", sorted((FIXTURES / "litellm").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_key_of_litellms_configs_is_mapped_or_reported(src: Path) -> None:
+    data = yaml.safe_load(src.read_text())
+    cfg, report, text = imported(data)
+    assert unaccounted(data, cfg, report) == []
+    inline = [str(d["litellm_params"]["api_key"]) for d in data.get("model_list") or []
+              if str((d.get("litellm_params") or {}).get("api_key") or "os.environ/")
+              .startswith("os.environ/") is False]
+    for key in inline:  # the LiteLLM file's inline keys: in neither the output nor stderr
+        assert f": {key}\n" not in text and f" {key}" not in " ".join(report)
+
+
+def test_odd_inputs_are_reported_not_fatal() -> None:
+    cfg, report, text = imported({
+        "model_list": [
+            {"model_name": "a b", "litellm_params": {"model": "gpt-4o"}},
+            {"model_name": "a-b", "litellm_params": {"model": "gpt-4o"}},
+            {"model_name": "x", "litellm_params": {"model": "openai/m",
+                                                   "api_base": "<model-api-base>"}},
+            {"model_name": "y"},
+        ],
+        "litellm_settings": {"cache": True, "cache_params": {"type": "redis"}},
+        "general_settings": ["not", "a", "mapping"],
+    })
+    assert [b["name"] for b in cfg["backends"]] == ["a-b@1", "a-b-@1", "x@1"]
+    assert route(cfg, "a b")["backends"] == ["a-b@1"]
+    assert route(cfg, "a-b")["backends"] == ["a-b-@1"]
+    assert any(line.startswith("model_list[2].litellm_params.api_base: '<model-api-base>' is "
+                               "not a URL") for line in report)
+    assert "model_list[3].litellm_params.model: not mapped (missing: no backend can be made " \
+           "for this deployment)" in report
+    assert "general_settings: not mapped (not a mapping)" in report
+    # no host named: LiteLLM's own variables, with its defaults
+    assert cfg["state"]["url"] == ("redis://:${REDIS_PASSWORD:-}@${REDIS_HOST:-127.0.0.1}:"
+                                   "${REDIS_PORT:-6379}/0")
+    assert "reads REDIS_HOST, REDIS_PORT and REDIS_PASSWORD" in text
