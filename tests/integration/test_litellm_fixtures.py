@@ -151,3 +151,7 @@ def test_imported_config_checks_and_serves_every_model_name(
         assert models[name]["kind"] == "route", name
         assert len(models[name]["backends"]) == count, (name, models[name])
     assert not expected or set(expected) <= set(models)
+    for dep in litellm.get("model_list") or []:  # embedding models: on /v1/embeddings
+        model = str((dep.get("litellm_params") or {}).get("model") or "")
+        if "embed" in model.lower() or (dep.get("model_info") or {}).get("mode") == "embedding":
+            assert "embeddings" in models[str(dep["model_name"])]["endpoints"], dep
