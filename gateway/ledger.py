@@ -186,7 +186,7 @@ def _v4_savings(db: Schema) -> None:
 MIGRATIONS: list[Migration] = [_v1_requests, _v2_cache, _v3_compress, _v4_savings]
 
 
-def apply_migrations(db: Schema, found: int, set_version: Callable[[int], None],
+def apply_migrations(db: Schema, found: int, set_version: Callable[[int], object],
                      migrations: Sequence[Migration] = MIGRATIONS) -> None:
     """Runs the steps after version ``found`` in order, recording each version as it goes;
     the caller holds the transaction (and the lock), so a failed step undoes them all."""

@@ -7,14 +7,35 @@ team names: never a key.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from gateway.accounting import UsageRecord
 
 _LAT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
+
+class LedgerStats(Protocol):
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def buffered(self) -> int: ...
+
+
+class _LedgerCollector:
+    def __init__(self, ledger: LedgerStats) -> None:
+        self.ledger = ledger
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("switchyard_ledger_dropped_records", "Ledger records "
+                                  "dropped: the database was away and the buffer full",
+                                  value=self.ledger.dropped)
+        yield GaugeMetricFamily("switchyard_ledger_buffered_records",
+                                "Ledger records waiting to be written", value=self.ledger.buffered)
 
 
 class Metrics:
@@ -76,6 +97,11 @@ class Metrics:
         lat.observe(rec.latency_ms / 1000.0)
         if rec.ttft_ms is not None:
             ttft.observe(rec.ttft_ms / 1000.0)
+
+    def watch_ledger(self, ledger: LedgerStats) -> None:
+        """``switchyard_ledger_dropped_records`` (given up while the database was away) and
+        ``switchyard_ledger_buffered_records``, read from the ledger at each scrape."""
+        self.registry.register(_LedgerCollector(ledger))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

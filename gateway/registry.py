@@ -37,7 +37,7 @@ Errors = list[tuple[str, str]]
 # The CLI's own first words (gateway/cli.py, gateway/admin_cli.py): no plugin command may
 # take one of them.
 BUILTIN_COMMANDS = frozenset({"serve", "check-config", "import-litellm", "teams", "keys", "spend",
-                              "backends"})
+                              "backends", "report"})
 _COMMAND_WORD = re.compile(r"[a-z][a-z0-9-]*")
 
 

@@ -20,6 +20,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from pg_support import pg_admin_url, pg_url  # noqa: F401 - fixtures: real PostgreSQL
 from support import LiveServer, free_port, make_settings, serve
 
 

@@ -10,16 +10,19 @@ from typing import Any
 
 from gateway.accounting import UsageRecord, co2_grams, energy_joules
 from gateway.errors import SwitchyardError
+from gateway.hookspecs import LedgerStore
 from gateway.interfaces import Backend, Endpoint, Meter, Usage
-from gateway.ledger import Ledger
 from gateway.metrics import Metrics
 from gateway.pipeline.context import RequestContext
 from gateway.registry import Registry
+from gateway.savings import Savings
 
 
 class Accounts:
-    def __init__(self, metrics: Metrics, registry: Registry, ledger: Ledger | None) -> None:
+    def __init__(self, metrics: Metrics, registry: Registry, ledger: LedgerStore | None,
+                 savings: Savings | None = None) -> None:
         self.metrics = metrics
+        self.savings = savings  # fills each record's savings before it is written
         self.registry = registry
         self.ledger = ledger
         self._observe = registry.has_observers("switchyard_request_recorded")
@@ -75,6 +78,8 @@ class Accounts:
         self.emit(rec)
 
     def emit(self, rec: UsageRecord) -> None:
+        if self.savings is not None:
+            self.savings.fill(rec)
         self.metrics.observe(rec)
         if self.ledger is not None:
             self.ledger.write(rec)

@@ -17,9 +17,8 @@ from gateway.accounting import UsageRecord
 from gateway.config import RetrySettings
 from gateway.energy import FairShare
 from gateway.errors import SwitchyardError
-from gateway.hookspecs import CacheStore, Stage
+from gateway.hookspecs import CacheStore, LedgerStore, Stage
 from gateway.interfaces import Backend, Endpoint, Usage
-from gateway.ledger import Ledger
 from gateway.metrics import Metrics
 from gateway.pipeline import cascade, stages
 from gateway.pipeline.account import Accounts
@@ -32,6 +31,7 @@ from gateway.pipeline.replay import Assembler, replay
 from gateway.pipeline.routing import Router
 from gateway.protocol import WireRequest, validate
 from gateway.registry import Registry
+from gateway.savings import Savings, baselines_of
 from gateway.telemetry import Tracker
 
 log = logging.getLogger("switchyard.pipeline")
@@ -45,7 +45,7 @@ class Gateway:
         trackers: Mapping[str, Tracker],
         metrics: Metrics,
         registry: Registry,
-        ledger: Ledger | None = None,
+        ledger: LedgerStore | None = None,
         admission: Admission | None = None,
         retry: RetrySettings | None = None,
         energy_meters: Mapping[str, FairShare] | None = None,
@@ -60,7 +60,8 @@ class Gateway:
         self.registry = registry
         self.ledger = ledger
         self.admission: Admission = admission or OpenAdmission()
-        self.accounts = Accounts(metrics, registry, ledger)
+        self.accounts = Accounts(metrics, registry, ledger,
+                                 Savings(backends, *baselines_of(router.targets)))
         self.executor = Executor(
             backends=backends, trackers=trackers, retry=retry or RetrySettings(),
             admission=self.admission, energy_meters=dict(energy_meters or {}),
