@@ -1,7 +1,8 @@
 """A LiteLLM proxy config whose deployments are local servers, imported with
 ``switchyard import-litellm`` and served: the official openai SDK calls the same model names
-it called on LiteLLM, and the requests arrive at the deployments LiteLLM would have used,
-with the key from the environment variable the LiteLLM file named."""
+it called on LiteLLM (chat through a load-balanced group, an alias, a ``hosted_vllm``
+deployment, a fallback; embeddings from a real MiniLM server), and the requests arrive at the
+deployments LiteLLM would have used, with the key from the variable the LiteLLM file named."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from fakes.fake_vllm import REPLY as VLLM_REPLY
 from fakes.fake_vllm import FakeVLLM
 from fakes.harness import sdk
 from fakes.openai_upstream import REPLY, RecordingUpstream
-from support import free_port, serve
+from support import free_port, make_settings, serve
 
 from gateway.cli import main
 from gateway.config import load_settings
@@ -36,6 +37,12 @@ model_list:
     litellm_params:
       model: hosted_vllm/meta-llama/Llama-3.1-8B-Instruct
       api_base: http://127.0.0.1:{v}/v1
+  - model_name: embedder
+    litellm_params:
+      model: openai/all-MiniLM-L6-v2
+      api_base: http://127.0.0.1:{e}/v1
+    model_info:
+      mode: embedding
   - model_name: broken
     litellm_params:
       model: openai/upstream-model
@@ -53,15 +60,20 @@ def chat(client: Any, model: str) -> tuple[str, str]:
     return raw.parse().choices[0].message.content, raw.headers["x-switchyard-backend"]
 
 
+@pytest.mark.slow  # MiniLM loads for the embedding deployment
 def test_the_sdk_calls_the_litellm_model_names_on_the_imported_config(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     from gateway.http.app import create_app
 
     a, b, vllm = RecordingUpstream(), RecordingUpstream(), FakeVLLM()
-    with serve(a.app) as sa, serve(b.app) as sb, serve(vllm.app) as sv:
+    # a real embedding server: another gateway serving MiniLM on /v1/embeddings
+    minilm = create_app(make_settings(tmp_path / "emb", backends=[
+        {"name": "minilm", "plugin": "sentence_transformers"}]))
+    with serve(a.app) as sa, serve(b.app) as sb, serve(vllm.app) as sv, serve(minilm) as se:
         src = tmp_path / "litellm.yaml"
-        src.write_text(LITELLM_CONFIG.format(a=sa.port, b=sb.port, v=sv.port, closed=free_port()))
+        src.write_text(LITELLM_CONFIG.format(a=sa.port, b=sb.port, v=sv.port, e=se.port,
+                                             closed=free_port()))
         out = tmp_path / "switchyard.yaml"
         assert main(["import-litellm", str(src), "-o", str(out)]) == 0
         monkeypatch.setenv("UPSTREAM_KEY", KEY)
@@ -83,6 +95,8 @@ def test_the_sdk_calls_the_litellm_model_names_on_the_imported_config(
             assert text.startswith(VLLM_REPLY[0]) and backend == "llama@1"
             text, backend = chat(client, "broken")  # down: LiteLLM's fallback answers
             assert text and REPLY.startswith(text) and backend in ("team-model@1", "team-model@2")
+            emb = client.embeddings.create(model="embedder", input=["a cat", "a kitten"])
+            assert [len(d.embedding) for d in emb.data] == [384, 384]  # MiniLM's vectors
             client.close()
 
     recorded = a.requests + b.requests
