@@ -307,6 +307,8 @@ def deployments(model_list: Any, ctx: Context, out: Imported) -> list[Deployment
     deps: list[Deployment] = []
     counts: dict[str, int] = {}
     used: set[str] = set()
+    if model_list is not None and not isinstance(model_list, list):
+        out.not_mapped("model_list", "not a list of deployments")
     for i, raw in enumerate(model_list if isinstance(model_list, list) else []):
         path = f"model_list[{i}]"
         if not isinstance(raw, dict):
