@@ -85,6 +85,6 @@ PASSAGES = [
 ]
 
 
-def context() -> str:
+def context(passages: list[tuple[str, str]] = PASSAGES) -> str:
     return "\n".join(f"Document [{i + 1}](Title: {title}) {text}"
-                     for i, (title, text) in enumerate(PASSAGES))
+                     for i, (title, text) in enumerate(passages))

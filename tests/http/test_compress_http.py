@@ -16,7 +16,7 @@ from typing import Any
 
 import openai
 import pytest
-from compress_data import ANSWER, ANSWER_SENTENCE, QUESTION, context
+from compress_data import ANSWER, ANSWER_SENTENCE, PASSAGES, QUESTION, context
 from fakes.harness import upstream_server
 from fakes.openai_upstream import RecordingUpstream
 from http_helpers import ledger_row
@@ -258,3 +258,29 @@ def test_the_budget_holds_the_compressed_prompt_not_the_original(
             assert int(ok.headers["x-switchyard-prompt-tokens-original"]) * 3e-6 > 0.002
             assert float(ok.headers["x-switchyard-cost-usd"]) < 0.002
             assert ANSWER_SENTENCE in rec.last.body["messages"][0]["content"]
+
+
+@pytest.mark.slow
+def test_on_the_local_smollm2_compression_waits_for_a_measured_prefill_then_pays(
+        tmp_path: Path) -> None:
+    """The embedded model (SmolLM2 through llama.cpp on the CPU) is free: compression pays
+    only in time. Before its prefill is measured there is nothing known to save, so the first
+    long prompt goes whole; the CPU's measured time to first token makes the next one pay."""
+    smol = {"name": "local-smol", "plugin": "llamacpp", "n_ctx": 1024}
+    settings = make_settings(tmp_path, backends=[smol],
+                             routes=[{"name": "smol", "backends": ["local-smol"]}],
+                             compress={"enabled": True, "min_tokens": 200})
+    rag = eval_messages(QUESTION, context(PASSAGES[4:9]))  # 5 passages: a CPU's worth
+    with serve(create_app(settings)) as gw, openai.OpenAI(
+            base_url=gw.url + "/v1", api_key="unused", max_retries=0, timeout=300) as c:
+        first = _ask(c, rag, model="smol")
+        assert first.headers["x-switchyard-compress"] == "skipped; does_not_pay"
+        whole = int(first.headers["x-switchyard-prompt-tokens"])
+        assert whole > 500, "SmolLM2's tokenizer counted the whole prompt"
+        second = _ask(c, rag, model="smol")
+        assert second.headers["x-switchyard-compress"] == "compressed"
+        assert second.parse().choices[0].message.content is not None
+        assert int(second.headers["x-switchyard-prompt-tokens"]) * 5 < whole
+        row = ledger_row(gw.app, second.headers["x-switchyard-request-id"])
+        predicted = json.loads(row["decision"])["compress"]["predicted"]
+        assert predicted["saved_s"] > 10 * predicted["cost_s"] and row["cost_usd"] == 0
