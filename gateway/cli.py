@@ -155,6 +155,9 @@ def build_parser(commands: list[Command] | None = None) -> argparse.ArgumentPars
     from gateway.admin_cli import add_admin_commands
 
     add_admin_commands(sub)
+    from gateway.report_cli import add_report_command
+
+    add_report_command(sub)
     if commands:
         _add_plugin_commands(sub, commands)
     return p

@@ -23,6 +23,7 @@ from gateway.config import Settings
 from gateway.errors import InternalError, MethodNotAllowed, NotFound
 from gateway.http import routes as r
 from gateway.http.admin import admin_routes
+from gateway.http.dashboard import dashboard_routes
 from gateway.http.openapi import openapi_route
 
 log = logging.getLogger("switchyard")
@@ -139,6 +140,7 @@ def create_app(
             Route("/readyz", r.readyz, methods=["GET"]),
             Route("/metrics", r.metrics, methods=["GET"]),
             *admin_routes(),
+            *dashboard_routes(),
         ],
         exception_handlers={404: _not_found, 405: _method_not_allowed},
         middleware=[Middleware(CatchAll,

@@ -208,6 +208,12 @@ def _admin_paths() -> dict[str, Any]:
                                    _param("group_by", "query", "comma-separated"),
                                    _param("team", "query"), _param("since", "query", since),
                                    _param("until", "query", since))),
+        "/admin/report": _admin("get", "report", "The savings report (docs/report.md)",
+                                _ok("Object", "the report"), params=(
+                                    _param("group_by", "query", "team, route, backend or day"),
+                                    _param("team", "query"), _param("route", "query"),
+                                    _param("since", "query", since),
+                                    _param("until", "query", since))),
         "/admin/backends": _admin("get", "listBackends", "Backends and their health",
                                   _ok("List", "the backends")),
         "/admin/backends/{name}/drain": _admin("post", "drainBackend", "Drain a backend",

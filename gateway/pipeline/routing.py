@@ -50,6 +50,7 @@ class Target:
     policy: str
     allowed_policies: frozenset[str] | None = None  # per-request overrides allowed (None: any)
     cascade: Cascade | None = None
+    baseline: str | None = None  # what the savings report compares with (None: backends[0])
 
 
 @dataclass(slots=True)
@@ -183,7 +184,8 @@ def build_targets(
     for r in routes:
         allowed = getattr(r, "allowed_policies", None)
         targets[r.name] = Target(r.name, "route", tuple(r.backends), r.policy,
-                                 frozenset(allowed) if allowed is not None else None)
+                                 frozenset(allowed) if allowed is not None else None,
+                                 baseline=getattr(r, "baseline", None))
     for name in backends:
         targets.setdefault(name, Target(name, "backend", (name,), default_policy))
     by_model: dict[str, list[str]] = {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -17,6 +16,7 @@ from gateway.errors import InvalidRequest
 from gateway.http.admin.common import Handler
 from gateway.http.routes import json_response
 from gateway.ledger import Ledger
+from gateway.report import parse_time
 
 GROUPS = {"team": "team", "model": "model", "backend": "backend", "key": "key_id",
           "route": "route", "endpoint": "endpoint", "day": "date(started_at, 'unixepoch')"}
@@ -39,17 +39,7 @@ async def spend(request: Request, b: Budgets, s: Settings) -> Response:
 
 
 def _time(value: str | None, param: str) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidRequest(f"{param} takes a Unix time or an ISO date.", param=param) from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+    return parse_time(value, param)
 
 
 def _spend_sql(groups: Iterable[str], team: str | None, since: float | None,

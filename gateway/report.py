@@ -1,0 +1,311 @@
+"""The savings report (docs/report.md): what the traffic cost and what each technique
+(routing, the cache, compression, cascades) saved, in dollars, joules, grams of CO2,
+tokens and bytes, per group and over time, with latency percentiles and quality.
+
+``build(ledger, window, group_by)`` returns the JSON that ``switchyard report --json``,
+``GET /admin/report`` and the dashboard share. It runs four scans, each one SQL statement
+in the SQL SQLite and PostgreSQL both speak (``?`` placeholders; the few expressions that
+differ come from ``gateway.ledger_queries``' dialect shim or ``_BUCKET``): the groups (the
+totals are their sums), the series per time bucket and backend, and the latency and
+time-to-first-token histograms (1 ms bins, percentiles computed from them). The savings are
+columns the gateway wrote with each row (``gateway.savings``), so no row's JSON is parsed.
+
+``requests`` counts what clients sent: a cascade's later stages are ``calls``, not
+requests (docs/cascades.md). Estimated energy (an energy profile) comes with a band
+(``ESTIMATE_BAND``: a profile is a guess); measured energy (nvml, rapl) is given as is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.errors import InvalidRequest
+from gateway.hookspecs import LedgerStore
+from gateway.ledger_queries import _DAY, Window
+
+TECHNIQUES = ("routing", "cache", "compression", "cascade")
+GROUP_BY = ("team", "route", "backend", "day")
+# an energy profile's joules are a guess: shown between these multiples of the estimate
+ESTIMATE_BAND = (0.5, 1.5)
+PERCENTILES = (50, 90, 95, 99)
+_HIT = "cache LIKE 'hit%'"
+_MEASURED = "energy_source NOT IN ('profile', 'none')"
+
+# the sums one scan takes per cube cell (plain sums: NULLs of rows written before a column
+# existed add nothing); every other figure is derived from them in Python (``_derive``)
+SUMS: dict[str, str] = {
+    "calls": "COUNT(*)", "prompt_tokens": "SUM(prompt_tokens)",
+    "completion_tokens": "SUM(completion_tokens)", "cost_usd": "SUM(cost_usd)",
+    "energy_j": "SUM(energy_j)", "co2_g": "SUM(co2_g)",
+    "bytes": "SUM(bytes_sent + bytes_received)",
+    "hit_usd": "SUM(saved_cost_usd)", "hit_energy_j": "SUM(saved_energy_j)",
+    "hit_co2_g": "SUM(saved_co2_g)", "hit_bytes": "SUM(saved_bytes)",
+    "routing_usd": "SUM(saved_routing_usd)", "routing_energy_j": "SUM(saved_routing_energy_j)",
+    "routing_co2_g": "SUM(saved_routing_co2_g)",
+    "compression_usd": "SUM(saved_compress_usd)",
+    "compression_energy_j": "SUM(saved_compress_energy_j)",
+    "compression_co2_g": "SUM(saved_compress_co2_g)",
+    "compression_tokens": "SUM(compress_saved_tokens)",
+    "compression_bytes": "SUM(compress_saved_bytes)",
+    "cascade_usd": "SUM(saved_cascade_usd)", "cascade_energy_j": "SUM(saved_cascade_energy_j)",
+    "cascade_co2_g": "SUM(saved_cascade_co2_g)",
+    "judged": "COUNT(judge_score)", "judge_score_sum": "SUM(judge_score)",
+    "similarity_sum": "SUM(cache_similarity)",
+}
+# what a cell is keyed by, besides its time bucket, its group and its backend
+_KEYS = ("cache", "energy_source", "CASE WHEN status = 200 THEN 1 ELSE 0 END",
+         "CASE WHEN cascade_step > 1 THEN 1 ELSE 0 END")
+_KEY_NAMES = ("cache", "source", "ok", "later")
+MEASURES = ("requests", "calls", "succeeded", "cache_hits", "cache_lookups", "prompt_tokens",
+            "completion_tokens", "cost_usd", "energy_j", "energy_measured_j", "co2_g", "bytes",
+            "routing_usd", "routing_energy_j", "routing_co2_g", "cache_usd", "cache_energy_j",
+            "cache_co2_g", "cache_tokens", "cache_bytes", "compression_usd",
+            "compression_energy_j", "compression_co2_g", "compression_tokens",
+            "compression_bytes", "cascade_usd", "cascade_energy_j", "cascade_co2_g", "judged",
+            "judge_score_sum", "semantic_hits", "similarity_sum")
+_INTS = {"requests", "calls", "succeeded", "cache_hits", "cache_lookups", "prompt_tokens",
+         "completion_tokens", "bytes", "cache_tokens", "cache_bytes", "compression_tokens",
+         "compression_bytes", "judged", "semantic_hits"}
+_SERIES = ("requests", "cache_hits", "cache_lookups", "cost_usd", "energy_j",
+           "energy_measured_j", "co2_g", "saved_usd")
+# the time bucket a row falls in (``started_at`` divided by a whole number of seconds)
+_BUCKET = {"sqlite": "CAST(started_at / {b} AS INTEGER)", "postgres": "FLOOR(started_at / {b})"}
+_BUCKETS_S = (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
+
+
+def parse_time(value: str | None, param: str) -> float | None:
+    """A Unix time or an ISO date/time (UTC unless it says otherwise); 400 otherwise."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequest(f"{param} takes a Unix time or an ISO date, not {value!r}.",
+                             param=param) from None
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+
+
+def window_of(params: Mapping[str, str | None]) -> Window:
+    """``since``, ``until``, ``team`` and ``route`` from query parameters or options."""
+    return Window(since=parse_time(params.get("since"), "since"),
+                  until=parse_time(params.get("until"), "until"),
+                  team=params.get("team") or None, route=params.get("route") or None)
+
+
+def check_group(group_by: str | None) -> str:
+    group = group_by or "backend"
+    if group not in GROUP_BY:
+        raise InvalidRequest(f"group_by takes {', '.join(GROUP_BY)}; got {group!r}.",
+                             param="group_by")
+    return group
+
+
+def _where(window: Window, extra: str = "") -> tuple[str, tuple[Any, ...]]:
+    where, params = window.where()
+    if extra:
+        where = f"{where} AND {extra}" if where else f" WHERE {extra}"
+    return where, params
+
+
+def _group_expr(dialect: str, group: str) -> str:
+    if group not in GROUP_BY:
+        raise ValueError(f"group_by takes {', '.join(GROUP_BY)}; got {group!r}")
+    return _DAY[dialect] if group == "day" else group
+
+
+def cube_sql(dialect: str, group: str, bucket_s: int, window: Window,
+             ) -> tuple[str, tuple[Any, ...]]:
+    """One scan: ``SUMS`` per (time bucket, group, backend, cache outcome, energy source,
+    answered, a cascade's later stage)."""
+    keys = (_BUCKET[dialect].format(b=int(bucket_s)), _group_expr(dialect, group), "backend",
+            *_KEYS)
+    names = ("bucket", "grp", "backend", *_KEY_NAMES)
+    cols = ", ".join(f"{k} AS {n}" for k, n in zip(keys, names, strict=True))
+    sums = ", ".join(f"{sql} AS {name}" for name, sql in SUMS.items())
+    where, params = _where(window)
+    return (f"SELECT {cols}, {sums} FROM requests{where} "
+            f"GROUP BY {', '.join(keys)}"), params
+
+
+def histogram_sql(column: str, window: Window) -> tuple[str, tuple[Any, ...]]:
+    """Rows per (backend, whole milliseconds of ``column``), answered calls only."""
+    if column not in ("latency_ms", "ttft_ms"):
+        raise ValueError(column)
+    where, params = _where(window, f"status = 200 AND {column} IS NOT NULL")
+    ms = f"CAST({column} AS INTEGER)"
+    return (f"SELECT backend, {ms} AS ms, COUNT(*) AS n FROM requests{where} "
+            f"GROUP BY backend, {ms}"), params
+
+
+def span_sql(window: Window) -> tuple[str, tuple[Any, ...]]:
+    where, params = _where(window)
+    return f"SELECT MIN(started_at) AS lo, MAX(started_at) AS hi FROM requests{where}", params
+
+
+def _derive(cell: Mapping[str, Any]) -> dict[str, float]:
+    """``MEASURES`` of one cube cell."""
+    v = {k: float(cell[k] or 0) for k in SUMS}
+    n, cache = v["calls"], cell["cache"] or ""
+    hit, semantic = cache.startswith("hit"), cache == "hit-semantic"
+    v["requests"] = 0.0 if cell["later"] else n
+    v["succeeded"] = n if cell["ok"] else 0.0
+    v["cache_hits"] = n if hit else 0.0
+    v["cache_lookups"] = n if cache not in ("", "bypass") else 0.0
+    v["energy_measured_j"] = v["energy_j"] if cell["source"] not in (None, "profile",
+                                                                     "none") else 0.0
+    for part in ("usd", "energy_j", "co2_g"):  # a hit saves the stored call, less its charge
+        spent = v["cost_usd" if part == "usd" else part]
+        v[f"cache_{part}"] = v[f"hit_{part}"] - spent if hit else 0.0
+    v["cache_tokens"] = v["prompt_tokens"] + v["completion_tokens"] if hit else 0.0
+    v["cache_bytes"] = v["hit_bytes"] if hit else 0.0
+    v["semantic_hits"] = n if semantic else 0.0
+    v["similarity_sum"] = v["similarity_sum"] if semantic else 0.0
+    return v
+
+
+def _add(into: dict[str, float], v: Mapping[str, float]) -> None:
+    for k in MEASURES:
+        into[k] = into.get(k, 0.0) + v[k]
+
+
+def _typed(v: Mapping[str, float]) -> dict[str, Any]:
+    return {k: round(x) if k in _INTS else x for k, x in v.items()}
+
+
+def bucket_for(lo: float | None, hi: float | None, points: int = 60) -> int:
+    """The smallest bucket that puts the window in at most ``points`` buckets."""
+    span = (hi or 0.0) - (lo or 0.0)
+    return next((b for b in _BUCKETS_S if span / b <= points), _BUCKETS_S[-1])
+
+
+def percentiles(hist: Iterable[tuple[int, int]]) -> dict[str, float | None]:
+    """p50..p99 of a histogram of (value, count), by the nearest-rank rule."""
+    pairs = sorted(hist)
+    n = sum(c for _, c in pairs)
+    out: dict[str, float | None] = {}
+    for p in PERCENTILES:
+        rank, seen, value = max(1, -(-p * n // 100)), 0, None
+        for v, c in pairs:
+            seen += c
+            if seen >= rank:
+                value = float(v)
+                break
+        out[f"p{p}"] = value
+    out["count"] = float(n)
+    return out
+
+
+def _saved(row: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """The ``saved_*`` breakdowns of one row of ``MEASURES``."""
+    out: dict[str, dict[str, float]] = {}
+    for key, suffix in (("saved_usd", "usd"), ("saved_energy_j", "energy_j"),
+                        ("saved_co2_g", "co2_g"), ("saved_tokens", "tokens")):
+        by = {t: float(row.get(f"{t}_{suffix}", 0) or 0) for t in TECHNIQUES}
+        by["total"] = sum(by.values())
+        out[key] = by
+    return out
+
+
+def _energy(row: Mapping[str, Any]) -> dict[str, Any]:
+    measured = float(row["energy_measured_j"])
+    estimated = float(row["energy_j"]) - measured
+    lo, hi = ESTIMATE_BAND
+    return {"measured_j": measured, "estimated_j": estimated,
+            "band_j": [measured + lo * estimated, measured + hi * estimated]}
+
+
+def _quality(row: Mapping[str, Any]) -> dict[str, Any]:
+    judged, hits = int(row["judged"]), int(row["semantic_hits"])
+    return {"judged": judged,
+            "judge_score_mean": float(row["judge_score_sum"]) / judged if judged else None,
+            "semantic_hits": hits,
+            "cache_similarity_mean": float(row["similarity_sum"]) / hits if hits else None}
+
+
+def summarise(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One group's (or the totals') figures from its row of ``MEASURES``."""
+    out: dict[str, Any] = {k: row[k] for k in (
+        "requests", "calls", "succeeded", "cost_usd", "cache_hits", "prompt_tokens",
+        "completion_tokens", "energy_j", "co2_g", "bytes")}
+    lookups = int(row["cache_lookups"])
+    out["cache_hit_rate"] = int(row["cache_hits"]) / lookups if lookups else None
+    out["energy"] = _energy(row)
+    out.update(_saved(row))
+    out["saved_bytes"] = {"cache": row["cache_bytes"], "compression": row["compression_bytes"]}
+    out["quality"] = _quality(row)
+    return out
+
+
+def _latency(ledger: LedgerStore, window: Window) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for column in ("latency_ms", "ttft_ms"):
+        sql, params = histogram_sql(column, window)
+        by: dict[str, list[tuple[int, int]]] = {}
+        for r in ledger.query(sql, params):
+            by.setdefault(r["backend"] or "", []).append((int(r["ms"]), int(r["n"])))
+        every = [pair for pairs in by.values() for pair in pairs]
+        out[column] = {"all": percentiles(every),
+                       "by_backend": {b: percentiles(p) for b, p in sorted(by.items())}}
+    return out
+
+
+def _cube(ledger: LedgerStore, window: Window, group_by: str,
+          ) -> tuple[int, dict[str, float], dict[Any, dict[str, float]],
+                     dict[tuple[int, str], dict[str, float]]]:
+    """(bucket seconds, totals, per group, per (bucket, backend)) from one scan."""
+    sql, params = span_sql(window)
+    span = ledger.query(sql, params)[0]
+    b = bucket_for(span["lo"], span["hi"])  # the data's own span within the window
+    sql, params = cube_sql(ledger.dialect, group_by, b, window)
+    totals: dict[str, float] = dict.fromkeys(MEASURES, 0.0)
+    groups: dict[Any, dict[str, float]] = {}
+    series: dict[tuple[int, str], dict[str, float]] = {}
+    for cell in ledger.query(sql, params):
+        v = _derive(cell)
+        _add(totals, v)
+        _add(groups.setdefault(cell["grp"], {}), v)
+        _add(series.setdefault((int(cell["bucket"]) * b, cell["backend"] or ""), {}), v)
+    return b, totals, groups, series
+
+
+def _point(t: int, backend: str, v: Mapping[str, float]) -> dict[str, Any]:
+    saved = sum(v[f"{k}_usd"] for k in TECHNIQUES)
+    return {"t": t, "backend": backend, **_typed({k: v[k] for k in _SERIES if k in v}),
+            "saved_usd": saved}
+
+
+def build(ledger: LedgerStore, window: Window | None = None, group_by: str = "backend",
+          ) -> dict[str, Any]:
+    """The report over ``window`` (blocking: call it off the event loop)."""
+    if ledger.dialect not in _BUCKET:
+        raise ValueError(f"no report SQL for ledger dialect {ledger.dialect!r}")
+    _group_expr(ledger.dialect, group_by)
+    window = window or Window()
+    t0 = time.perf_counter()
+    b, totals, groups, series = _cube(ledger, window, group_by)
+    report: dict[str, Any] = {
+        "object": "report",
+        "window": {"since": window.since, "until": window.until, "team": window.team,
+                   "route": window.route},
+        "baseline": "a route's baseline: backend, else its first backend; a cascade's: "
+                    "its strongest (last) stage",
+        "energy_band": list(ESTIMATE_BAND),
+        "totals": summarise(_typed(totals)),
+        "group_by": group_by,
+        "groups": [{group_by: g, **summarise(_typed(v))}
+                   for g, v in sorted(groups.items(), key=lambda kv: str(kv[0]))],
+        "series": {"bucket_s": b, "points": [_point(t, be, v)
+                                             for (t, be), v in sorted(series.items())]},
+        "latency": _latency(ledger, window),
+    }
+    for key in ("saved_usd", "saved_energy_j", "saved_co2_g", "saved_tokens"):
+        report[key] = report["totals"][key]
+    report["elapsed_ms"] = (time.perf_counter() - t0) * 1000.0
+    return report
