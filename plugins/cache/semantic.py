@@ -5,9 +5,8 @@ from everything that must match exactly (the team's namespace, model or route, s
 prompt, earlier turns, sampling parameters, tools), so no similarity, however high, crosses
 it. Inside a group the nearest few entries by cosine are found exactly with a NumPy
 matrix product while the group is small, and with a usearch HNSW graph (then re-scored
-exactly) once it holds ``ANN_MIN`` entries. Each candidate is then judged by
-``plugins.cache.decide`` (vetoes and a verifier, not one cosine threshold) and the best one
-returned.
+exactly) once it holds ``ANN_MIN`` entries. The nearest entry is then judged by
+``plugins.cache.decide`` (vetoes and a verifier, not one cosine threshold).
 
 Memory per entry: the float32 vector (1,536 bytes at 384 dimensions), its parsed words
 (a few hundred bytes), and in a group past ``ANN_MIN`` about 1 KB more for the graph's
@@ -28,7 +27,7 @@ from plugins.minilm import MiniLM
 log = logging.getLogger("switchyard.cache.semantic")
 
 ANN_MIN = 8192  # a group this large is searched through its HNSW graph
-CANDIDATES = 4  # the nearest entries by cosine that the decision judges
+CANDIDATES = 4  # entries the graph returns; the nearest by exact cosine is judged
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,13 +173,12 @@ class SemanticIndex:
         return self.decide(g, text, np.asarray(vec, dtype=np.float32).reshape(-1), threshold)
 
     def decide(self, g: _Group, text: str, vec: np.ndarray, threshold: float | None) -> Match:
+        """Judge the nearest entry by cosine, and only it. Neither the candidate the verifier
+        likes best nor the nearest one no veto rejects: among near-identical stored prompts
+        both picked another prompt's entry more often (GPTCache's benchmark at the shipped
+        threshold: 72 and 47 wrong hits, against 32 for the nearest; README). A vetoed
+        nearest entry is a miss, even where a farther entry would pass: a miss is safe."""
         query = parse(text)
-        best: Match | None = None
-        limit = self.threshold if threshold is None else threshold
-        for entry_id, sim, row in g.nearest(vec, CANDIDATES):
-            s = score(self._entries[entry_id].parsed, query, sim, self.verifier,
-                      g.vecs[row], vec)
-            if best is None or s > best.score:
-                best = Match(entry_id, sim, s, s >= limit)
-        assert best is not None  # the group is not empty
-        return best
+        entry_id, sim, row = g.nearest(vec, CANDIDATES)[0]
+        s = score(self._entries[entry_id].parsed, query, sim, self.verifier, g.vecs[row], vec)
+        return Match(entry_id, sim, s, s >= (self.threshold if threshold is None else threshold))
