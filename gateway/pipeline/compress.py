@@ -260,7 +260,7 @@ class Compress:
             if problem is not None:
                 log.warning("compressor %s changed what it may not (%s) on request %s: "
                             "the prompt is sent as it is", self.kind, problem, x.ctx.request_id)
-            self.reach.observe(tokens, tokens, ms)
+            self.reach.observe(tokens, None, ms)  # its time, not its reach: nothing to cut
             d.update(reason="nothing_to_change" if problem is None else "unsafe_change",
                      problem=problem)
             x.compression = Note("unchanged", d, tokens, ms=ms)

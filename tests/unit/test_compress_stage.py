@@ -73,6 +73,8 @@ def test_the_predicted_saving_follows_the_target_else_what_the_compressor_remove
     assert reach.ms_per_token == pytest.approx(0.02)
     reach.observe(1000, 300, ms=40.0)  # a moving average: the newest weighs 0.2
     assert reach.kept == pytest.approx(0.14) and reach.ms_per_token == pytest.approx(0.024)
+    reach.observe(1000, None, ms=40.0)  # a prompt with nothing to cut: its time only
+    assert reach.kept == pytest.approx(0.14)
 
 
 # ---- settings ---------------------------------------------------------------------------
@@ -291,3 +293,19 @@ async def test_a_compressor_that_fails_its_warm_up_stops_start_up_with_its_name(
         await stage.start()
     assert e.value.errors == [("compress", ("the broken compressor failed its warm-up: "
                                            "RuntimeError: model file missing"))]
+
+
+async def test_a_prompt_with_nothing_to_cut_counts_the_compressors_time_not_its_reach() -> None:
+    """Else a run of code-only prompts would predict no saving for every later prompt, and
+    a route would stop compressing for good (skipped prompts teach it nothing)."""
+    from plugins.compress import make_compressor
+
+    gw, backend = _pipeline(make_compressor({}))
+    stage = dict(gw.stages)["compress"]
+    assert isinstance(stage, Compress)
+    stage.reach.kept, stage.reach.ms_per_token = 0.1, 1e-6
+    code = [{"role": "user", "content": "Why?\n\n```python\n" + "x = 1\n" * 300 + "```"}]
+    _, rec = await gw.complete("chat", {"model": "m", "messages": code},
+                               RequestContext(request_id="r2"))
+    assert rec.compress == "unchanged" and backend.got[-1]["messages"] == code
+    assert stage.reach.kept == 0.1 and stage.reach.ms_per_token > 1e-6
