@@ -62,11 +62,13 @@ class Reach:
     kept: float | None = None
 
     def observe(self, tokens_before: int, tokens_after: int | None, ms: float) -> None:
+        """One run; a time over 4x the average counts as 4x: one stall (a GC pause, a burst)
+        must not make compression look too dear to ever run, and be measured, again."""
         if tokens_before <= 0:
             return
         per = ms / tokens_before
         self.ms_per_token = per if self.ms_per_token is None else (
-            (1 - ALPHA) * self.ms_per_token + ALPHA * per)
+            (1 - ALPHA) * self.ms_per_token + ALPHA * min(per, 4 * self.ms_per_token))
         if tokens_after is not None:
             kept = min(1.0, tokens_after / tokens_before)
             self.kept = kept if self.kept is None else (1 - ALPHA) * self.kept + ALPHA * kept

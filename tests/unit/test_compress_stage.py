@@ -75,6 +75,9 @@ def test_the_predicted_saving_follows_the_target_else_what_the_compressor_remove
     assert reach.kept == pytest.approx(0.14) and reach.ms_per_token == pytest.approx(0.024)
     reach.observe(1000, None, ms=40.0)  # a prompt with nothing to cut: its time only
     assert reach.kept == pytest.approx(0.14)
+    before = reach.ms_per_token
+    reach.observe(1000, 100, ms=5000.0)  # a stall counts as 4x the average, no more
+    assert reach.ms_per_token == pytest.approx(0.8 * before + 0.2 * 4 * before)
 
 
 # ---- settings ---------------------------------------------------------------------------
