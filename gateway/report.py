@@ -3,11 +3,12 @@
 tokens and bytes, per group and over time, with latency percentiles and quality.
 
 ``build(ledger, window, group_by)`` returns the JSON that ``switchyard report --json``,
-``GET /admin/report`` and the dashboard share. It runs four scans, each one SQL statement
-in the SQL SQLite and PostgreSQL both speak (``?`` placeholders; the few expressions that
-differ come from ``gateway.ledger_queries``' dialect shim or ``_BUCKET``): the groups (the
-totals are their sums), the series per time bucket and backend, and the latency and
-time-to-first-token histograms (1 ms bins, percentiles computed from them). The savings are
+``GET /admin/report`` and the dashboard share. It runs three scans of the window's rows,
+each one statement in the SQL SQLite and PostgreSQL both speak (``?`` placeholders; the few
+expressions that differ come from ``gateway.ledger_queries``' dialect shim or ``_BUCKET``):
+a cube of plain sums per (time bucket, group, backend, cache outcome), from which the
+totals, the groups and the series are added up here, and the latency and time-to-first-token
+histograms (bins of at most 1 %, ``_bin``; percentiles computed from them). The savings are
 columns the gateway wrote with each row (``gateway.savings``), so no row's JSON is parsed.
 
 ``requests`` counts what clients sent: a cascade's later stages are ``calls``, not
@@ -37,7 +38,12 @@ _MEASURED = "energy_source NOT IN ('profile', 'none')"
 # the sums one scan takes per cube cell (plain sums: NULLs of rows written before a column
 # existed add nothing); every other figure is derived from them in Python (``_derive``)
 SUMS: dict[str, str] = {
-    "calls": "COUNT(*)", "prompt_tokens": "SUM(prompt_tokens)",
+    "calls": "COUNT(*)",
+    "requests": "SUM(CASE WHEN cascade_step > 1 THEN 0 ELSE 1 END)",
+    "succeeded": "SUM(CASE WHEN status = 200 THEN 1 ELSE 0 END)",
+    "energy_measured_j": "SUM(CASE WHEN energy_source IN ('profile', 'none') THEN 0 "
+                         "ELSE energy_j END)",
+    "prompt_tokens": "SUM(prompt_tokens)",
     "completion_tokens": "SUM(completion_tokens)", "cost_usd": "SUM(cost_usd)",
     "energy_j": "SUM(energy_j)", "co2_g": "SUM(co2_g)",
     "bytes": "SUM(bytes_sent + bytes_received)",
@@ -55,10 +61,6 @@ SUMS: dict[str, str] = {
     "judged": "COUNT(judge_score)", "judge_score_sum": "SUM(judge_score)",
     "similarity_sum": "SUM(cache_similarity)",
 }
-# what a cell is keyed by, besides its time bucket, its group and its backend
-_KEYS = ("cache", "energy_source", "CASE WHEN status = 200 THEN 1 ELSE 0 END",
-         "CASE WHEN cascade_step > 1 THEN 1 ELSE 0 END")
-_KEY_NAMES = ("cache", "source", "ok", "later")
 MEASURES = ("requests", "calls", "succeeded", "cache_hits", "cache_lookups", "prompt_tokens",
             "completion_tokens", "cost_usd", "energy_j", "energy_measured_j", "co2_g", "bytes",
             "routing_usd", "routing_energy_j", "routing_co2_g", "cache_usd", "cache_energy_j",
@@ -71,7 +73,8 @@ _INTS = {"requests", "calls", "succeeded", "cache_hits", "cache_lookups", "promp
          "compression_bytes", "judged", "semantic_hits"}
 _SERIES = ("requests", "cache_hits", "cache_lookups", "cost_usd", "energy_j",
            "energy_measured_j", "co2_g", "saved_usd")
-# the time bucket a row falls in (``started_at`` divided by a whole number of seconds)
+# the time bucket a row falls in (``started_at`` divided by a whole number of seconds,
+# rounded down: PostgreSQL's CAST rounds to nearest, so FLOOR there)
 _BUCKET = {"sqlite": "CAST(started_at / {b} AS INTEGER)", "postgres": "FLOOR(started_at / {b})"}
 _BUCKETS_S = (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
 
@@ -122,11 +125,10 @@ def _group_expr(dialect: str, group: str) -> str:
 
 def cube_sql(dialect: str, group: str, bucket_s: int, window: Window,
              ) -> tuple[str, tuple[Any, ...]]:
-    """One scan: ``SUMS`` per (time bucket, group, backend, cache outcome, energy source,
-    answered, a cascade's later stage)."""
+    """One scan: ``SUMS`` per (time bucket, group, backend, cache outcome)."""
     keys = (_BUCKET[dialect].format(b=int(bucket_s)), _group_expr(dialect, group), "backend",
-            *_KEYS)
-    names = ("bucket", "grp", "backend", *_KEY_NAMES)
+            "cache")
+    names = ("bucket", "grp", "backend", "cache")
     cols = ", ".join(f"{k} AS {n}" for k, n in zip(keys, names, strict=True))
     sums = ", ".join(f"{sql} AS {name}" for name, sql in SUMS.items())
     where, params = _where(window)
@@ -134,12 +136,21 @@ def cube_sql(dialect: str, group: str, bucket_s: int, window: Window,
             f"GROUP BY {', '.join(keys)}"), params
 
 
-def histogram_sql(column: str, window: Window) -> tuple[str, tuple[Any, ...]]:
-    """Rows per (backend, whole milliseconds of ``column``), answered calls only."""
+def _bin(dialect: str, column: str) -> str:
+    """``column`` (milliseconds) rounded down to a bin of at most 1 % of its value past
+    100 ms: 1 ms below 100 ms, 10 ms below 1 s, 100 ms below 10 s, 1 s above."""
+    def down(step: int) -> str:
+        return _BUCKET[dialect].format(b=step).replace("started_at", column) + f" * {step}"
+    return (f"CASE WHEN {column} < 100 THEN {down(1)} WHEN {column} < 1000 THEN {down(10)} "
+            f"WHEN {column} < 10000 THEN {down(100)} ELSE {down(1000)} END")
+
+
+def histogram_sql(dialect: str, column: str, window: Window) -> tuple[str, tuple[Any, ...]]:
+    """Rows per (backend, bin of ``column``: ``_bin``), answered calls only."""
     if column not in ("latency_ms", "ttft_ms"):
         raise ValueError(column)
     where, params = _where(window, f"status = 200 AND {column} IS NOT NULL")
-    ms = f"CAST({column} AS INTEGER)"
+    ms = _bin(dialect, column)
     return (f"SELECT backend, {ms} AS ms, COUNT(*) AS n FROM requests{where} "
             f"GROUP BY backend, {ms}"), params
 
@@ -154,12 +165,8 @@ def _derive(cell: Mapping[str, Any]) -> dict[str, float]:
     v = {k: float(cell[k] or 0) for k in SUMS}
     n, cache = v["calls"], cell["cache"] or ""
     hit, semantic = cache.startswith("hit"), cache == "hit-semantic"
-    v["requests"] = 0.0 if cell["later"] else n
-    v["succeeded"] = n if cell["ok"] else 0.0
     v["cache_hits"] = n if hit else 0.0
     v["cache_lookups"] = n if cache not in ("", "bypass") else 0.0
-    v["energy_measured_j"] = v["energy_j"] if cell["source"] not in (None, "profile",
-                                                                     "none") else 0.0
     for part in ("usd", "energy_j", "co2_g"):  # a hit saves the stored call, less its charge
         spent = v["cost_usd" if part == "usd" else part]
         v[f"cache_{part}"] = v[f"hit_{part}"] - spent if hit else 0.0
@@ -246,7 +253,7 @@ def summarise(row: Mapping[str, Any]) -> dict[str, Any]:
 def _latency(ledger: LedgerStore, window: Window) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for column in ("latency_ms", "ttft_ms"):
-        sql, params = histogram_sql(column, window)
+        sql, params = histogram_sql(ledger.dialect, column, window)
         by: dict[str, list[tuple[int, int]]] = {}
         for r in ledger.query(sql, params):
             by.setdefault(r["backend"] or "", []).append((int(r["ms"]), int(r["n"])))

@@ -87,9 +87,11 @@ def _frame(kind: str, body: str, ylo: float, yhi: float, unit: str, xlabels: Seq
     for i, label in enumerate(xlabels):
         if n > 6 and i % max(1, n // 6) and i != n - 1:
             continue
-        x = _x(i, n)
+        x, anchor = _x(i, n), "middle"
+        if n > 1 and i == n - 1:  # the last label ends at the plot's edge, never past it
+            x, anchor = min(x + 20.0, float(W - PAD_R)), "end"
         out.append(f'<text x="{x:.1f}" y="{H - PAD_B + 14}" font-size="10" '
-                   f'text-anchor="middle" fill="#475569">{_e(label)}</text>')
+                   f'text-anchor="{anchor}" fill="#475569">{_e(label)}</text>')
     out.append(body)
     out.append("</svg>")
     return "".join(out)
