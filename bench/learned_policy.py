@@ -53,7 +53,8 @@ def main() -> None:
     print("| policy | embedder | load s | p50 ms | p90 ms | p99 ms | strong first |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for path in args.model:
-        names = RouterModel.load(path).models
+        rm = RouterModel.load(path)
+        names = [rm.models[j] for j in rm.mean_cost.argsort()]  # the cheap model first
         cands = [Candidate.make("weak", model=names[0], input_usd_per_token=6e-7,
                                 output_usd_per_token=6e-7),
                  Candidate.make("strong", model=names[1], input_usd_per_token=1e-5,

@@ -112,7 +112,11 @@ class KNN:
         k = min(self.k, len(self.X))
         out = np.empty((len(Q), self.Y.shape[1]))
         for start in range(0, len(Q), 1024):
-            sims = Q[start:start + 1024] @ self.X.T
+            block = Q[start:start + 1024]
+            # one prompt (the policy): numpy's own loop, not a BLAS call, whose threads
+            # spin against each other on a busy machine (0.4 ms against 21 ms for 7,093
+            # rows on two loaded cores); a batch: BLAS
+            sims = np.einsum("ij,kj->ik", block, self.X) if len(block) <= 4 else block @ self.X.T
             idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
             out[start:start + 1024] = self.Y[idx].mean(axis=1)
         return out
