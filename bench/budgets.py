@@ -50,7 +50,7 @@ async def one(auth: KeyAuthenticator | None, adm: Any, header: str) -> None:
         assert ident is not None
         ctx.team, ctx.key_id = ident.team.name, ident.key.key_id
         ctx.identity = ident
-    await adm.admit(ctx, FEATURES)
+    await adm.admit(ctx, FEATURES, defer=True)  # as the pipeline does without a cache
     res = await adm.reserve(ctx, BACKEND, FEATURES)
     await adm.settle(ctx, res, 0.00004, 80)
 

@@ -100,6 +100,7 @@ class Reserved:
     reserved: int  # nano-dollars held by reservations in flight (including this one if ok)
     budget: int  # -1: no budget
     exists: bool = True  # False: the team does not exist (any more)
+    wait_s: float = 0.0  # ``reserve_within``: > 0 when its limits refused (nothing held)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +173,23 @@ class StateStore(Protocol):
         period's counters live (0: forever)."""
         ...
 
+    async def reserve_within(self, team: str, limits: Sequence[Limit], period: str,
+                             res_id: str, amount: int, ttl_s: float, keep_s: int) -> Reserved:
+        """``hit(team, limits)`` and ``reserve(...)`` as one atomic step (one round trip
+        to Redis). Nothing is taken unless both fit: limits that do not fit come first
+        (``wait_s`` > 0, as ``hit`` returns it); a budget that does not fit takes nothing
+        from the limits either. Idempotent by ``res_id`` like ``reserve``."""
+        ...
+
     async def settle(self, team: str, period: str, res_id: str, actual: int) -> Settled:
         """Release the reservation and add ``actual`` to the spend, once: a second call
         with the same ``res_id`` changes nothing. Fires the soft-limit flag once a period."""
+        ...
+
+    async def settle_adding(self, team: str, period: str, res_id: str, actual: int,
+                            limits: Sequence[Limit]) -> Settled:
+        """``settle``, then ``add(team, limits)`` if the settlement applied, as one atomic
+        step: a repeated call adds nothing twice."""
         ...
 
     async def charge(self, team: str, period: str, charge_id: str, amount: int,

@@ -156,6 +156,23 @@ class MemoryStore:
         p.reserved += amount
         return Reserved(True, p.spent, p.reserved, budget)
 
+    async def reserve_within(self, team: str, limits: Sequence[Limit], period: str,
+                             res_id: str, amount: int, ttl_s: float, keep_s: int) -> Reserved:
+        t = self._teams.get(team)
+        if t is None:
+            return Reserved(False, 0, 0, -1, exists=False)
+        p = self._period(team, period, keep_s)
+        if res_id in p.holds or res_id in p.expired:  # a retry: held, and hit, already
+            return Reserved(True, p.spent, p.reserved, t.budget_nano)
+        now = self._clock()
+        windows, wait = self._wait(team, limits, now)
+        if wait > 0:
+            return Reserved(False, 0, 0, t.budget_nano, wait_s=wait)
+        r = await self.reserve(team, period, res_id, amount, ttl_s, keep_s)
+        if r.ok:
+            self._take(windows, limits, now)
+        return r
+
     def _add_spend(self, team: str, p: _Period, actual: int) -> Settled:
         p.spent += actual
         t = self._teams.get(team)
@@ -175,6 +192,13 @@ class MemoryStore:
         else:
             return Settled(False, p.spent, False)
         return self._add_spend(team, p, actual)
+
+    async def settle_adding(self, team: str, period: str, res_id: str, actual: int,
+                            limits: Sequence[Limit]) -> Settled:
+        settled = await self.settle(team, period, res_id, actual)
+        if settled.applied:
+            await self.add(team, limits)
+        return settled
 
     async def charge(self, team: str, period: str, charge_id: str, amount: int,
                      keep_s: int) -> Settled:
@@ -197,18 +221,28 @@ class MemoryStore:
         w.prune(now - lim.window_s)
         return w
 
-    async def hit(self, team: str, limits: Sequence[Limit]) -> float:
-        now = self._clock()
+    def _wait(self, team: str, limits: Sequence[Limit],
+              now: float) -> tuple[list[_Window], float]:
+        """The limits' windows, and the seconds until every limit fits (0.0: now)."""
         windows = [self._window(team, lim, now) for lim in limits]
         wait = 0.0
         for w, lim in zip(windows, limits, strict=True):
             if lim.cost > 0 and w.total + lim.cost > lim.limit:
                 wait = max(wait, w.wait_s(lim.cost, lim.limit, now, lim.window_s))
-        if wait > 0:
-            return wait
+        return windows, wait
+
+    @staticmethod
+    def _take(windows: list[_Window], limits: Sequence[Limit], now: float) -> None:
         for w, lim in zip(windows, limits, strict=True):
             w.entries.append((now, lim.cost))
             w.total += lim.cost
+
+    async def hit(self, team: str, limits: Sequence[Limit]) -> float:
+        now = self._clock()
+        windows, wait = self._wait(team, limits, now)
+        if wait > 0:
+            return wait
+        self._take(windows, limits, now)
         return 0.0
 
     async def add(self, team: str, limits: Sequence[Limit]) -> None:

@@ -1,7 +1,10 @@
 """``state: {kind: redis, url: redis://127.0.0.1:6379/0}``: state shared by gateway replicas.
 
 Reservation, settlement, charging and rate limiting are each one Lua script, so N replicas
-behave like one: no read-then-write race between them. Scripts read the clock with Redis'
+behave like one: no read-then-write race between them. A request makes two round trips:
+its rate limits and its reservation are one script (``reserve_within``), its settlement and
+its tokens-per-minute correction another (``settle_adding``). Replies are parsed by hiredis
+(a dependency; redis-py uses it when it is installed). Scripts read the clock with Redis'
 ``TIME``, so replicas with skewed clocks still share one window. Every key of a team carries
 the hash tag ``{team}``, so a team's scripts touch a single slot and Redis Cluster accepts
 them. Money is in integer nano-dollars (``HINCRBY``: no float drift).
@@ -104,8 +107,9 @@ local function int(x) return string.format('%d', x) end
 """
 
 # Release holds whose replica never settled them (it died): tombstone 'x' so a late
-# settle still bills the spend, exactly once.
-_PURGE = _NUM + """
+# settle still bills the spend, exactly once. (The fragments below are joined into scripts
+# after _NOW and _NUM, each once.)
+_PURGE = """
 local function purge(b, bx, now)
   local old = redis.call('ZRANGEBYSCORE', bx, '-inf', now)
   for _, id in ipairs(old) do
@@ -119,7 +123,32 @@ local function purge(b, bx, now)
 end
 """
 
-_ADD_SPEND = _NUM + """
+# ``held``: the reply for a hold already made under ``id`` (a retry), else nil.
+# ``try_hold``: hold ``amount`` under ``id`` if it fits the budget (expired holds purged).
+_HOLD = """
+local function held(b, id, budget)
+  if redis.call('HEXISTS', b, 'r:' .. id) == 0 then return nil end
+  return {1, redis.call('HGET', b, 'spent') or '0', redis.call('HGET', b, 'reserved') or '0',
+          budget}
+end
+local function try_hold(b, bx, budget, id, amount, ttl_ms, keep_s, now)
+  local spent = redis.call('HGET', b, 'spent') or '0'
+  local reserved = redis.call('HGET', b, 'reserved') or '0'
+  if string.sub(budget, 1, 1) ~= '-' and over(budget, spent, reserved, amount) then
+    return {0, spent, reserved, budget}
+  end
+  redis.call('HINCRBY', b, 'reserved', amount)
+  redis.call('HSET', b, 'r:' .. id, amount)
+  redis.call('ZADD', bx, int(now + tonumber(ttl_ms)), id)
+  if tonumber(keep_s) > 0 then
+    redis.call('EXPIRE', b, keep_s)
+    redis.call('EXPIRE', bx, keep_s)
+  end
+  return {1, spent, redis.call('HGET', b, 'reserved'), budget}
+end
+"""
+
+_SETTLE = """
 local function add_spend(team, b, amount)
   redis.call('HINCRBY', b, 'spent', amount)
   local spent = redis.call('HGET', b, 'spent')
@@ -131,63 +160,22 @@ local function add_spend(team, b, amount)
   end
   return {1, spent, alert}
 end
+local function settle(team, b, bx, id, actual)
+  local f = 'r:' .. id
+  local a = redis.call('HGET', b, f)
+  if not a then return {0, redis.call('HGET', b, 'spent') or '0', 0} end
+  if a ~= 'x' then redis.call('HINCRBY', b, 'reserved', neg(a)) end
+  redis.call('HDEL', b, f)
+  redis.call('ZREM', bx, id)
+  return add_spend(team, b, actual)
+end
 """
 
-# KEYS: team, b, bx   ARGV: res_id, amount, ttl_ms, keep_s
-# Idempotent: a hold already made under res_id (a retry whose first reply was lost) is
-# reported as held, not held twice.
-RESERVE = _NOW + _PURGE + """
-local budget = redis.call('HGET', KEYS[1], 'budget')
-if not budget then return {-1, 0, 0, -1} end
-purge(KEYS[2], KEYS[3], now)
-local spent = redis.call('HGET', KEYS[2], 'spent') or '0'
-local reserved = redis.call('HGET', KEYS[2], 'reserved') or '0'
-if redis.call('HEXISTS', KEYS[2], 'r:' .. ARGV[1]) == 1 then
-  return {1, spent, reserved, budget}
-end
-if string.sub(budget, 1, 1) ~= '-' and over(budget, spent, reserved, ARGV[2]) then
-  return {0, spent, reserved, budget}
-end
-redis.call('HINCRBY', KEYS[2], 'reserved', ARGV[2])
-redis.call('HSET', KEYS[2], 'r:' .. ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[3], int(now + tonumber(ARGV[3])), ARGV[1])
-if tonumber(ARGV[4]) > 0 then
-  redis.call('EXPIRE', KEYS[2], ARGV[4])
-  redis.call('EXPIRE', KEYS[3], ARGV[4])
-end
-return {1, spent, redis.call('HGET', KEYS[2], 'reserved'), budget}
-"""
-
-# KEYS: team, b, bx   ARGV: res_id, actual
-SETTLE = _ADD_SPEND + """
-local f = 'r:' .. ARGV[1]
-local a = redis.call('HGET', KEYS[2], f)
-if not a then
-  return {0, redis.call('HGET', KEYS[2], 'spent') or '0', 0}
-end
-if a ~= 'x' then redis.call('HINCRBY', KEYS[2], 'reserved', neg(a)) end
-redis.call('HDEL', KEYS[2], f)
-redis.call('ZREM', KEYS[3], ARGV[1])
-return add_spend(KEYS[1], KEYS[2], ARGV[2])
-"""
-
-# KEYS: team, b   ARGV: charge_id, amount, keep_s
-CHARGE = _ADD_SPEND + """
-if redis.call('HSETNX', KEYS[2], 'c:' .. ARGV[1], '1') == 0 then
-  return {0, redis.call('HGET', KEYS[2], 'spent') or '0', 0}
-end
-if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
-return add_spend(KEYS[1], KEYS[2], ARGV[2])
-"""
-
-# KEYS: b, bx
-SPEND = _NOW + _PURGE + """
-purge(KEYS[1], KEYS[2], now)
-local v = redis.call('HMGET', KEYS[1], 'spent', 'reserved', 'alerted')
-return {v[1] or '0', v[2] or '0', v[3] and 1 or 0}
-"""
-
-_WINDOW = _NOW + _NUM + """
+# Sliding windows. The limits' keys start after KEYS[ko] (the sequence counter, then a
+# (zset, sum) pair per limit), their arguments after ARGV[ao] (their count, then a
+# (limit, cost, window_ms) triple per limit): a script that also holds a budget puts its
+# own keys and arguments first.
+_WINDOW = """
 local function entry_cost(m) return tonumber(string.match(m, ':(%-?%d+)$')) end
 local function prune(z, s, cutoff)
   local old = redis.call('ZRANGEBYSCORE', z, '-inf', cutoff)
@@ -197,11 +185,42 @@ local function prune(z, s, cutoff)
   redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
   return redis.call('DECRBY', s, int(sub))
 end
-local function record(n, now)
-  local seq = redis.call('INCR', KEYS[1])
-  redis.call('PEXPIRE', KEYS[1], 86400000)
-  for i = 1, n do
-    local z, s, cost, win = KEYS[2*i], KEYS[2*i+1], ARGV[3*i], tonumber(ARGV[3*i+1])
+local function wait_ms(ko, ao, now)
+  local wait = 0
+  for i = 1, tonumber(ARGV[ao + 1]) do
+    local z, s = KEYS[ko + 2*i], KEYS[ko + 2*i + 1]
+    local limit, cost = tonumber(ARGV[ao + 3*i - 1]), tonumber(ARGV[ao + 3*i])
+    local win = tonumber(ARGV[ao + 3*i + 1])
+    local total = prune(z, s, now - win)
+    if cost > 0 and total + cost > limit then
+      local w = win
+      if cost <= limit then
+        local freed = 0
+        local entries = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
+        for j = 1, #entries, 2 do
+          freed = freed + entry_cost(entries[j])
+          if total - freed + cost <= limit then
+            w = math.max(1, tonumber(entries[j + 1]) + win - now)
+            break
+          end
+        end
+      end
+      if w > wait then wait = w end
+    end
+  end
+  return wait
+end
+local function prune_all(ko, ao, now)
+  for i = 1, tonumber(ARGV[ao + 1]) do
+    prune(KEYS[ko + 2*i], KEYS[ko + 2*i + 1], now - tonumber(ARGV[ao + 3*i + 1]))
+  end
+end
+local function record(ko, ao, now)
+  local seq = redis.call('INCR', KEYS[ko + 1])
+  redis.call('PEXPIRE', KEYS[ko + 1], 86400000)
+  for i = 1, tonumber(ARGV[ao + 1]) do
+    local z, s = KEYS[ko + 2*i], KEYS[ko + 2*i + 1]
+    local cost, win = ARGV[ao + 3*i], tonumber(ARGV[ao + 3*i + 1])
     redis.call('ZADD', z, now, seq .. ':' .. cost)
     redis.call('INCRBY', s, cost)
     redis.call('PEXPIRE', z, int(win + 1000))
@@ -210,40 +229,78 @@ local function record(n, now)
 end
 """
 
+# KEYS: team, b, bx   ARGV: res_id, amount, ttl_ms, keep_s
+# Idempotent: a hold already made under res_id (a retry whose first reply was lost) is
+# reported as held, not held twice.
+RESERVE = _NOW + _NUM + _PURGE + _HOLD + """
+local budget = redis.call('HGET', KEYS[1], 'budget')
+if not budget then return {-1, 0, 0, -1} end
+purge(KEYS[2], KEYS[3], now)
+return held(KEYS[2], ARGV[1], budget)
+  or try_hold(KEYS[2], KEYS[3], budget, ARGV[1], ARGV[2], ARGV[3], ARGV[4], now)
+"""
+
+# RESERVE and HIT in one step: KEYS: team, b, bx, then HIT's   ARGV: RESERVE's, then HIT's.
+# Nothing is taken unless both fit: the windows first ({0, 0, 0, budget, wait_ms} when they
+# do not), then the budget. Idempotent like RESERVE: a retry finds its hold (and its hit,
+# made in the same script) and takes nothing more.
+RESERVE_WITHIN = _NOW + _NUM + _PURGE + _HOLD + _WINDOW + """
+local budget = redis.call('HGET', KEYS[1], 'budget')
+if not budget then return {-1, 0, 0, -1} end
+purge(KEYS[2], KEYS[3], now)
+local h = held(KEYS[2], ARGV[1], budget)
+if h then return h end
+local wait = wait_ms(3, 4, now)
+if wait > 0 then return {0, 0, 0, budget, wait} end
+local r = try_hold(KEYS[2], KEYS[3], budget, ARGV[1], ARGV[2], ARGV[3], ARGV[4], now)
+if r[1] == 1 then record(3, 4, now) end
+return r
+"""
+
+# KEYS: team, b, bx   ARGV: res_id, actual
+SETTLE = _NUM + _SETTLE + """
+return settle(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
+"""
+
+# SETTLE, then ADD when the settlement applied (so a retry adds nothing twice):
+# KEYS: SETTLE's, then ADD's   ARGV: SETTLE's, then ADD's.
+SETTLE_ADD = _NOW + _NUM + _SETTLE + _WINDOW + """
+local r = settle(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
+if r[1] == 1 then
+  prune_all(3, 2, now)
+  record(3, 2, now)
+end
+return r
+"""
+
+# KEYS: team, b   ARGV: charge_id, amount, keep_s
+CHARGE = _NUM + _SETTLE + """
+if redis.call('HSETNX', KEYS[2], 'c:' .. ARGV[1], '1') == 0 then
+  return {0, redis.call('HGET', KEYS[2], 'spent') or '0', 0}
+end
+if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+return add_spend(KEYS[1], KEYS[2], ARGV[2])
+"""
+
+# KEYS: b, bx
+SPEND = _NOW + _NUM + _PURGE + """
+purge(KEYS[1], KEYS[2], now)
+local v = redis.call('HMGET', KEYS[1], 'spent', 'reserved', 'alerted')
+return {v[1] or '0', v[2] or '0', v[3] and 1 or 0}
+"""
+
 # KEYS: seq, then (zset, sum) per limit   ARGV: n, then (limit, cost, window_ms) per limit
 # Returns 0 when taken, else the milliseconds to wait.
-HIT = _WINDOW + """
-local n = tonumber(ARGV[1])
-local wait = 0
-for i = 1, n do
-  local z, s = KEYS[2*i], KEYS[2*i+1]
-  local limit, cost, win = tonumber(ARGV[3*i-1]), tonumber(ARGV[3*i]), tonumber(ARGV[3*i+1])
-  local total = prune(z, s, now - win)
-  if cost > 0 and total + cost > limit then
-    local w = win
-    if cost <= limit then
-      local freed = 0
-      local entries = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
-      for j = 1, #entries, 2 do
-        freed = freed + entry_cost(entries[j])
-        if total - freed + cost <= limit then
-          w = math.max(1, tonumber(entries[j + 1]) + win - now)
-          break
-        end
-      end
-    end
-    if w > wait then wait = w end
-  end
-end
+HIT = _NOW + _NUM + _WINDOW + """
+local wait = wait_ms(0, 0, now)
 if wait > 0 then return wait end
-record(n, now)
+record(0, 0, now)
 return 0
 """
 
-ADD = _WINDOW + """
-local n = tonumber(ARGV[1])
-for i = 1, n do prune(KEYS[2*i], KEYS[2*i+1], now - tonumber(ARGV[3*i+1])) end
-record(n, now)
+ADD = _NOW + _NUM + _WINDOW + """
+prune_all(0, 0, now)
+record(0, 0, now)
 return 0
 """
 
@@ -294,7 +351,9 @@ class RedisStore:
         )
         self.r = aioredis.Redis.from_pool(pool)
         self._reserve = self.r.register_script(RESERVE)
+        self._reserve_within = self.r.register_script(RESERVE_WITHIN)
         self._settle = self.r.register_script(SETTLE)
+        self._settle_add = self.r.register_script(SETTLE_ADD)
         self._charge = self.r.register_script(CHARGE)
         self._spend = self.r.register_script(SPEND)
         self._hit = self.r.register_script(HIT)
@@ -422,16 +481,36 @@ class RedisStore:
 
     async def reserve(self, team: str, period: str, res_id: str, amount: int, ttl_s: float,
                       keep_s: int) -> Reserved:
-        ok, spent, reserved, budget = await self._do(lambda: self._reserve(
+        return self._reserved(await self._do(lambda: self._reserve(
             keys=self._budget_keys(team, period),
-            args=[res_id, amount, int(ttl_s * 1000), keep_s]))
+            args=[res_id, amount, int(ttl_s * 1000), keep_s])))
+
+    async def reserve_within(self, team: str, limits: Sequence[Limit], period: str,
+                             res_id: str, amount: int, ttl_s: float, keep_s: int) -> Reserved:
+        wkeys, wargs = self._window_args(team, limits)
+        reply = await self._do(lambda: self._reserve_within(
+            keys=self._budget_keys(team, period) + wkeys,
+            args=[res_id, amount, int(ttl_s * 1000), keep_s, *wargs]))
+        return self._reserved(reply)
+
+    @staticmethod
+    def _reserved(reply: list[Any]) -> Reserved:
+        ok, spent, reserved, budget = reply[:4]
         if ok == -1:
             return Reserved(False, 0, 0, -1, exists=False)
-        return Reserved(ok == 1, int(spent), int(reserved), int(budget))
+        wait_s = int(reply[4]) / 1000.0 if len(reply) > 4 else 0.0
+        return Reserved(ok == 1, int(spent), int(reserved), int(budget), wait_s=wait_s)
 
     async def settle(self, team: str, period: str, res_id: str, actual: int) -> Settled:
         applied, spent, alert = await self._do(lambda: self._settle(
             keys=self._budget_keys(team, period), args=[res_id, actual]))
+        return Settled(applied == 1, int(spent), alert == 1)
+
+    async def settle_adding(self, team: str, period: str, res_id: str, actual: int,
+                            limits: Sequence[Limit]) -> Settled:
+        wkeys, wargs = self._window_args(team, limits)
+        applied, spent, alert = await self._do(lambda: self._settle_add(
+            keys=self._budget_keys(team, period) + wkeys, args=[res_id, actual, *wargs]))
         return Settled(applied == 1, int(spent), alert == 1)
 
     async def charge(self, team: str, period: str, charge_id: str, amount: int,

@@ -63,7 +63,12 @@ AlertFn = Callable[[str, float, float, float], None]
 
 
 class Admission(Protocol):
-    async def admit(self, ctx: RequestContext, features: RequestFeatures) -> None: ...
+    async def admit(self, ctx: RequestContext, features: RequestFeatures, *,
+                    defer: bool = False) -> None:
+        """Check the rate limits; with ``defer``, leave them to the first ``reserve``
+        (one round trip to the state store for both) when nothing between them can answer
+        the request or spend on it."""
+        ...
 
     async def reserve(
         self, ctx: RequestContext, backend: Backend, features: RequestFeatures
@@ -80,7 +85,8 @@ class Admission(Protocol):
 class OpenAdmission:
     """No teams configured: everything is admitted, nothing is reserved."""
 
-    async def admit(self, ctx: RequestContext, features: RequestFeatures) -> None:
+    async def admit(self, ctx: RequestContext, features: RequestFeatures, *,
+                    defer: bool = False) -> None:
         return None
 
     async def reserve(self, ctx: RequestContext, backend: Backend,
@@ -202,6 +208,33 @@ def _exceeded(team: Team, r: Reserved, amount: int, made_of: str) -> BudgetExcee
         f"lower max_tokens, or retry when requests in flight finish.")
 
 
+def _taken(ctx: RequestContext, team: str, limits: list[Limit], wait: float, local: bool,
+           prompt_tokens: int) -> None:
+    """429 when the limits did not fit; else note the token windows that counted the
+    prompt (the rest of the request's tokens are added when it settles)."""
+    if wait > 0:
+        raise RateLimited(f"Rate limit reached for team '{team}' ({_describe(limits)}); "
+                          f"retry in {wait:.1f} s.", retry_after=wait)
+    tpm = [lim for lim in limits if lim.name.endswith(":tpm")]
+    if tpm:
+        ctx.tokens_counted = TokensCounted(tpm, prompt_tokens, local)
+
+
+def _tokens_fix(ctx: RequestContext, tokens: int) -> tuple[list[Limit], bool] | None:
+    """The correction the token windows that counted the prompt at admission need now that
+    the request used ``tokens`` (taken from ``ctx``, once), and whether they are the local
+    fallback's; None when there is nothing to add."""
+    counted = ctx.tokens_counted
+    if counted is None or tokens <= 0:
+        return None
+    ctx.tokens_counted = None
+    delta = tokens - counted.prompt_tokens
+    if delta == 0:
+        return None
+    return [Limit(lim.name, lim.limit, delta, lim.window_s) for lim in counted.limits], \
+        counted.local
+
+
 def _describe(limits: list[Limit]) -> str:
     unit = {"rpm": "requests", "tpm": "tokens"}
     return ", ".join(f"{lim.limit} {unit[lim.name[-3:]]}/min per "
@@ -309,21 +342,20 @@ class BudgetAdmission:
 
     # ---- admission ---------------------------------------------------------------------
 
-    async def admit(self, ctx: RequestContext, features: RequestFeatures) -> None:
+    async def admit(self, ctx: RequestContext, features: RequestFeatures, *,
+                    defer: bool = False) -> None:
         ident = ctx.identity
         if ident is None:
             return
         limits = _limits(ident, features.prompt_tokens)
         if not limits:
             return
+        if defer:
+            ctx.limits_pending = limits
+            return
         team = ident.team.name
         wait, local = await self._shared(team, lambda s: s.hit(team, limits))
-        if wait > 0:
-            raise RateLimited(f"Rate limit reached for team '{team}' ({_describe(limits)}); "
-                              f"retry in {wait:.1f} s.", retry_after=wait)
-        tpm = [lim for lim in limits if lim.name.endswith(":tpm")]
-        if tpm:
-            ctx.tokens_counted = TokensCounted(tpm, features.prompt_tokens, local)
+        _taken(ctx, team, limits, wait, local, features.prompt_tokens)
 
     async def reserve(self, ctx: RequestContext, backend: Backend,
                       features: RequestFeatures) -> Hold | None:
@@ -341,24 +373,32 @@ class BudgetAdmission:
         keep = period_ttl_s(team.period, now)
         res_id = secrets.token_hex(12)
         ttl = self.config.reservation_ttl_s
+        limits, ctx.limits_pending = ctx.limits_pending, None  # admit's, taken here at once
 
         async def hold(s: StateStore) -> Reserved:
             if s is not self.store:
                 await self._prepare_local(s, team, period, keep)
-                return await s.reserve(team.name, period, res_id, amount, ttl, keep)
             try:
+                if limits:
+                    return await s.reserve_within(team.name, limits, period, res_id, amount,
+                                                  ttl, keep)
                 return await s.reserve(team.name, period, res_id, amount, ttl, keep)
             except StateUnavailable:  # the hold may be made, its reply lost: release it
-                self._queue(_Pending("settle", team.name, period, res_id, 0, keep))
+                if s is self.store:
+                    self._queue(_Pending("settle", team.name, period, res_id, 0, keep))
                 raise
 
         r, local = await self._shared(team.name, hold)
         if not r.exists:
             raise AuthenticationFailed(f"The team '{team.name}' no longer exists.")
+        if limits and r.wait_s > 0:
+            _taken(ctx, team.name, limits, r.wait_s, local, features.prompt_tokens)
         if not local:
             self._remember(team.name, period, r.spent + r.reserved)
         if not r.ok:
             raise _exceeded(team, r, amount, made_of)
+        if limits:
+            _taken(ctx, team.name, limits, 0.0, local, features.prompt_tokens)
         store = self._local() if local else self.store
         return Hold(team, period, res_id, amount, store, local, backend.name)
 
@@ -408,11 +448,15 @@ class BudgetAdmission:
                 log.error("releasing a local hold of team %s failed (%s)", r.team.name, why(e))
             # the shared store decides on the alert when the charge lands
             self._queue(_Pending("charge", r.team.name, r.period, r.res_id, actual, keep))
-        else:
-            res = await self._settle_shared(r, actual, keep)
-            if res is not None:
-                self._after(r.team, r.period, res)
-        await self._correct_tokens(ctx, r.team.name, tokens)
+            await self._correct_tokens(ctx, r.team.name, tokens)
+            return
+        fix = _tokens_fix(ctx, tokens)
+        fused = fix is not None and not fix[1]  # shared windows: corrected with the spend
+        res = await self._settle_shared(r, actual, keep, fix[0] if fix and fused else [])
+        if res is not None:
+            self._after(r.team, r.period, res)
+        if fix is not None and not fused:
+            await self._add_tokens(r.team.name, *fix)
 
     async def charge(self, ctx: RequestContext, cost_usd: float) -> None:
         """Spend without a hold (a cache hit that costs a fraction of its call): charged
@@ -450,12 +494,21 @@ class BudgetAdmission:
             self._metrics.budget_overrun.labels(r.backend).inc(to_usd(over))
         return r.amount
 
-    async def _settle_shared(self, r: Hold, actual: int, keep: int) -> Settled | None:
-        """Settle on the shared store; what it does not acknowledge is queued for retry."""
+    async def _settle_shared(self, r: Hold, actual: int, keep: int,
+                             tokens: list[Limit]) -> Settled | None:
+        """Settle on the shared store, adding ``tokens`` to its windows in the same round
+        trip; a settlement it does not acknowledge is queued for retry (the windows are
+        left a few tokens short)."""
         try:
+            if tokens:
+                return await self.store.settle_adding(r.team.name, r.period, r.res_id, actual,
+                                                      tokens)
             return await self.store.settle(r.team.name, r.period, r.res_id, actual)
         except StateUnavailable as e:
             self._mark_down(e)
+            if tokens:
+                log.warning("token window of team %s not corrected: state store unreachable",
+                            r.team.name)
         except Exception as e:  # noqa: BLE001 - never a 500 for an answered request
             log.error("settling a request of team %s failed (%s); queued to retry",
                       r.team.name, why(e))
@@ -464,15 +517,11 @@ class BudgetAdmission:
 
     async def _correct_tokens(self, ctx: RequestContext, team: str, tokens: int) -> None:
         """Tokens-per-minute windows counted the prompt at admission; add the rest."""
-        counted = ctx.tokens_counted
-        if counted is None or tokens <= 0:
-            return
-        ctx.tokens_counted = None
-        limits, local = counted.limits, counted.local
-        delta = tokens - counted.prompt_tokens
-        if delta == 0:
-            return
-        fixed = [Limit(lim.name, lim.limit, delta, lim.window_s) for lim in limits]
+        fix = _tokens_fix(ctx, tokens)
+        if fix is not None:
+            await self._add_tokens(team, *fix)
+
+    async def _add_tokens(self, team: str, fixed: list[Limit], local: bool) -> None:
         try:
             await (self._local() if local else self.store).add(team, fixed)
         except StateUnavailable:

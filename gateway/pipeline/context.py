@@ -30,6 +30,9 @@ class RequestContext:
     received_at: float = field(default_factory=time.perf_counter)
     identity: Identity | None = None  # the caller's key and team, when keys are configured
     tokens_counted: TokensCounted | None = None  # set by admission, read when settling
+    # rate limits admission left to the first reservation, which takes them in the same
+    # round trip to the state store (``Admission.admit(..., defer=True)``)
+    limits_pending: list[Limit] | None = None
     # the request's cache headers (``Cache-Control``, ``x-switchyard-cache-*``), lower-case
     # names; only read when a cache is configured
     cache_headers: dict[str, str] | None = None

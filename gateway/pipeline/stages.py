@@ -116,13 +116,17 @@ class NotedFeatures(Features):
 
 
 class Admit:
-    """Rate limits per key and team (``Admission.admit``); only there with budgets."""
+    """Rate limits per key and team (``Admission.admit``); only there with budgets. With
+    ``defer`` (no cache lookup between here and the first backend call, which could answer
+    the request or spend on it), they are taken with the first reservation, in one round
+    trip to the state store."""
 
-    def __init__(self, admission: Admission) -> None:
+    def __init__(self, admission: Admission, defer: bool = False) -> None:
         self.admission = admission
+        self.defer = defer
 
     def __call__(self, x: Exchange) -> Awaitable[None]:
-        return self.admission.admit(x.ctx, x.features)
+        return self.admission.admit(x.ctx, x.features, defer=self.defer)
 
 
 class PlanStage:
@@ -193,7 +197,7 @@ def build(router: Router, backends: Mapping[str, Backend], admission: Admission,
         **optional,
     }
     if type(admission) is not OpenAdmission:
-        built["admit"] = Admit(admission)
+        built["admit"] = Admit(admission, defer="cache_lookup" not in optional)
     return tuple((name, built[name]) for name in ORDER if name in built)
 
 

@@ -274,6 +274,39 @@ async def test_token_window_with_corrections(store: StateStore) -> None:
     assert await store.hit("acme", [Limit("team:tpm", 100, 500, 30)]) == 30, "never fits"
 
 
+async def test_limits_and_a_hold_are_taken_together_or_not_at_all(store: StateStore) -> None:
+    """``reserve_within``: a request refused by its rate limit holds nothing; one refused by
+    the budget takes nothing from its limits; a retry of one that fitted takes nothing more."""
+    await store.create_team(team(budget_usd=1e-6))  # 1,000 nano-dollars
+    rpm = [Limit("team:rpm", 2, 1, 60)]
+    r = await store.reserve_within("acme", rpm, "p", "r1", 600, 60, KEEP)
+    assert (r.ok, r.wait_s, r.reserved) == (True, 0.0, 600)
+    again = await store.reserve_within("acme", rpm, "p", "r1", 600, 60, KEEP)
+    assert again.ok and again.reserved == 600, "a retry is held once"
+    over = await store.reserve_within("acme", rpm, "p", "r2", 600, 60, KEEP)
+    assert not over.ok and over.wait_s == 0.0, "the budget refused it"
+    assert await store.hit("acme", rpm) == 0, "neither the retry nor the refusal took a hit"
+    limited = await store.reserve_within("acme", rpm, "p", "r3", 1, 60, KEEP)
+    assert not limited.ok and 0 < limited.wait_s <= 60
+    assert await store.spend("acme", "p") == Spend(0, 600, False), "the limited one held nothing"
+    missing = await store.reserve_within("nobody", rpm, "p", "r4", 1, 60, KEEP)
+    assert not missing.exists
+
+
+async def test_settle_adding_corrects_the_token_window_once(store: StateStore) -> None:
+    await store.create_team(team(budget_usd=1.0))
+    tpm = Limit("team:tpm", 100, 60, 30)
+    assert (await store.reserve_within("acme", [tpm], "p", "r1", 5, 60, KEEP)).ok
+    fix = [Limit("team:tpm", 100, -30, 30)]  # the call used 30 tokens, not 60
+    settled = await store.settle_adding("acme", "p", "r1", 4, fix)
+    assert (settled.applied, settled.spent) == (True, 4)
+    again = await store.settle_adding("acme", "p", "r1", 4, fix)
+    assert not again.applied and again.spent == 4, "billed once"
+    # 30 counted (not 0: the repeat added nothing): 70 more fit, 71 do not
+    assert await store.hit("acme", [Limit("team:tpm", 100, 71, 30)]) > 0
+    assert await store.hit("acme", [Limit("team:tpm", 100, 70, 30)]) == 0
+
+
 # ---- backend health ----------------------------------------------------------------------
 
 
