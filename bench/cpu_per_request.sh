@@ -39,7 +39,9 @@ L
 cd "$TREE"
 taskset -c 1 "$PY" "$HERE/bench/upstream.py" "$UP" & UPP=$!
 PYTHONPATH=$TREE taskset -c 0 "$PY" -m gateway.cli serve --config "$D/bench.yaml" --port "$GW" 2>/dev/null & GWP=$!
-sleep 4
+# up when /healthz answers (a loaded machine, or a database ledger, can take longer than 4 s)
+for _ in $(seq 120); do curl -sf "http://127.0.0.1:$GW/healthz" >/dev/null && break; sleep 0.5; done
+sleep 1
 T0=$(awk '{print $14+$15}' "/proc/$GWP/stat")
 OUT=$(taskset -c 1 wrk -t1 -c32 -d8s -s "$D/w.lua" "http://127.0.0.1:$GW/v1/chat/completions")
 T1=$(awk '{print $14+$15}' "/proc/$GWP/stat")

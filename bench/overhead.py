@@ -46,7 +46,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def gateway_config(up_port: int, ledger: str, ledger_path: Path) -> str:
+def gateway_config(up_port: int, ledger: str, ledger_path: Path, ledger_url: str = "") -> str:
     """The benchmarks' gateway: one priced, energy-profiled backend in front of
     ``upstream.py``; ``EXTRA_CONFIG`` from the environment is appended."""
     return f"""
@@ -60,7 +60,7 @@ backends:
 routes:
   - name: bench
     backends: [upstream]
-ledger: {{kind: {ledger}, path: {ledger_path}}}
+ledger: {{kind: {ledger}, path: {ledger_path}{f", url: '{ledger_url}'" if ledger_url else ""}}}
 log_level: warning
 {os.environ.get("EXTRA_CONFIG", "")}
 """
@@ -171,6 +171,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--json")
     ap.add_argument("--no-ledger", action="store_true", help="turn the SQLite ledger off")
+    ap.add_argument("--ledger-url", metavar="URL",
+                    help="write the ledger to this PostgreSQL database instead of SQLite")
     ap.add_argument("--budget", action="store_true",
                     help="send a team's virtual key: auth, rate limits and budget reservation on")
     ap.add_argument("--redis", metavar="URL",
@@ -181,8 +183,9 @@ def main() -> None:
     up_port, gw_port = free_port(), free_port()
     tmp = Path(tempfile.mkdtemp())
     cfg = tmp / "bench.yaml"
-    cfg.write_text(gateway_config(up_port, "none" if args.no_ledger else "sqlite",
-                                  tmp / "ledger.sqlite3") + "admin_key: bench-admin-key\n")
+    kind = "none" if args.no_ledger else "postgres" if args.ledger_url else "sqlite"
+    cfg.write_text(gateway_config(up_port, kind, tmp / "ledger.sqlite3", args.ledger_url or "")
+                   + "admin_key: bench-admin-key\n")
     prefix = f"switchyard-bench:{os.getpid()}:"
     if args.redis:
         with cfg.open("a") as f:
@@ -207,6 +210,7 @@ def main() -> None:
         print(header())
         print(f"load generator: {load.__name__[4:]}; gateway: 1 process on CPU 0, accounting on"
               f"{', ledger off' if args.no_ledger else ''}"
+              f"{', PostgreSQL ledger' if args.ledger_url else ''}"
               f"{', virtual key + team budget + rpm/tpm' if args.budget else ''}"
               f"{(' (Redis state)' if args.redis else ' (in-process state)') if args.budget else ''}"
               f"; {args.seconds} s per cell; requests/s counts 2xx responses only")

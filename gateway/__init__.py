@@ -77,9 +77,11 @@ from gateway.interfaces import (
     Usage,
     Verdict,
 )
+from gateway.ledger import BATCH_MOVE as LEDGER_BATCH_MOVE
+from gateway.ledger import BATCH_TABLE as LEDGER_BATCH_TABLE
 from gateway.ledger import COLUMNS as LEDGER_COLUMNS
 from gateway.ledger import MIGRATIONS as LEDGER_MIGRATIONS
-from gateway.ledger import BatchWriter
+from gateway.ledger import BatchWriter, daily_upsert
 from gateway.ledger import Ledger as SQLiteLedger
 from gateway.ledger import Schema as LedgerSchema
 from gateway.ledger import apply_migrations as apply_ledger_migrations
@@ -99,6 +101,8 @@ from gateway.state import (
 )
 
 __all__ = [
+    "LEDGER_BATCH_MOVE",
+    "LEDGER_BATCH_TABLE",
     "LEDGER_COLUMNS",
     "LEDGER_MIGRATIONS",
     "STAGE_SEAMS",
@@ -182,6 +186,7 @@ __all__ = [
     "UsageRecord",
     "Verdict",
     "apply_ledger_migrations",
+    "daily_upsert",
     "estimate",
     "evaluate",
     "has_content",

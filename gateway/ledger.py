@@ -123,15 +123,81 @@ def _row(rec: UsageRecord) -> tuple[Any, ...]:
     return tuple(row)
 
 
+# version 5: ``requests_daily``, the report's summary: per UTC day (days since 1970) and
+# team, route, backend, model, endpoint and energy source, the sums of ``DAILY_SUMS``, kept
+# by the writer in the same transaction as the rows it sums (LiteLLM keeps daily spend
+# tables likewise), so a report over months reads thousands of rows, not millions.
+# ``DAILY_SUMS``: name -> what one row adds, in the SQL both SQLite and PostgreSQL speak.
+DAILY_KEYS: list[tuple[str, str]] = [
+    ("day", "INTEGER"), ("team", "TEXT"), ("route", "TEXT"), ("backend", "TEXT"),
+    ("model", "TEXT"), ("endpoint", "TEXT"), ("energy_source", "TEXT"),
+]
+_HIT = "cache LIKE 'hit%'"
+DAILY_SUMS: dict[str, str] = {
+    "requests": "CASE WHEN cascade_step IS NULL OR cascade_step = 1 THEN 1 ELSE 0 END",
+    "calls": "1",
+    "succeeded": "CASE WHEN status = 200 THEN 1 ELSE 0 END",
+    "cache_hits": f"CASE WHEN {_HIT} THEN 1 ELSE 0 END",
+    "cache_lookups": "CASE WHEN cache IS NOT NULL AND cache <> 'bypass' THEN 1 ELSE 0 END",
+    "prompt_tokens": "prompt_tokens",
+    "completion_tokens": "completion_tokens",
+    "cost_usd": "cost_usd",
+    "energy_j": "energy_j",
+    "energy_measured_j": "CASE WHEN energy_source NOT IN ('profile', 'none') THEN energy_j "
+                         "ELSE 0 END",
+    "co2_g": "co2_g",
+    "bytes": "bytes_sent + bytes_received",
+    "saved_cost_usd": "saved_cost_usd",
+    "saved_energy_j": "saved_energy_j",
+    "saved_co2_g": "saved_co2_g",
+    "saved_bytes": "saved_bytes",
+    "compress_saved_tokens": "compress_saved_tokens",
+    "compress_saved_bytes": "compress_saved_bytes",
+    **{c: c for c, _ in _V4_SAVINGS_COLUMNS if c.startswith("saved_")},
+}
+DAILY_INTEGERS = frozenset({"requests", "calls", "succeeded", "cache_hits", "cache_lookups",
+                            "prompt_tokens", "completion_tokens", "bytes", "saved_bytes",
+                            "compress_saved_tokens", "compress_saved_bytes"})
+# the dialect shim of the schema: the UTC day number of ``started_at``
+DAY_NUMBER = {"sqlite": "CAST(started_at / 86400 AS INTEGER)",
+              "postgres": "CAST(FLOOR(started_at / 86400) AS BIGINT)"}
+
+
+def daily_upsert(dialect: str, source: str) -> str:
+    """Adds the rows of ``source`` (``requests``, or a batch's table of the same columns)
+    into ``requests_daily``: one statement, the same on both dialects but the day."""
+    keys = [k for k, _ in DAILY_KEYS]
+    exprs = [DAY_NUMBER[dialect], *(f"COALESCE({k}, '')" for k in keys[1:]),
+             *(f"COALESCE(SUM({e}), 0)" for e in DAILY_SUMS.values())]
+    nums = ", ".join(str(i + 1) for i in range(len(keys)))
+    sets = ", ".join(f"{n} = requests_daily.{n} + excluded.{n}" for n in DAILY_SUMS)
+    return (f"INSERT INTO requests_daily ({', '.join([*keys, *DAILY_SUMS])}) "
+            f"SELECT {', '.join(exprs)} FROM {source} WHERE true GROUP BY {nums} ORDER BY {nums} "
+            f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}")
+
+
+BATCH_TABLE = "ledger_batch"  # a connection's temporary table: one batch on its way in
+# a batch lands in the temporary table, then goes into ``requests`` and ``requests_daily``
+BATCH_MOVE = (f"INSERT INTO requests ({', '.join(_NAMES)}) "
+              f"SELECT {', '.join(_NAMES)} FROM {BATCH_TABLE}")
+
+
 class Schema(Protocol):
     """What a migration step may do, in any database: each ledger kind renders these in its
-    own SQL (column kinds are SQLite's ``TEXT``, ``INTEGER``, ``REAL``), each idempotent."""
+    own SQL (column kinds are SQLite's ``TEXT``, ``INTEGER``, ``REAL``), each idempotent.
+    ``dialect`` and ``execute`` are for a step's data changes, in SQL both dialects speak
+    (or picked from a per-dialect dict such as ``DAY_NUMBER``)."""
+
+    dialect: str
 
     def create_table(self, table: str, columns: Iterable[tuple[str, str]]) -> None: ...
 
     def add_columns(self, table: str, columns: Iterable[tuple[str, str]]) -> None: ...
 
-    def create_index(self, name: str, table: str, columns: Sequence[str]) -> None: ...
+    def create_index(self, name: str, table: str, columns: Sequence[str],
+                     unique: bool = False) -> None: ...
+
+    def execute(self, sql: str) -> None: ...
 
 
 Migration = Callable[[Schema], None]
@@ -145,8 +211,13 @@ def add_columns(db: Schema, table: str, columns: Iterable[tuple[str, str]]) -> N
 class SQLiteSchema:
     """``Schema`` in SQLite's SQL, on a connection inside the migration's transaction."""
 
+    dialect = "sqlite"
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+
+    def execute(self, sql: str) -> None:
+        self.conn.execute(sql)
 
     def create_table(self, table: str, columns: Iterable[tuple[str, str]]) -> None:
         cols = ", ".join(f"{n} {t}" for n, t in columns)
@@ -158,8 +229,10 @@ class SQLiteSchema:
             if name not in have:
                 self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
-    def create_index(self, name: str, table: str, columns: Sequence[str]) -> None:
-        self.conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table}({', '.join(columns)})")
+    def create_index(self, name: str, table: str, columns: Sequence[str],
+                     unique: bool = False) -> None:
+        self.conn.execute(f"CREATE {'UNIQUE ' if unique else ''}INDEX IF NOT EXISTS {name} "
+                          f"ON {table}({', '.join(columns)})")
 
 
 def _v1_requests(db: Schema) -> None:
@@ -183,7 +256,16 @@ def _v4_savings(db: Schema) -> None:
     db.create_index("requests_time", "requests", ["started_at"])
 
 
-MIGRATIONS: list[Migration] = [_v1_requests, _v2_cache, _v3_compress, _v4_savings]
+def _v5_daily(db: Schema) -> None:
+    sums = [(n, "INTEGER" if n in DAILY_INTEGERS else "REAL") for n in DAILY_SUMS]
+    db.create_table("requests_daily", [*DAILY_KEYS, *sums])
+    db.create_index("requests_daily_key", "requests_daily", [k for k, _ in DAILY_KEYS],
+                    unique=True)
+    db.execute("DELETE FROM requests_daily")  # run again, it sums the rows once
+    db.execute(daily_upsert(db.dialect, "requests"))  # what the ledger held before
+
+
+MIGRATIONS: list[Migration] = [_v1_requests, _v2_cache, _v3_compress, _v4_savings, _v5_daily]
 
 
 def apply_migrations(db: Schema, found: int, set_version: Callable[[int], object],
@@ -353,6 +435,10 @@ class BatchWriter:
         self._thread.join(timeout=60)
 
 
+_INSERT_BATCH = _INSERT.replace("INSERT INTO requests", f"INSERT INTO {BATCH_TABLE}", 1)
+_DAILY_SQLITE = daily_upsert("sqlite", BATCH_TABLE)
+
+
 class Ledger(BatchWriter):
     """SQLite ledger with a background writer thread (``ledger: {kind: sqlite}``)."""
 
@@ -371,12 +457,16 @@ class Ledger(BatchWriter):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         migrate(conn)
+        SQLiteSchema(conn).create_table(f"temp.{BATCH_TABLE}", COLUMNS)
         return conn
 
     def _insert(self, rows: Sequence[tuple[Any, ...]]) -> None:
         with self._conn:
             self._conn.execute("BEGIN")
-            self._conn.executemany(_INSERT, rows)
+            self._conn.executemany(_INSERT_BATCH, rows)
+            self._conn.execute(BATCH_MOVE)
+            self._conn.execute(_DAILY_SQLITE)
+            self._conn.execute(f"DELETE FROM {BATCH_TABLE}")
 
     def _shutdown(self) -> None:
         self._conn.close()

@@ -32,6 +32,8 @@ from decimal import Decimal
 from typing import Any
 
 from gateway import (
+    LEDGER_BATCH_MOVE,
+    LEDGER_BATCH_TABLE,
     LEDGER_COLUMNS,
     LEDGER_MIGRATIONS,
     BatchWriter,
@@ -39,22 +41,31 @@ from gateway import (
     LedgerSchema,
     RegisterLedger,
     apply_ledger_migrations,
+    daily_upsert,
     hookimpl,
 )
+
+BATCH_TABLE, BATCH_MOVE = LEDGER_BATCH_TABLE, LEDGER_BATCH_MOVE
 
 log = logging.getLogger("switchyard.ledger")
 
 _TYPES = {"TEXT": "TEXT", "INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION"}
 LOCK_KEY = 0x5357_4C45_4447_4552  # "SWLEDGER": the advisory lock migrations run under
 VERSION_TABLE = "switchyard_ledger_schema"
-_COPY = f"COPY requests ({', '.join(n for n, _ in LEDGER_COLUMNS)}) FROM STDIN"
+_COPY = f"COPY {BATCH_TABLE} ({', '.join(n for n, _ in LEDGER_COLUMNS)}) FROM STDIN"
+_DAILY = daily_upsert("postgres", BATCH_TABLE)
 
 
 class PostgresSchema:
     """``gateway.LedgerSchema`` in PostgreSQL's SQL (every statement idempotent)."""
 
+    dialect = "postgres"
+
     def __init__(self, conn: Any) -> None:
         self.conn = conn
+
+    def execute(self, sql: str) -> None:
+        self.conn.execute(sql)  # no parameters: a ``%`` in it is sent as it is
 
     def create_table(self, table: str, columns: Iterable[tuple[str, str]]) -> None:
         cols = ", ".join(f"{n} {_TYPES[t]}" for n, t in columns)
@@ -64,8 +75,10 @@ class PostgresSchema:
         for name, kind in columns:
             self.conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {_TYPES[kind]}")
 
-    def create_index(self, name: str, table: str, columns: Sequence[str]) -> None:
-        self.conn.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({', '.join(columns)})")
+    def create_index(self, name: str, table: str, columns: Sequence[str],
+                     unique: bool = False) -> None:
+        self.conn.execute(f"CREATE {'UNIQUE ' if unique else ''}INDEX IF NOT EXISTS {name} "
+                          f"ON {table} ({', '.join(columns)})")
 
 
 def migrate(conn: Any, migrations: Sequence[Any] = LEDGER_MIGRATIONS) -> int:
@@ -119,15 +132,21 @@ class PostgresLedger(BatchWriter):
         try:
             self._conn = self.connect()
             migrate(self._conn)
+            cols = ", ".join(f"{n} {_TYPES[t]}" for n, t in LEDGER_COLUMNS)
+            self._conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {BATCH_TABLE} ({cols}) "
+                               "ON COMMIT DELETE ROWS")
             self._migrated = True
         finally:
             self._tried.set()
 
     def _insert(self, rows: Sequence[tuple[Any, ...]]) -> None:
         conn = self._conn
-        with conn.transaction(), conn.cursor() as cur, cur.copy(_COPY) as copy:
-            for row in rows:
-                copy.write_row(row)
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy(_COPY) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(BATCH_MOVE)
+            cur.execute(_DAILY)  # daily sums: the same transaction as the rows
 
     def _reset(self) -> None:
         if self._conn is not None:
