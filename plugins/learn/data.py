@@ -63,7 +63,15 @@ def _outcome(where: str, model: str, o: object) -> tuple[float, float, str | Non
 
 
 def load(path: str | Path) -> Table:
-    path = Path(path)
+    try:
+        return _load(Path(path))
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text") from None
+
+
+def _load(path: Path) -> Table:
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
     prompts: list[str] = []
     models: list[str] | None = None
     qual: list[list[float]] = []
