@@ -74,16 +74,23 @@ def _labels(messages: list[dict[str, Any]], parts: list[Part], changed: set[int]
 
 @dataclass(slots=True)
 class _Plan:
-    """The parsed request: its parts, its units (in order) and the word budget for them."""
+    """The parsed request: its parts, its units (in order), the word budget for them, their
+    lexical scores and the shortlist that gets a MiniLM cosine."""
     parts: list[Part]
     units: list[Segment]
     question: str
     budget: int
+    lexical: np.ndarray
+    shortlist: list[int]
+
+    def unit(self, i: int) -> rank.Unit:
+        s = self.units[i]
+        return rank.Unit(s.text, s.header, s.title)
 
 
 class Compressor:
     """Built once at start-up. Options: ``ratio`` (default target, words before / after),
-    ``min_words``, ``weights`` (rank.Weights), ``title_cosine`` (embed unit titles with MiniLM),
+    ``min_words``, ``weights`` (rank.Weights; ``shortlist=0`` or no embedder: lexical only),
     ``workers`` (threads)."""
 
     name = "switchyard"
@@ -93,7 +100,6 @@ class Compressor:
         self.ratio = float(options.pop("ratio", DEFAULT_RATIO))
         self.min_words = int(options.pop("min_words", DEFAULT_MIN_WORDS))
         self.weights: rank.Weights = options.pop("weights", rank.Weights())
-        self.title_cosine = bool(options.pop("title_cosine", self.weights.title_cosine > 0))
         workers = int(options.pop("workers", 2))
         if options:
             raise TypeError(f"unknown compressor options: {', '.join(sorted(options))}")
@@ -116,18 +122,12 @@ class Compressor:
         if plan is None:
             return self._unchanged(messages, before, t0)
         cosine = None
-        if self.title_cosine and self.embedder is not None:
-            cosine = await self._title_cosine(plan)
+        if self.embedder is not None and plan.shortlist:
+            texts = [plan.question, *(plan.unit(i).embed_text() for i in plan.shortlist)]
+            vecs = await asyncio.gather(*(self.embedder.embed(t) for t in texts))
+            cosine = [float(v @ vecs[0]) for v in vecs[1:]]
         return await loop.run_in_executor(self._pool, self._apply, messages, plan, cosine,
                                           before, t0)
-
-    async def _title_cosine(self, plan: _Plan) -> np.ndarray:
-        assert self.embedder is not None
-        titles = [s.title for s in plan.units]
-        wanted = sorted({t for t in titles if t})
-        vecs = await asyncio.gather(*(self.embedder.embed(t) for t in [plan.question, *wanted]))
-        q, by_title = vecs[0], dict(zip(wanted, vecs[1:], strict=True))
-        return np.array([float(by_title[t] @ q) if t else 0.0 for t in titles])
 
     def _unchanged(self, messages: list[dict[str, Any]], before: int, t0: float) -> Compressed:
         parts = split_messages(messages)
@@ -148,14 +148,19 @@ class Compressor:
         budget = max(MIN_CONTEXT_WORDS, target - (before - unit_words))
         if unit_words <= budget:
             return None
-        return _Plan(parts, units, question_of(messages, parts), budget)
+        question = question_of(messages, parts)
+        lex = rank.lexical(question, [rank.Unit(s.text, s.header, s.title) for s in units],
+                           self.weights)
+        return _Plan(parts, units, question, budget, lex, rank.shortlist(lex, self.weights))
 
-    def _apply(self, messages: list[dict[str, Any]], plan: _Plan, cosine: np.ndarray | None,
+    def _apply(self, messages: list[dict[str, Any]], plan: _Plan, cosine: list[float] | None,
                before: int, t0: float) -> Compressed:
-        units = [rank.Unit(s.text, s.header, s.title) for s in plan.units]
-        split, scores = rank.score(plan.question, units, self.weights, cosine)
-        kept = rank.select(split, scores, [u.header for u in units], plan.budget)
-        new_text = {id(s): _rewrite(s, split[i], kept[i]) for i, s in enumerate(plan.units)}
+        units = [plan.unit(i) for i in range(len(plan.units))]
+        order = rank.fuse(plan.lexical, plan.shortlist, cosine, self.weights)
+        kept = dict(rank.select(plan.question, units, order, plan.budget, self.weights))
+        new_text = {id(s): s.header + s.text if i in kept and kept[i] is None
+                    else _rewrite(s, kept.get(i) or [])
+                    for i, s in enumerate(plan.units)}
         out = [dict(m) for m in messages]
         changed: set[int] = set()
         for part in plan.parts:
@@ -171,10 +176,11 @@ class Compressor:
                           (time.perf_counter() - t0) * 1e3, ["coarse"])
 
 
-def _rewrite(seg: Segment, sents: list[str], kept: list[int]) -> str:
+def _rewrite(seg: Segment, kept: list[int]) -> str:
     """A unit with only its kept sentences (its header first), or nothing."""
     if not kept:
         return ""
+    sents = rank.sentences(seg.text)
     body = "".join(sents[j] for j in kept).rstrip()
     tail = seg.text[len(seg.text.rstrip()):]
     return f"{seg.header}{body}{tail}"

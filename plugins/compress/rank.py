@@ -1,17 +1,19 @@
-"""The coarse stage's ranker: which sentences of which units to keep for a question.
+"""The coarse stage's ranker: which units (and which of their sentences) to keep for a question.
 
-Every unit is cut into sentences; each sentence is scored by BM25 against the question (the
-question's terms weighted by their rarity across this prompt's sentences), plus the BM25 score
-of its whole unit (title included), plus how many question terms its unit's title holds, plus
-the MiniLM cosine of its unit's title to the question, plus a small bonus when it holds the kind
-of token the question asks for (a year for "when", a number for "how many", a name for "who").
-The best sentences are kept greedily within the word budget, a unit's header counted once,
-and written back in their original order.
+Two passes, because one MiniLM pass over every unit is too slow here: all-MiniLM-L6-v2 costs
+about 1.1 s of CPU for 20 passages of 100 words on this machine, five times the time goal.
 
-Why not one MiniLM pass over the passages: on 2 shared cores all-MiniLM-L6-v2 costs about
-1.1 s of CPU for 20 passages of 100 words (bench figures in docs/compression.md), five times
-the time goal, and keeping the top passage by cosine keeps the answer in 93 % of NQ items.
-Titles are short enough to embed (a few ms)."""
+1. ``shortlist``: every unit scored by BM25 against the question (terms weighted by their
+   rarity across this prompt's units, title included) plus the share of question terms in its
+   title; the best ``k`` go on.
+2. ``fuse``: the shortlisted units scored again with the MiniLM cosine of unit and question
+   added (a few passages: the cost the time goal allows).
+3. ``select``: units kept whole in that order while the word budget holds; the first one that
+   does not fit is cut to its best sentences (BM25 against the question, earlier sentences
+   first on ties) within what is left. Kept text goes back in its original order.
+
+The weights were fitted on the train half of the NQ items (bench/nq_compress_items.py); see
+docs/compression.md for what each pass is worth."""
 
 from __future__ import annotations
 
@@ -99,7 +101,7 @@ def asks_for(question: str) -> str | None:
     return None
 
 
-def _fits(kind: str | None, text: str) -> bool:
+def fits(kind: str | None, text: str) -> bool:
     if kind == "year":
         return bool(_YEAR.search(text))
     if kind == "number":
@@ -111,12 +113,12 @@ def _fits(kind: str | None, text: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Weights:
-    sentence: float = 1.0      # the sentence's own BM25 (scaled to the prompt's best)
-    unit: float = 0.6          # its unit's BM25, title included
-    title: float = 0.4         # share of question terms in its unit's title
-    title_cosine: float = 0.0  # MiniLM cosine of its unit's title to the question
-    kind: float = 0.15         # holds what the question asks for (year, number, name)
-    position: float = 0.02     # earlier sentences of a unit (the lead of a passage)
+    shortlist: int = 4         # units that get a MiniLM cosine
+    bm25: float = 0.25         # a unit's BM25 (scaled to the prompt's best), title included
+    title: float = 0.25        # share of question terms in the unit's title
+    cosine: float = 1.0        # MiniLM cosine of unit (title + text) and question
+    kind: float = 0.1          # a sentence holds what the question asks for (year, number, name)
+    position: float = 0.05     # earlier sentences of a unit first
 
 
 @dataclass(slots=True)
@@ -125,50 +127,74 @@ class Unit:
     header: str = ""
     title: str = ""
 
-
-def score(question: str, units: Sequence[Unit], weights: Weights,
-          title_cosine: np.ndarray | None = None) -> tuple[list[list[str]], list[np.ndarray]]:
-    """Each unit's sentences and each sentence's score."""
-    q = terms(question)
-    split = [sentences(u.text) for u in units]
-    flat = [terms(s) for ss in split for s in ss]
-    sent = _scaled(bm25(q, flat))
-    unit = _scaled(bm25(q, [terms(f"{u.title} {u.text}") for u in units]))
-    qset = set(q)
-    kind = asks_for(question)
-    out, pos = [], 0
-    for i, (u, ss) in enumerate(zip(units, split, strict=True)):
-        tt = set(terms(u.title))
-        title = len(qset & tt) / len(qset) if qset else 0.0
-        base = weights.unit * unit[i] + weights.title * title
-        if title_cosine is not None:
-            base += weights.title_cosine * float(title_cosine[i])
-        s = np.array([weights.sentence * sent[pos + j]
-                      + weights.kind * _fits(kind, text)
-                      + weights.position / (1 + j) for j, text in enumerate(ss)]) + base
-        pos += len(ss)
-        out.append(s)
-    return split, out
+    def embed_text(self) -> str:
+        return f"{self.title}\n{self.text}" if self.title else self.text
 
 
 def words(text: str) -> int:
     return len(text.split())
 
 
-def select(split: Sequence[Sequence[str]], scores: Sequence[np.ndarray], headers: Sequence[str],
-           budget: int) -> list[list[int]]:
-    """The kept sentence indices of each unit: the best-scoring sentences while the budget
-    holds (a unit's header counted when its first sentence is kept), at least the best one."""
-    ranked = sorted(((float(s[j]), i, j) for i, s in enumerate(scores) for j in range(len(s))),
-                    key=lambda x: -x[0])
-    kept: list[list[int]] = [[] for _ in split]
+def lexical(question: str, units: Sequence[Unit], weights: Weights) -> np.ndarray:
+    """Each unit's lexical score: scaled BM25 (title included) plus title overlap."""
+    q = terms(question)
+    qset = set(q)
+    out = weights.bm25 * _scaled(bm25(q, [terms(f"{u.title} {u.text}") for u in units]))
+    if qset:
+        out += weights.title * np.array([len(qset & set(terms(u.title))) / len(qset)
+                                         for u in units])
+    return out
+
+
+def shortlist(lex: np.ndarray, weights: Weights) -> list[int]:
+    return [int(i) for i in np.argsort(-lex, kind="stable")[:weights.shortlist]]
+
+
+def fuse(lex: np.ndarray, short: Sequence[int], cosine: Sequence[float] | None,
+         weights: Weights) -> list[int]:
+    """All units, best first: the shortlist by lexical + cosine, then the rest by lexical."""
+    fused = {i: float(lex[i]) + (weights.cosine * float(cosine[n]) if cosine is not None else 0.0)
+             for n, i in enumerate(short)}
+    first = sorted(short, key=lambda i: -fused[i])
+    rest = [int(i) for i in np.argsort(-lex, kind="stable") if int(i) not in fused]
+    return first + rest
+
+
+def best_sentences(question: str, sents: Sequence[str], budget: int,
+                   weights: Weights) -> list[int]:
+    """The indices of ``sents`` to keep within ``budget`` words, best first by BM25 against the
+    question (plus the kind of token it asks for, and position); at least one."""
+    q = terms(question)
+    kind = asks_for(question)
+    s = _scaled(bm25(q, [terms(x) for x in sents]))
+    score = [float(s[j]) + weights.kind * fits(kind, x) + weights.position / (1 + j)
+             for j, x in enumerate(sents)]
+    kept: list[int] = []
     used = 0
-    for _, i, j in ranked:
-        cost = words(split[i][j]) + (0 if kept[i] else words(headers[i]))
-        if used + cost > budget and used > 0:
+    for j in sorted(range(len(sents)), key=lambda j: -score[j]):
+        w = words(sents[j])
+        if used + w > budget and kept:
             continue
-        kept[i].append(j)
-        used += cost
-        if used >= budget:
-            break
-    return [sorted(k) for k in kept]
+        kept.append(j)
+        used += w
+    return sorted(kept)
+
+
+def select(question: str, units: Sequence[Unit], order: Sequence[int], budget: int,
+           weights: Weights) -> list[tuple[int, list[int] | None]]:
+    """What to keep, as (unit, None) for a whole unit or (unit, sentence indices): whole units in
+    ``order`` while ``budget`` holds, then the next one cut to its best sentences."""
+    out: list[tuple[int, list[int] | None]] = []
+    used = 0
+    for i in order:
+        u = units[i]
+        cost = words(u.header) + words(u.text)
+        if used + cost <= budget:
+            out.append((i, None))
+            used += cost
+            continue
+        left = budget - used - words(u.header)
+        if left >= 8 or not out:
+            out.append((i, best_sentences(question, sentences(u.text), max(left, 1), weights)))
+        break
+    return out
