@@ -50,13 +50,14 @@ def router_score(Q: Arr, w: int, s: int) -> Arr:
 
 
 def _lambda_points(Q: Arr, Y: Arr, C: Arr, scale: float) -> list[metrics.Point]:
-    """Many models: the operating points of ``best_tradeoff`` over a range of lambdas."""
+    """Many models: the operating points of ``best_tradeoff`` over a range of lambdas (the
+    point's share: the requests not sent to their cheapest model)."""
     pts = []
+    cheapest = np.argmin(C, axis=1)
     for lam in [0.0, *np.geomspace(1e-3, 1e3, 61) / max(scale, 1e-12), np.inf]:
-        pick = np.argmin(C, axis=1) if np.isinf(lam) else best_tradeoff(Q, C, float(lam))
+        pick = cheapest if np.isinf(lam) else best_tradeoff(Q, C, float(lam))
         q, c = realised(pick, Y, C)
-        pts.append(metrics.Point(float(np.bincount(pick, minlength=Y.shape[1])[-1] / len(pick)),
-                                 q, c, float(lam)))
+        pts.append(metrics.Point(float(np.mean(pick != cheapest)), q, c, float(lam)))
     return pts
 
 

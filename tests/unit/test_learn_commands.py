@@ -100,6 +100,30 @@ def test_train_router_writes_the_file_the_policy_loads(files: dict[str, Path], c
     assert model.models == [CHEAP, STRONG] and model.predictor.kind == "knn"
 
 
+def test_with_three_models_the_router_beats_the_zero_router(files: dict[str, Path],
+                                                            capsys: Any) -> None:
+    """RouterBench's setting: each kind of prompt has its own cheapest good-enough model."""
+    rng = random.Random(5)
+    kinds = [("Translate to French: good {} morning", (1.0, 1.0, 1.0)),
+             ("Prove that {} is irrational, step by step.", (0.0, 0.0, 1.0)),
+             ("Write a haiku about the number {}.", (0.0, 1.0, 1.0))]
+    costs = {"tiny": 0.0001, "mid": 0.001, "big": 0.01}
+    for name, n in (("train3", 90), ("data3", 45)):
+        rows = []
+        for i in range(n):
+            text, q = kinds[i % 3]
+            rows.append({"prompt": text.format(rng.randint(2, 999)), "outcomes": {
+                m: {"quality": q[j], "cost_usd": costs[m]} for j, m in enumerate(costs)}})
+        (files["dir"] / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, _ = _run(capsys, "eval", "router", "--train", str(files["dir"] / "train3.jsonl"),
+                        "--data", str(files["dir"] / "data3.jsonl"), "--json", "--model", "logreg")
+    assert code == 0
+    r = json.loads(out)
+    assert r["apgr"] is None  # APGR and CPT are defined for one weak and one strong model
+    # the zero router mixes tiny/mid/big; the router picks per prompt and gains area
+    assert r["aiq"]["router"] > r["aiq"]["zero_router"] + 0.1
+
+
 def test_a_bad_data_file_is_a_clear_error(files: dict[str, Path], capsys: Any) -> None:
     bad = files["dir"] / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "x", "outcomes": {CHEAP: {"quality": 2, "cost_usd": 0}}}) + "\n")
