@@ -52,11 +52,11 @@ class Assembler:
         if ch.get("logprobs") or (delta is not None and (
                 delta.get("tool_calls") or delta.get("function_call"))):
             self.reusable = False
-        text = (delta.get("content") if delta is not None else ch.get("text")) or ""
+        text = delta.get("content") if delta is not None else ch.get("text")
         if ch.get("finish_reason"):
             self.finish = ch["finish_reason"]
-            if not text:
-                return
+        if text is None or (not text and self.finish):
+            return  # a chunk without text (llama.cpp's role-only first one, the last one)
         self.parts.append(text)
         self.pieces.append(len(text))
 

@@ -412,3 +412,28 @@ def test_embeddings_get_the_exact_tier(tmp_path: Path,
         assert again.parse().data[1].embedding == first.parse().data[1].embedding
         row = ledger_row(gw.app, again.headers["x-switchyard-request-id"])
         assert row["backend"] == "cache" and row["saved_energy_j"] > 0
+
+
+@pytest.mark.slow
+def test_the_embedded_models_stream_is_stored_and_replayed(
+        tmp_path: Path, upstream: tuple[RecordingUpstream, LiveServer]) -> None:
+    """The same through llama.cpp's own chunks (SmolLM2): a repeat never reaches the model
+    (the ledger row of the replay is the cache's, with the model call's energy saved)."""
+    backends = [{"name": "local-smol", "plugin": "llamacpp"}]
+    with _gateway(tmp_path, upstream, backends=backends,
+                  routes=[{"name": "auto", "backends": ["local-smol"]}]) as gw, \
+            _client(gw) as c:
+        def stream() -> tuple[list[Any], str]:
+            with c.chat.completions.with_streaming_response.create(
+                    model="auto", messages=HELLO, max_tokens=8, temperature=0, stream=True,
+                    stream_options={"include_usage": True}) as resp:
+                return list(resp.parse()), resp.headers["x-switchyard-request-id"]
+
+        first, paid = stream()
+        again, rid = stream()
+        assert _deltas(again) == _deltas(first) and "".join(_deltas(first))
+        assert again[-1].usage.completion_tokens == first[-1].usage.completion_tokens
+        row = ledger_row(gw.app, rid)
+        assert row["cache"] == "hit-exact" and row["backend"] == "cache"
+        assert row["saved_energy_j"] == pytest.approx(ledger_row(gw.app, paid)["energy_j"])
+        assert _ask(c).parse().choices[0].message.content == "".join(_deltas(first))

@@ -178,3 +178,17 @@ def test_memory_entries_evict_the_least_recently_used_and_expire() -> None:
         assert (await m.get("e9"))[0] is None and "e9" in dropped
 
     asyncio.run(run())
+
+
+def test_a_role_only_first_chunk_adds_no_piece() -> None:
+    """llama.cpp's first chunk carries the role and no content: the replay's deltas with
+    content are the original's, no empty one added."""
+    asm = Assembler()
+    stream = _stream(["I", " am"])
+    del stream[0]["choices"][0]["delta"]["content"]
+    for c in stream:
+        asm.add(c)
+    body = asm.body("chat", Usage())
+    assert body is not None and asm.pieces == [1, 3]
+    assert [c["choices"][0]["delta"].get("content") for c in chunks(body, "chat", asm.pieces)
+            ][:-1] == ["I", " am"]
