@@ -49,8 +49,11 @@ def _kind(p: argparse.ArgumentParser) -> None:
                    "token embeddings (no forward pass on the request path)")
 
 
-def _params(kind: str) -> tuple[str | None, dict[str, Any] | None]:
-    defaults: dict[str, dict[str, Any]] = {"knn": {"k": 100}, "logreg": {"l2": 30.0}, "mf": {"rank": 16}}
+def _params(kind: str, examples: int) -> tuple[str | None, dict[str, Any] | None]:
+    """The defaults of ``--model KIND`` (cross-validation's choices on MMLU); kNN's k at
+    most a fifth of the training examples (else every prompt gets the same neighbours)."""
+    defaults: dict[str, dict[str, Any]] = {
+        "knn": {"k": max(1, min(100, examples // 5))}, "logreg": {"l2": 30.0}, "mf": {"rank": 16}}
     return (None, None) if kind == "auto" else (kind, defaults[kind])
 
 
@@ -64,7 +67,7 @@ def run_eval_router(args: argparse.Namespace) -> int:
 
     try:
         train, data = datafile.load(args.train), datafile.load(args.data)
-        kind, params = _params(args.model)
+        kind, params = _params(args.model, len(train))
         out = eval_router(train, data, kind=kind, params=params, embedder=args.embedder,
                           cache=args.cache, log=_log(args.json))
     except datafile.DataError as e:
@@ -138,7 +141,7 @@ def run_train_router(args: argparse.Namespace) -> int:
         to_jsonl(table, args.dump)
     encoder = PromptEncoder.fit(args.embedder, table.prompts)
     X = encoder.encode(table.prompts, disk_cache=True, cache=args.cache)
-    kind, params = _params(args.model)
+    kind, params = _params(args.model, len(table))
     if kind is None:
         if len(table) >= 50:
             kind, params, _ = select_router(table, X, log=log)
