@@ -29,6 +29,7 @@ from plugins.ledger_postgres import PostgresLedger
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[2]
+ADMIN = "ledger-replicas-admin-key"
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def two_replicas(tmp_path: Path, pg_url: str) -> Iterator[list[str]]:
                       "pricing": {"input_per_mtok": 100, "output_per_mtok": 2000}}],
         "plugins": ["switchyard_echo"],
         "ledger": {"kind": "postgres", "url": "${LEDGER_URL}", "flush_interval_s": 0.05},
-        "log_level": "warning",
+        "log_level": "warning", "admin_key": ADMIN,
     }
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -110,6 +111,13 @@ def test_one_report_over_two_replicas_sees_every_request(
     assert ids == {rid for rid, _ in a + b}
     by_backend = grouped(reader, ["backend"])
     assert [(g["backend"], g["requests"]) for g in by_backend] == [("echo", len(a) + len(b))]
+    # either replica's admin API sums the whole deployment
+    r = httpx.get(two_replicas[1] + "/admin/spend", params={"group_by": "backend,day"},
+                  headers={"authorization": f"Bearer {ADMIN}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    (row,) = r.json()["data"]
+    assert row["requests"] == len(a) + len(b)
+    assert row["cost_usd"] == pytest.approx(sum(c for _, c in a + b), rel=1e-6)
     with psycopg.connect(pg_url) as conn:  # migrated once, to this code's version
         assert conn.execute("SELECT version FROM switchyard_ledger_schema").fetchall() == [
             (len(LEDGER_MIGRATIONS),)]
