@@ -25,7 +25,7 @@ from plugins.compress.units import Part, Segment, last_user_index, question_of, 
 if TYPE_CHECKING:
     from plugins.minilm import MiniLM
 
-DEFAULT_RATIO = 16.0      # words before / words after aimed at (whole prompt)
+DEFAULT_RATIO = 15.0      # words before / words after aimed at (whole prompt)
 DEFAULT_MIN_WORDS = 300   # prompts shorter than this are sent as they are
 MIN_CONTEXT_WORDS = 24    # the least context kept, however small the budget
 WORDS_PER_TOKEN = 0.75    # to turn a token budget into words (English, BPE tokenizers)
@@ -149,9 +149,10 @@ class Compressor:
         if unit_words <= budget:
             return None
         question = question_of(messages, parts)
-        lex = rank.lexical(question, [rank.Unit(s.text, s.header, s.title) for s in units],
-                           self.weights)
-        return _Plan(parts, units, question, budget, lex, rank.shortlist(lex, self.weights))
+        ranked = [rank.Unit(s.text, s.header, s.title) for s in units]
+        lex = rank.lexical(question, ranked, self.weights)
+        short = rank.shortlist(lex, ranked, self.weights) if self.embedder is not None else []
+        return _Plan(parts, units, question, budget, lex, short)
 
     def _apply(self, messages: list[dict[str, Any]], plan: _Plan, cosine: list[float] | None,
                before: int, t0: float) -> Compressed:

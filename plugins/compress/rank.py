@@ -5,7 +5,7 @@ about 1.1 s of CPU for 20 passages of 100 words on this machine, five times the 
 
 1. ``shortlist``: every unit scored by BM25 against the question (terms weighted by their
    rarity across this prompt's units, title included) plus the share of question terms in its
-   title; the best ``k`` go on.
+   title; the best four go on, more while their words stay under a cap (the cosine's cost).
 2. ``fuse``: the shortlisted units scored again with the MiniLM cosine of unit and question
    added (a few passages: the cost the time goal allows).
 3. ``select``: units kept whole in that order while the word budget holds; the first one that
@@ -113,7 +113,8 @@ def fits(kind: str | None, text: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Weights:
-    shortlist: int = 4         # units that get a MiniLM cosine
+    shortlist: int = 4         # units that get a MiniLM cosine, at least...
+    shortlist_words: int = 360  # ...and more while their words stay under this (its CPU cost)
     bm25: float = 0.25         # a unit's BM25 (scaled to the prompt's best), title included
     title: float = 0.25        # share of question terms in the unit's title
     cosine: float = 1.0        # MiniLM cosine of unit (title + text) and question
@@ -146,8 +147,19 @@ def lexical(question: str, units: Sequence[Unit], weights: Weights) -> np.ndarra
     return out
 
 
-def shortlist(lex: np.ndarray, weights: Weights) -> list[int]:
-    return [int(i) for i in np.argsort(-lex, kind="stable")[:weights.shortlist]]
+def shortlist(lex: np.ndarray, units: Sequence[Unit], weights: Weights) -> list[int]:
+    """The units that get a MiniLM cosine, best lexical first: ``weights.shortlist`` of them, more
+    while they hold fewer than ``weights.shortlist_words`` words (a short context is embedded
+    whole, so a passage that shares no word with the question can still be found)."""
+    out: list[int] = []
+    used = 0
+    for i in np.argsort(-lex, kind="stable"):
+        cost = words(units[int(i)].text)
+        if len(out) >= weights.shortlist and used + cost > weights.shortlist_words:
+            break
+        out.append(int(i))
+        used += cost
+    return out
 
 
 def fuse(lex: np.ndarray, short: Sequence[int], cosine: Sequence[float] | None,

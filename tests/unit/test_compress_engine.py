@@ -1,0 +1,155 @@
+"""The compression engine (plugins/compress): what it may change, what it must send verbatim,
+and that a question's passage survives."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from plugins.compress.engine import Compressor, eval_messages
+from plugins.compress.units import split_content
+
+FILLER = [
+    ("Lighthouse", ("A lighthouse is a tower with a lamp that guides ships at night along the "
+                   "rocky coast and warns them of shoals and reefs near harbours.")),
+    ("Sourdough", ("Sourdough bread is leavened by wild yeast and lactic acid bacteria kept "
+                  "alive in a starter that bakers feed with flour and water every day.")),
+    ("Glacier", ("A glacier is a persistent body of dense ice that moves slowly under its own "
+                "weight, carving valleys and leaving moraines behind as it retreats.")),
+    ("Chess opening", ("The Sicilian Defence is a chess opening that begins with the moves e4 "
+                      "and c5, and it is the most popular response to the king's pawn.")),
+    ("Honeybee", ("Honeybees live in colonies with one queen, thousands of workers and a few "
+                 "drones, and they communicate the direction of flowers by dancing.")),
+    ("Volcano", ("A volcano is a rupture in the crust of a planet that lets hot lava, ash and "
+                "gases escape from a magma chamber below the surface of the earth.")),
+    ("Violin", ("The violin is a wooden string instrument played with a bow, the smallest and "
+               "highest-pitched member of the violin family used in orchestras.")),
+]
+GOLD = ("Eiffel Tower", ("The Eiffel Tower is a wrought-iron lattice tower in Paris that was "
+                        "designed by the engineer Gustave Eiffel and completed in 1889 for the "
+                        "World's Fair held that year."))
+
+
+def documents(docs: list[tuple[str, str]], repeat: int = 3) -> str:
+    """``Document [i](Title: T) text`` lines; each text repeated to make a long context."""
+    return "\n".join(f"Document [{i}](Title: {t}) {' '.join([x] * repeat)}"
+                     for i, (t, x) in enumerate(docs, 1))
+
+
+def doc_numbers(text: str) -> list[int]:
+    return [int(n) for n in re.findall(r"Document \[(\d+)\]", text)]
+
+
+@pytest.fixture
+def lexical() -> Compressor:
+    """The engine without embeddings (its lexical ranker alone): no model to load."""
+    return Compressor(None, min_words=50)
+
+
+async def test_short_prompt_is_sent_unchanged(lexical: Compressor) -> None:
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "What is the capital of France?"}]
+    out = await lexical.compress(messages)
+    assert out.messages == messages
+    assert out.changed == [] and out.stages == []
+    assert out.words_before == out.words_after == 8
+
+
+async def test_a_rag_prompt_keeps_the_relevant_passage_in_order(lexical: Compressor) -> None:
+    docs = [*FILLER[:4], GOLD, *FILLER[4:]]
+    context = documents(docs)
+    messages = eval_messages("who designed the eiffel tower in paris", context)
+    out = await lexical.compress(messages, ratio=4.0)
+    sent = out.messages[0]["content"]
+    assert "Gustave Eiffel" in sent
+    assert out.words_after * 3 < out.words_before
+    kept = doc_numbers(sent)
+    assert 5 in kept and kept == sorted(kept)   # original order, numbering untouched
+    assert out.changed == ["messages[0].content"] and out.stages == ["coarse"]
+    assert out.messages[1] == messages[1]       # the question, verbatim
+    assert sent.startswith("Answer the question using the documents below.\n\n")
+
+
+async def test_minilm_ranks_a_passage_that_shares_no_words_with_the_question() -> None:
+    from plugins.minilm import MiniLM
+
+    docs = [*FILLER, ("Paris landmark", ("Its iron lattice was put up by Gustave Eiffel's "
+                                        "company for the exhibition of 1889."))]
+    # a short context (under the shortlist's word cap) is embedded whole
+    messages = eval_messages("which engineer is behind the best-known monument of the French capital",
+                             documents(docs, 1))
+    out = await Compressor(MiniLM.shared(), min_words=50).compress(messages, ratio=5.0)
+    assert "Gustave Eiffel" in out.messages[0]["content"]
+    assert out.words_after * 3 < out.words_before
+
+
+async def test_protected_parts_go_out_verbatim(lexical: Compressor) -> None:
+    code = "```python\n" + "\n".join(f"x{i} = compute({i})  # step {i}" for i in range(40)) + "\n```"
+    payload = json.dumps({"rows": [{"id": i, "name": f"item {i}"} for i in range(30)]})
+    tool_call = {"id": "call_1", "type": "function",
+                 "function": {"name": "lookup", "arguments": json.dumps({"q": "tower"})}}
+    history = " ".join(x for _, x in FILLER)
+    system = "You are a careful assistant. Cite the document you use."
+    question = "Given all that, who designed the Eiffel Tower?"
+    messages = [
+        {"role": "system", "content": f"{system}\n\n{documents([*FILLER, GOLD])}"},
+        {"role": "user", "content": f"{history}\n\n{code}\n\n{payload}\n\n{history}"},
+        {"role": "assistant", "content": history, "tool_calls": [tool_call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": history},
+        {"role": "user", "content": question},
+    ]
+    out = await lexical.compress(messages, ratio=5.0)
+    assert out.words_after < out.words_before
+    sent = out.messages
+    assert sent[0]["content"].startswith(system + "\n\n")
+    assert code in sent[1]["content"] and payload in sent[1]["content"]
+    assert sent[2]["tool_calls"] == [tool_call]
+    assert sent[3] == messages[3]                 # tool results are not compressed
+    assert sent[4] == messages[4]                 # the last user question
+    assert [m["role"] for m in sent] == [m["role"] for m in messages]
+    assert "messages[4].content" in out.kept_verbatim
+    assert "messages[2].tool_calls" in out.kept_verbatim
+    assert {"messages[1].content:code", "messages[1].content:json"} <= set(out.kept_verbatim)
+    assert "messages[0].content" in out.changed and "messages[4].content" not in out.changed
+
+
+async def test_a_prompt_of_code_and_json_only_is_unchanged(lexical: Compressor) -> None:
+    code = "```\n" + "\n".join(f"line {i} of a long program listing" for i in range(60)) + "\n```"
+    messages = [{"role": "user", "content": code},
+                {"role": "assistant", "content": "Noted."},
+                {"role": "user", "content": "What does it do?\n\n" + code}]
+    out = await lexical.compress(messages)
+    assert out.messages == messages and out.changed == []
+
+
+async def test_earlier_turns_shrink_and_keep_their_order(lexical: Compressor) -> None:
+    turns: list[dict[str, str]] = []
+    for i, (_, text) in enumerate(FILLER * 2):
+        turns.append({"role": "user" if i % 2 == 0 else "assistant",
+                      "content": f"Turn {i}. {text}\n\nMore on turn {i}: {text}"})
+    messages = [*turns, {"role": "user", "content": "Tell me about glaciers and moraines."}]
+    out = await lexical.compress(messages, ratio=3.0)
+    assert len(out.messages) == len(messages)
+    assert out.messages[-1] == messages[-1]
+    assert out.words_after * 2 < out.words_before
+    assert any("moraines" in m["content"] for m in out.messages[:-1])
+    for before, after in zip(messages, out.messages, strict=True):
+        assert after["role"] == before["role"]
+        assert after["content"] == "…" or after["content"] in before["content"] or \
+            all(p.strip() in before["content"] for p in after["content"].split("\n\n"))
+
+
+def test_documents_split_back_to_the_same_text() -> None:
+    text = "Intro line.\n\n" + documents([*FILLER[:3], GOLD], 1) + "\n\nQuestion: who?"
+    segments = split_content(text, paragraphs_are_units=False)
+    assert "".join(s.header + s.text for s in segments) == text
+    assert [s.title for s in segments if s.unit] == ["Lighthouse", "Sourdough", "Glacier",
+                                                     "Eiffel Tower"]
+    assert not segments[-1].unit and "Question: who?" in segments[-1].text
+
+
+def test_unknown_options_are_refused() -> None:
+    with pytest.raises(TypeError, match="ratoi"):
+        Compressor(None, ratoi=4)
