@@ -37,6 +37,7 @@ $(STAMP): pyproject.toml
 
 $(TEST_STAMP): $(STAMP) pyproject.toml $(PLUGIN_SOURCES)
 	@echo ">>> test tools, and the plugins the tests load (into $(TEST_PLUGINS), not .venv)"
+	rm -rf switchyard.egg-info  # a stale one in the tree hides new entry points from the tests
 	$(BIN)/pip install -e ".[test]"
 	rm -rf $(TEST_PLUGINS)
 	$(BIN)/pip install --no-deps --no-build-isolation --target $(TEST_PLUGINS) \
