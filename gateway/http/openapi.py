@@ -225,6 +225,40 @@ def _admin_paths() -> dict[str, Any]:
     }
 
 
+def _dashboard_paths() -> dict[str, Any]:
+    """``/dashboard`` (gateway.http.dashboard): HTML pages behind a login form and an
+    HttpOnly session cookie; errors in the usual JSON body."""
+    html = {"content": {"text/html": {"schema": _STR}}}
+    page = {"200": {"description": "the dashboard, or the login form without a session",
+                    **html}}
+    query = tuple(_param(n, "query") for n in ("since", "until", "team", "route", "group_by"))
+    form = {"type": "object", "properties": {"key": _STR, "next": _STR}, "required": ["key"]}
+    signed = {"303": {"description": "to /dashboard, with the session cookie (a client that "
+                                     "follows it gets the page)"}} | page
+    cookie: list[dict[str, list[str]]] = [{"dashboardSession": []}]
+    return {
+        "/dashboard": {"get": {"summary": "The live savings report (docs/report.md)",
+                               "operationId": "dashboard", "tags": ["dashboard"],
+                               "security": [{}, *cookie], "parameters": list(query),
+                               "responses": page | _errors("400", "403")}},
+        "/dashboard/body": {"get": {"summary": "The dashboard's body, for its refresh",
+                                    "operationId": "dashboardBody", "tags": ["dashboard"],
+                                    "security": cookie, "parameters": list(query),
+                                    "responses": {"200": {"description": "the body", **html}}
+                                    | _errors("400", "401", "403")}},
+        "/dashboard/login": {"post": {
+            "summary": "Sign in with the admin key or a team's key (in the body, never a URL)",
+            "operationId": "dashboardLogin", "tags": ["dashboard"], "security": [],
+            "requestBody": {"required": True, "content": {
+                "application/x-www-form-urlencoded": {"schema": form}}},
+            "responses": signed | {"401": {"description": "not a valid key: the form again",
+                                           **html}} | _errors("403", "413")}},
+        "/dashboard/logout": {"post": {"summary": "End the session", "tags": ["dashboard"],
+                                       "operationId": "dashboardLogout", "security": [],
+                                       "responses": signed | _errors("403")}},
+    }
+
+
 def _version() -> str:
     try:
         return version("switchyard")
@@ -239,10 +273,13 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "Switchyard", "version": _version(),
                  "description": "OpenAI-compatible LLM gateway. Errors are always "
                                 '{"error": {"message", "type", "param", "code"}}.'},
-        "paths": _public_paths() | _admin_paths(),
+        "paths": _public_paths() | _admin_paths() | _dashboard_paths(),
         "components": {
             "schemas": _schemas(),
-            "securitySchemes": {"bearerAuth": {
+            "securitySchemes": {"dashboardSession": {
+                "type": "apiKey", "in": "cookie", "name": "switchyard_dashboard",
+                "description": "the session /dashboard/login sets (HttpOnly)"},
+                "bearerAuth": {
                 "type": "http", "scheme": "bearer",
                 "description": "a virtual key (sk-sy-...) when the gateway has teams; "
                                "the admin key for /admin"}},
