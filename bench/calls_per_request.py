@@ -3,6 +3,11 @@ then 3N requests from a fixed-response upstream (the difference is the requests'
 drift with the machine, so two trees compare exactly in any sitting.
 
     python bench/calls_per_request.py TREE [TREE ...] [--requests 1000] [--top 25]
+        [--budget [--redis URL]]
+
+``--budget`` sends a team's virtual key (auth, rpm/tpm limits, budget reservation and
+settlement, as ``overhead.py --budget``); ``--redis`` keeps that state in Redis (a prefix per
+run, removed after). The gateway's PYTHONPATH is the tree, then this one's.
 
 Each TREE is a checkout of this repository, run with this .venv (`git worktree add
 /tmp/before REV`). With two trees it prints the functions whose calls per request differ
@@ -25,7 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import httpx
-from overhead import free_port, gateway_config, wait_port
+from overhead import free_port, gateway_config, make_team_key, wait_port
 from provenance import header
 
 HERE = Path(__file__).resolve().parent
@@ -34,9 +39,10 @@ BODY = {"model": "bench", "messages": [{"role": "user", "content": "Say hello"}]
         "max_tokens": 16}
 
 
-async def load(port: int, n: int, concurrency: int = 8) -> None:
+async def load(port: int, n: int, concurrency: int = 8, key: str = "") -> None:
     sem = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as c:
         async def one() -> None:
             async with sem:
                 r = await c.post("/v1/chat/completions", json=BODY)
@@ -45,11 +51,16 @@ async def load(port: int, n: int, concurrency: int = 8) -> None:
         await asyncio.gather(*(one() for _ in range(n)))
 
 
-def profile(tree: Path, n: int, out: Path) -> None:
+def profile(tree: Path, n: int, out: Path, budget: bool = False, redis_url: str = "") -> None:
     up, gw = free_port(), free_port()
     cfg = out.with_suffix(".yaml")
-    cfg.write_text(gateway_config(up, "sqlite", out.with_suffix(".sqlite3")))
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONPATH": str(tree)}
+    prefix = f"switchyard-bench:{os.getpid()}:{out.stem}:"
+    cfg.write_text(gateway_config(up, "sqlite", out.with_suffix(".sqlite3"))
+                   + ("admin_key: bench-admin-key\n" if budget else "")
+                   + (f"state: {{kind: redis, url: '{redis_url}', prefix: '{prefix}'}}\n"
+                      if redis_url else ""))
+    path = os.pathsep.join(x for x in (str(tree), os.environ.get("PYTHONPATH", "")) if x)
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONPATH": path}
     procs = [subprocess.Popen([PY, str(HERE / "upstream.py"), str(up)])]
     procs.append(subprocess.Popen(
         [PY, "-m", "cProfile", "-o", str(out), "-m", "gateway.cli", "serve", "--config",
@@ -57,12 +68,19 @@ def profile(tree: Path, n: int, out: Path) -> None:
     try:
         wait_port(up)
         wait_port(gw)
-        asyncio.run(load(gw, n))
+        asyncio.run(load(gw, n, key=make_team_key(gw) if budget else ""))
     finally:
         for p in procs:
             p.send_signal(signal.SIGINT)
         for p in procs:
             p.wait(30)
+        if redis_url:
+            import redis
+
+            r = redis.Redis.from_url(redis_url)
+            keys = list(r.scan_iter(match=prefix + "*", count=1000))
+            if keys:
+                r.delete(*keys)
 
 
 def per_function(stats: pstats.Stats, n: int) -> dict[str, float]:
@@ -77,6 +95,10 @@ def main() -> None:
     ap.add_argument("trees", nargs="+", type=Path)
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--budget", action="store_true",
+                    help="send a team's virtual key: auth, rate limits and budget reservation on")
+    ap.add_argument("--redis", metavar="URL", default="",
+                    help="with --budget: keep teams, budgets and limits in this Redis")
     args = ap.parse_args()
     print(header())
     tmp = Path(tempfile.mkdtemp())
@@ -87,7 +109,7 @@ def main() -> None:
         runs = []
         for k, n in enumerate((args.requests, 3 * args.requests)):
             out = tmp / f"tree{i}-{k}.prof"
-            profile(tree.resolve(), n, out)
+            profile(tree.resolve(), n, out, args.budget, args.redis)
             runs.append(pstats.Stats(str(out)))
         rev = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
                              check=False, capture_output=True, text=True).stdout.strip()

@@ -1,10 +1,11 @@
 """Gateway overhead: the gateway in front of a fixed-response upstream on loopback, against
 hitting that upstream directly, at 1 and 32 concurrent connections.
 
-Reports requests/s (2xx responses only) and the latency the gateway adds (p50, p99). The
-gateway runs as one worker process pinned to CPU 0 with all its accounting on (pricing,
-energy profile, SQLite ledger, Prometheus metrics); the upstream and the load generator
-(wrk, or a Python client where wrk is missing) share CPU 1.
+Reports requests/s (2xx responses only), the latency the gateway adds (p50, p99) and the
+gateway process' CPU time per request (user + system over the cell: steadier than requests/s
+on a machine other work shares). The gateway runs as one worker process pinned to CPU 0
+with all its accounting on (pricing, energy profile, SQLite ledger, Prometheus metrics); the
+upstream and the load generator (wrk, or a Python client where wrk is missing) share CPU 1.
 
     python bench/overhead.py [--seconds 10] [--json out.json] [--budget] [--redis URL]
 
@@ -81,6 +82,12 @@ def pin(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 else []  # type: ignore[operator]
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used (its utime and stime in /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_wrk(url: str, conns: int, seconds: int, key: str = "") -> dict[str, float]:
     """wrk with a ``response`` hook that counts every status outside 2xx (wrk's own
     ``errors.status`` counts only those above 399); requests/s counts 2xx only."""
@@ -152,6 +159,18 @@ asyncio.run(main())
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGINT each (a clean shutdown: the gateway flushes its ledger), then wait; kill what
+    does not stop in 15 s."""
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def make_team_key(port: int) -> str:
     """A team with a budget and rate limits far above the load, and a key for it."""
     import httpx
@@ -203,10 +222,13 @@ def main() -> None:
         for conns in (1, 32):
             load(f"http://127.0.0.1:{gw_port}/v1/chat/completions", conns, 2, key)  # warm up
             direct = load(f"http://127.0.0.1:{up_port}/v1/chat/completions", conns, args.seconds)
+            c0 = cpu_s(procs[1].pid)
             via = load(f"http://127.0.0.1:{gw_port}/v1/chat/completions", conns, args.seconds, key)
+            cpu_us = (cpu_s(procs[1].pid) - c0) / max(1, via["ok"] + via["non2xx"]) * 1e6
             rows.append({"connections": conns, "direct": direct, "gateway": via,
                          "added_p50_ms": via["p50_ms"] - direct["p50_ms"],
-                         "added_p99_ms": via["p99_ms"] - direct["p99_ms"]})
+                         "added_p99_ms": via["p99_ms"] - direct["p99_ms"],
+                         "gateway_cpu_us_per_request": cpu_us})
         print(header())
         print(f"load generator: {load.__name__[4:]}; gateway: 1 process on CPU 0, accounting on"
               f"{', ledger off' if args.no_ledger else ''}"
@@ -215,10 +237,11 @@ def main() -> None:
               f"{(' (Redis state)' if args.redis else ' (in-process state)') if args.budget else ''}"
               f"; {args.seconds} s per cell; requests/s counts 2xx responses only")
         print(f"{'conns':>5} {'direct rps':>11} {'gateway rps':>12} {'added p50 ms':>13} "
-              f"{'added p99 ms':>13} {'non-2xx':>8} {'sock err':>9}")
+              f"{'added p99 ms':>13} {'gw CPU us/req':>14} {'non-2xx':>8} {'sock err':>9}")
         for r in rows:
             print(f"{r['connections']:>5} {r['direct']['rps']:>11.0f} {r['gateway']['rps']:>12.0f} "
                   f"{r['added_p50_ms']:>13.3f} {r['added_p99_ms']:>13.3f} "
+                  f"{r['gateway_cpu_us_per_request']:>14.0f} "
                   f"{r['gateway']['non2xx']:>8} {r['gateway']['socket_errors']:>9}")
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))
@@ -230,13 +253,7 @@ def main() -> None:
                   f"{sock} socket errors; these figures are not valid", file=sys.stderr)
         status = 1 if failed else 0
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
         if args.redis:
             import redis
 

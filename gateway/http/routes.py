@@ -19,6 +19,7 @@ from gateway.errors import (
     RequestTimeout,
     SwitchyardError,
 )
+from gateway.http.coalesce import coalesced
 from gateway.http.server import TIMED_OUT
 from gateway.interfaces import Endpoint
 from gateway.pipeline.context import RequestContext
@@ -113,7 +114,8 @@ async def inference(request: Request, endpoint: Endpoint) -> Response:
                 headers.update(rec.compress_headers())
             if rec.decision is not None and "cascade" in rec.decision:
                 headers["x-switchyard-cascade"] = rec.cascade_header()
-            return StreamingResponse(it, media_type="text/event-stream", headers=headers)
+            return StreamingResponse(coalesced(it), media_type="text/event-stream",
+                                     headers=headers)
         out, rec = await gw.complete(endpoint, body, ctx, req)
         return json_response(out, headers=rec.headers())
     except SwitchyardError as e:
