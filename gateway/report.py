@@ -26,7 +26,8 @@ from typing import Any
 
 from gateway.errors import InvalidRequest
 from gateway.hookspecs import LedgerStore
-from gateway.ledger_queries import _DAY, Window
+from gateway.ledger import DAILY_SUMS
+from gateway.ledger_queries import _DAY, DAY_S, Window, daily_sql
 
 TECHNIQUES = ("routing", "cache", "compression", "cascade")
 GROUP_BY = ("team", "route", "backend", "day")
@@ -59,16 +60,15 @@ SUMS: dict[str, str] = {
     "compression_bytes": "SUM(compress_saved_bytes)",
     "cascade_usd": "SUM(saved_cascade_usd)", "cascade_energy_j": "SUM(saved_cascade_energy_j)",
     "cascade_co2_g": "SUM(saved_cascade_co2_g)",
-    "judged": "COUNT(judge_score)", "judge_score_sum": "SUM(judge_score)",
-    "similarity_sum": "SUM(cache_similarity)",
 }
 MEASURES = ("requests", "calls", "succeeded", "cache_hits", "cache_lookups", "prompt_tokens",
             "completion_tokens", "cost_usd", "energy_j", "energy_measured_j", "co2_g", "bytes",
             "routing_usd", "routing_energy_j", "routing_co2_g", "cache_usd", "cache_energy_j",
             "cache_co2_g", "cache_tokens", "cache_bytes", "compression_usd",
             "compression_energy_j", "compression_co2_g", "compression_tokens",
-            "compression_bytes", "cascade_usd", "cascade_energy_j", "cascade_co2_g", "judged",
-            "judge_score_sum", "semantic_hits", "similarity_sum")
+            "compression_bytes", "cascade_usd", "cascade_energy_j", "cascade_co2_g")
+QUALITY = ("judged", "judge_score_sum", "semantic_hits", "similarity_sum")
+RECENT = 100_000  # latency percentiles and quality: over the window's latest calls
 _INTS = {"requests", "calls", "succeeded", "cache_hits", "cache_lookups", "prompt_tokens",
          "completion_tokens", "bytes", "cache_tokens", "cache_bytes", "compression_tokens",
          "compression_bytes", "judged", "semantic_hits"}
@@ -146,14 +146,34 @@ def _bin(dialect: str, column: str) -> str:
             f"WHEN {column} < 10000 THEN {down(100)} ELSE {down(1000)} END")
 
 
+def _recent(window: Window, columns: str, extra: str = "") -> tuple[str, tuple[Any, ...]]:
+    """The window's latest ``RECENT`` rows (walked back on a time index), as a subquery."""
+    where, params = _where(window, extra)
+    return (f"(SELECT {columns} FROM requests{where} ORDER BY started_at DESC "
+            f"LIMIT {RECENT}) AS recent"), params
+
+
 def histogram_sql(dialect: str, column: str, window: Window) -> tuple[str, tuple[Any, ...]]:
-    """Rows per (backend, bin of ``column``: ``_bin``), answered calls only."""
+    """Calls per (backend, bin of ``column``: ``_bin``) among the window's latest ``RECENT``
+    answered calls."""
     if column not in ("latency_ms", "ttft_ms"):
         raise ValueError(column)
-    where, params = _where(window, f"status = 200 AND {column} IS NOT NULL")
+    sub, params = _recent(window, f"backend, {column}", f"status = 200 AND {column} IS NOT NULL")
     ms = _bin(dialect, column)
-    return (f"SELECT backend, {ms} AS ms, COUNT(*) AS n FROM requests{where} "
+    return (f"SELECT backend, {ms} AS ms, COUNT(*) AS n FROM {sub} "
             f"GROUP BY backend, {ms}"), params
+
+
+def quality_sql(dialect: str, group: str, window: Window) -> tuple[str, tuple[Any, ...]]:
+    """Judge scores and semantic hits' similarity per group, among the window's latest
+    ``RECENT`` calls."""
+    sub, params = _recent(window, f"{_group_expr(dialect, group)} AS grp, judge_score, cache, "
+                                  "cache_similarity")
+    sem = "cache = 'hit-semantic'"
+    return (f"SELECT grp, COUNT(judge_score) AS judged, SUM(judge_score) AS judge_score_sum, "
+            f"SUM(CASE WHEN {sem} THEN 1 ELSE 0 END) AS semantic_hits, "
+            f"SUM(CASE WHEN {sem} THEN cache_similarity ELSE 0 END) AS similarity_sum "
+            f"FROM {sub} GROUP BY grp"), params
 
 
 def span_sql(window: Window) -> tuple[str, tuple[Any, ...]]:
@@ -165,7 +185,7 @@ def _derive(cell: Mapping[str, Any]) -> dict[str, float]:
     """``MEASURES`` of one cube cell."""
     v = {k: float(cell[k] or 0) for k in SUMS}
     n, cache = v["calls"], cell["cache"] or ""
-    hit, semantic = cache.startswith("hit"), cache == "hit-semantic"
+    hit = cache.startswith("hit")
     v["cache_hits"] = n if hit else 0.0
     v["cache_lookups"] = n if cache not in ("", "bypass") else 0.0
     for part in ("usd", "energy_j", "co2_g"):  # a hit saves the stored call, less its charge
@@ -173,8 +193,6 @@ def _derive(cell: Mapping[str, Any]) -> dict[str, float]:
         v[f"cache_{part}"] = v[f"hit_{part}"] - spent if hit else 0.0
     v["cache_tokens"] = v["prompt_tokens"] + v["completion_tokens"] if hit else 0.0
     v["cache_bytes"] = v["hit_bytes"] if hit else 0.0
-    v["semantic_hits"] = n if semantic else 0.0
-    v["similarity_sum"] = v["similarity_sum"] if semantic else 0.0
     return v
 
 
@@ -261,23 +279,93 @@ def _latency(ledger: LedgerStore, window: Window, column: str) -> dict[str, Any]
             "by_backend": {b: percentiles(p) for b, p in sorted(by.items())}}
 
 
-def _cube(ledger: LedgerStore, window: Window, group_by: str,
-          ) -> tuple[int, dict[str, float], dict[Any, dict[str, float]],
-                     dict[tuple[int, str], dict[str, float]]]:
-    """(bucket seconds, totals, per group, per (bucket, backend)) from one scan."""
+HIT_BACKEND = "cache"  # the backend the cache's hits are recorded under
+# requests_daily's sums -> this report's measures (the cache's, by the hit backend's rows)
+_FROM_DAILY = {"routing_usd": "saved_routing_usd", "routing_energy_j": "saved_routing_energy_j",
+               "routing_co2_g": "saved_routing_co2_g", "compression_usd": "saved_compress_usd",
+               "compression_energy_j": "saved_compress_energy_j",
+               "compression_co2_g": "saved_compress_co2_g",
+               "compression_tokens": "compress_saved_tokens",
+               "compression_bytes": "compress_saved_bytes", "cascade_usd": "saved_cascade_usd",
+               "cascade_energy_j": "saved_cascade_energy_j",
+               "cascade_co2_g": "saved_cascade_co2_g"}
+
+
+def _derive_daily(row: Mapping[str, Any]) -> dict[str, float]:
+    """``MEASURES`` of one ``requests_daily`` cell."""
+    v = {k: float(row[k] or 0) for k in DAILY_SUMS}
+    out = {k: v[k] for k in ("requests", "calls", "succeeded", "cache_hits", "cache_lookups",
+                             "prompt_tokens", "completion_tokens", "cost_usd", "energy_j",
+                             "energy_measured_j", "co2_g", "bytes")}
+    out.update({k: v[c] for k, c in _FROM_DAILY.items()})
+    hit = row["backend"] == HIT_BACKEND
+    for part, saved in (("usd", "saved_cost_usd"), ("energy_j", "saved_energy_j"),
+                        ("co2_g", "saved_co2_g")):
+        out[f"cache_{part}"] = v[saved] - (v["cost_usd" if part == "usd" else part]
+                                           if hit else 0.0)
+    out["cache_tokens"] = v["prompt_tokens"] + v["completion_tokens"] if hit else 0.0
+    out["cache_bytes"] = v["saved_bytes"]
+    return out
+
+
+class _Cube:
+    """Totals, groups and series, added up from cells."""
+
+    def __init__(self, bucket_s: int) -> None:
+        self.b = bucket_s
+        self.totals: dict[str, float] = dict.fromkeys(MEASURES, 0.0)
+        self.groups: dict[Any, dict[str, float]] = {}
+        self.series: dict[tuple[int, str], dict[str, float]] = {}
+
+    def add(self, t: float, grp: Any, backend: str, v: Mapping[str, float]) -> None:
+        _add(self.totals, v)
+        _add(self.groups.setdefault(grp, {}), v)
+        _add(self.series.setdefault((int(t // self.b) * self.b, backend), {}), v)
+
+
+def _cube(ledger: LedgerStore, window: Window, group_by: str) -> _Cube:
+    """The cube: whole UTC days from ``requests_daily`` when the buckets are days or
+    weeks, the rest (part-days, finer buckets) from ``requests``."""
     sql, params = span_sql(window)
     span = ledger.query(sql, params)[0]
-    b = bucket_for(span["lo"], span["hi"])  # the data's own span within the window
-    sql, params = cube_sql(ledger.dialect, group_by, b, window)
-    totals: dict[str, float] = dict.fromkeys(MEASURES, 0.0)
-    groups: dict[Any, dict[str, float]] = {}
-    series: dict[tuple[int, str], dict[str, float]] = {}
-    for cell in ledger.query(sql, params):
-        v = _derive(cell)
-        _add(totals, v)
-        _add(groups.setdefault(cell["grp"], {}), v)
-        _add(series.setdefault((int(cell["bucket"]) * b, cell["backend"] or ""), {}), v)
-    return b, totals, groups, series
+    cube = _Cube(bucket_for(span["lo"], span["hi"]))  # the data's span within the window
+    days, raw = window.split()
+    if cube.b < DAY_S or days is None or not ledger_has_daily(ledger):
+        days, raw = None, [window]
+    if days is not None:
+        keys = ["day", "backend", *([group_by] if group_by not in ("day", "backend") else [])]
+        for r in ledger.query(*daily_sql(keys, window, days)):
+            grp = r[group_by]
+            if group_by == "day":
+                grp = datetime.fromtimestamp(int(grp) * DAY_S, UTC).strftime("%Y-%m-%d")
+            cube.add(int(r["day"]) * DAY_S, grp if grp != "" else None, r["backend"] or "",
+                     _derive_daily(r))
+    for part in raw:
+        for cell in ledger.query(*cube_sql(ledger.dialect, group_by, cube.b, part)):
+            cube.add(int(cell["bucket"]) * cube.b, cell["grp"], cell["backend"] or "",
+                     _derive(cell))
+    return cube
+
+
+def ledger_has_daily(ledger: LedgerStore) -> bool:
+    """Whether the ledger keeps ``requests_daily`` (schema version 5 and later)."""
+    try:
+        ledger.query("SELECT day FROM requests_daily WHERE 1 = 0")
+    except Exception:  # noqa: BLE001 - an older schema (or another kind's): read the rows
+        return False
+    return True
+
+
+def _qualities(ledger: LedgerStore, window: Window, group_by: str) -> dict[Any, dict[str, Any]]:
+    out = {}
+    for r in ledger.query(*quality_sql(ledger.dialect, group_by, window)):
+        out[r["grp"]] = {k: float(r[k] or 0) for k in QUALITY}
+    return out
+
+
+def _add_quality(into: dict[str, float], q: Mapping[str, float]) -> None:
+    for k in QUALITY:
+        into[k] = into.get(k, 0.0) + q[k]
 
 
 def _point(t: int, backend: str, v: Mapping[str, float]) -> dict[str, Any]:
@@ -298,8 +386,17 @@ def build(ledger: LedgerStore, window: Window | None = None, group_by: str = "ba
     # SQLite and psycopg let go of the GIL while the database works)
     with ThreadPoolExecutor(3, thread_name_prefix="switchyard-report") as pool:
         hist = {c: pool.submit(_latency, ledger, window, c) for c in ("latency_ms", "ttft_ms")}
-        b, totals, groups, series = _cube(ledger, window, group_by)
+        quality = pool.submit(_qualities, ledger, window, group_by)
+        cube = _cube(ledger, window, group_by)
         latency = {c: f.result() for c, f in hist.items()}
+        by_group = quality.result()
+    zero = dict.fromkeys(QUALITY, 0.0)
+    for g, q in by_group.items():
+        cube.groups.setdefault(g, dict.fromkeys(MEASURES, 0.0))
+        _add_quality(cube.totals, q)
+    b, totals, series = cube.b, cube.totals, cube.series
+    groups = {g: {**v, **by_group.get(g, zero)} for g, v in cube.groups.items()}
+    totals = {**zero, **totals}
     report: dict[str, Any] = {
         "object": "report",
         "window": {"since": window.since, "until": window.until, "team": window.team,
