@@ -3,13 +3,19 @@
 tokens and bytes, per group and over time, with latency percentiles and quality.
 
 ``build(ledger, window, group_by)`` returns the JSON that ``switchyard report --json``,
-``GET /admin/report`` and the dashboard share. It runs three scans of the window's rows,
-each one statement in the SQL SQLite and PostgreSQL both speak (``?`` placeholders; the few
+``GET /admin/report`` and the dashboard share. Its queries run at once, each on its own
+connection, in the SQL SQLite and PostgreSQL both speak (``?`` placeholders; the few
 expressions that differ come from ``gateway.ledger_queries``' dialect shim or ``_BUCKET``):
-a cube of plain sums per (time bucket, group, backend, cache outcome), from which the
-totals, the groups and the series are added up here, and the latency and time-to-first-token
-histograms (bins of at most 1 %, ``_bin``; percentiles computed from them). The savings are
-columns the gateway wrote with each row (``gateway.savings``), so no row's JSON is parsed.
+
+- the cube: plain sums per (time bucket, group, backend[, cache outcome]), from which the
+  totals, the groups and the series are added up here: the whole UTC days of the window
+  from the ledger's daily sums (``requests_daily``) when the series is by day or week, the
+  part-days and finer series from the rows;
+- the latency and time-to-first-token histograms (bins of at most 1 %, ``_bin``) and the
+  quality sums, over the window's latest ``RECENT`` calls (all of them in a smaller window).
+
+The savings are columns the gateway wrote with each row (``gateway.savings``), so no row's
+JSON is parsed.
 
 ``requests`` counts what clients sent: a cascade's later stages are ``calls``, not
 requests (docs/cascades.md). Estimated energy (an energy profile) comes with a band
