@@ -131,7 +131,7 @@ def main() -> int:
     args = p.parse_args()
     train = list(pairs(args.data, "train"))[: args.limit]
     vec = embed_cached([t for r in train for t in (str(r["a"]), str(r["b"]))], args.cache_dir)
-    cut = len(train) * 3 // 4  # fit on the first 3/4 of train, set the threshold on the rest
+    cut = len(train) * 3 // 4  # fit on the first 3/4 of train, report on the rest
     x, y, vetoed = design(train[:cut], vec, args.pair_features)
     xv, yv, _ = design(train[cut:], vec, args.pair_features)
     # the bias is FEATURES' last column; keep it last for fit_logistic
@@ -154,8 +154,8 @@ def main() -> int:
     n_dup = sum(1 for r in train if r["duplicate"])
     report: dict[str, object] = {
         "fitted_on": f"QQP train half, by bench/fit_cache_verifier.py: {cut} pairs fitted "
-                     f"({len(y)} not vetoed), the threshold set on the other "
-                     f"{len(train) - cut} ({len(train)} pairs, {n_dup} duplicates in all)",
+                     f"({len(y)} not vetoed), the other {len(train) - cut} held back to report "
+                     f"on ({len(train)} pairs, {n_dup} duplicates in all)",
         "features": list(FEATURES),
         "weights": [round(float(v), 5) for v in w[:nf]],
         "threshold": round(t, 4),
@@ -163,7 +163,7 @@ def main() -> int:
         "on_held_back_train": {"precision": round(prec, 4), "recall_of_not_vetoed": round(rec, 4),
                                "by_threshold": sweep},
         "l2": args.l2,
-        "vetoes_on_train": {k: {"duplicates_turned_away": d, "non_duplicates_stopped": n}
+        "vetoes_on_fitted_pairs": {k: {"duplicates_turned_away": d, "non_duplicates_stopped": n}
                             for k, (d, n) in vetoed.items()},
     }
     if args.pair_features:
