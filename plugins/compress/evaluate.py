@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
                                                  ("ratio", "retention", "ms_p50", "cpu_ms_p50")}})
         report["sweep"] = {"items": len(sub), "points": points}
         png = Path(args.plot) if args.plot else Path(f"{data.stem}-compress-curve.png")
-        note = plot(points, shipped, png, f"{data.name}: {len(items)} items")
+        note = plot(points, shipped, png,
+                    f"{data.name}: {len(items)} items (sweep: the first {len(sub)})")
         report["plot"] = None if note else str(png)
         if note:
             print(f"switchyard: {note}", file=sys.stderr)
