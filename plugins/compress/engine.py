@@ -11,6 +11,7 @@ message, the question as the last user message."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -90,8 +91,8 @@ class _Plan:
 
 class Compressor:
     """Built once at start-up. Options: ``ratio`` (default target, words before / after),
-    ``min_words``, ``weights`` (rank.Weights; ``shortlist=0`` or no embedder: lexical only),
-    ``workers`` (threads)."""
+    ``min_words``, ``shortlist`` (units given a MiniLM cosine; 0, or no embedder: lexical
+    only), ``shortlist_words``, ``weights`` (rank.Weights), ``workers`` (threads)."""
 
     name = "switchyard"
 
@@ -100,6 +101,9 @@ class Compressor:
         self.ratio = float(options.pop("ratio", DEFAULT_RATIO))
         self.min_words = int(options.pop("min_words", DEFAULT_MIN_WORDS))
         self.weights: rank.Weights = options.pop("weights", rank.Weights())
+        short = {k: int(options.pop(k)) for k in ("shortlist", "shortlist_words") if k in options}
+        if short:  # from config: shortlist 0 = lexical only, no MiniLM pass (about 1 ms)
+            self.weights = dataclasses.replace(self.weights, **short)
         workers = int(options.pop("workers", 2))
         if options:
             raise TypeError(f"unknown compressor options: {', '.join(sorted(options))}")
@@ -151,7 +155,8 @@ class Compressor:
         question = question_of(messages, parts)
         ranked = [rank.Unit(s.text, s.header, s.title) for s in units]
         lex = rank.lexical(question, ranked, self.weights)
-        short = rank.shortlist(lex, ranked, self.weights) if self.embedder is not None else []
+        short = (rank.shortlist(lex, ranked, self.weights)
+                 if self.embedder is not None and self.weights.shortlist > 0 else [])
         return _Plan(parts, units, question, budget, lex, short)
 
     def _apply(self, messages: list[dict[str, Any]], plan: _Plan, cosine: list[float] | None,

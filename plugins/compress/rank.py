@@ -113,7 +113,7 @@ def fits(kind: str | None, text: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Weights:
-    shortlist: int = 4         # units that get a MiniLM cosine, at least...
+    shortlist: int = 4         # units that get a MiniLM cosine, at least... (0: none)
     shortlist_words: int = 360  # ...and more while their words stay under this (its CPU cost)
     bm25: float = 0.25         # a unit's BM25 (scaled to the prompt's best), title included
     title: float = 0.25        # share of question terms in the unit's title

@@ -153,3 +153,16 @@ def test_documents_split_back_to_the_same_text() -> None:
 def test_unknown_options_are_refused() -> None:
     with pytest.raises(TypeError, match="ratoi"):
         Compressor(None, ratoi=4)
+
+
+async def test_shortlist_zero_is_lexical_only() -> None:
+    """``shortlist: 0`` (a config option) turns the MiniLM pass off: no embedding is asked."""
+
+    class NoEmbedder:
+        async def embed(self, text: str) -> object:
+            raise AssertionError("embedded with shortlist 0")
+
+    comp = Compressor(NoEmbedder(), min_words=50, shortlist=0)  # type: ignore[arg-type]
+    out = await comp.compress(eval_messages("who designed the eiffel tower",
+                                            documents([*FILLER, GOLD])), ratio=4.0)
+    assert "Gustave Eiffel" in out.messages[0]["content"]
