@@ -1,15 +1,21 @@
 """plugins.minilm: the real all-MiniLM-L6-v2, unit rows, and concurrent ``embed`` callers
-batched into one encode that runs off the event loop."""
+batched into one encode that runs off the event loop; the ONNX Runtime path gives
+sentence-transformers' embeddings, and without onnxruntime torch serves."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from plugins import minilm
 from plugins.minilm import MiniLM
 
 
@@ -67,3 +73,42 @@ async def test_an_encode_error_reaches_every_caller() -> None:
     results = await asyncio.gather(b.embed("a"), b.embed("b"), return_exceptions=True)
     assert all(isinstance(r, RuntimeError) for r in results)
     b.close()
+
+
+HELDOUT = Path(__file__).resolve().parents[2] / "bench" / "data" / "cache_heldout.jsonl"
+
+
+def heldout_texts() -> list[str]:
+    rows = [json.loads(line) for line in HELDOUT.read_text().splitlines() if line.strip()]
+    # and the edges: nothing, spaces, accents and CJK, and a prompt past the 256-token cut
+    return [str(r[k]) for r in rows for k in ("a", "b")] + [
+        "", "  padded  ", "crème brûlée à Tōkyō 東京", "tokens " * 400]
+
+
+def test_onnx_matches_sentence_transformers(model: MiniLM) -> None:
+    if model.runtime != "onnx":
+        pytest.skip("onnxruntime is not installed: MiniLM runs on torch")
+    texts = heldout_texts()
+    torch_path = MiniLM(backend="torch")
+    ref = torch_path.encode(texts)
+    got = model.encode(texts)
+    assert torch_path.runtime == "torch" and got.shape == ref.shape and got.dtype == np.float32
+    assert float((ref * got).sum(axis=1).min()) >= 0.9999
+    one = model.encode([texts[0]])  # alone (no padding) as in a batch
+    assert float(one[0] @ got[0]) >= 0.9999
+    torch_path.close()
+
+
+def test_without_onnxruntime_it_falls_back_to_torch(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    monkeypatch.setattr(minilm, "_onnx_failure_logged", False)
+    m = MiniLM()
+    with caplog.at_level(logging.WARNING, logger="switchyard.minilm"):
+        assert m.runtime == "torch"
+        v = m.encode(["How do I reset my password?", "How can I change my password?"])
+    assert v.shape == (2, m.dim) and float(v[0] @ v[1]) > 0.7
+    assert [r for r in caplog.records if "onnxruntime" in r.getMessage()]
+    with pytest.raises(ImportError):  # insisting on ONNX says why it cannot
+        MiniLM(backend="onnx").encode(["x"])
+    m.close()

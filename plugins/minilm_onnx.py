@@ -1,0 +1,141 @@
+"""all-MiniLM-L6-v2 through ONNX Runtime: the same embeddings as sentence-transformers (its
+BERT forward pass exported once with ``torch.onnx.export``, then the model's own mean pooling
+and L2 norm in NumPy), without torch on the request path.
+
+The export is kept under ``~/.cache/switchyard/minilm-onnx/<hash of the model files>/``
+(``SWITCHYARD_CACHE_DIR`` moves the root), written to a temporary name and renamed, so
+processes starting together never read half a file. ``plugins.minilm.MiniLM`` uses this when
+``onnxruntime`` imports and the export works, and sentence-transformers otherwise."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("switchyard.minilm")
+
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "sentence_bert_config.json",
+               "1_Pooling/config.json")
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+EXPORT_VERSION = "1"  # bump when the export itself changes: a new cache key
+
+
+def cache_root() -> Path:
+    root = os.environ.get("SWITCHYARD_CACHE_DIR")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "switchyard"
+
+
+def model_hash(path: Path) -> str:
+    """sha256 over the model's files (weights, config, tokenizer, pooling): the cache key."""
+    h = hashlib.sha256(EXPORT_VERSION.encode())
+    for name in MODEL_FILES:
+        f = path / name
+        if not f.exists():
+            continue
+        h.update(name.encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def export(path: Path, dest: Path) -> None:
+    """Export the transformer (token embeddings out) with dynamic batch and sequence axes."""
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(path), local_files_only=True,
+                                      attn_implementation="eager").eval()
+
+    class _Body(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = model
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids).last_hidden_state
+
+    ids = torch.ones(2, 8, dtype=torch.long)
+    axes = {name: {0: "batch", 1: "seq"} for name in (*INPUTS, "token_embeddings")}
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".onnx.tmp")
+    os.close(fd)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(_Body(), (ids, ids, torch.zeros_like(ids)), tmp,
+                              input_names=list(INPUTS), output_names=["token_embeddings"],
+                              dynamic_axes=axes, opset_version=17, dynamo=False)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def exported(path: Path) -> Path:
+    """The ONNX file for the model at ``path``, exported on first use."""
+    dest = cache_root() / "minilm-onnx" / model_hash(path) / "model.onnx"
+    if not dest.exists():
+        t0 = time.perf_counter()
+        export(path, dest)
+        log.info("exported %s to %s in %.1f s", path, dest, time.perf_counter() - t0)
+    return dest
+
+
+class OnnxMiniLM:
+    """Tokenise (the model's fast tokenizer, truncated at its ``max_seq_length``), run the
+    exported body, mean-pool over the attention mask and L2-normalise: sentence-transformers'
+    Transformer -> Pooling(mean) -> Normalize, step for step."""
+
+    def __init__(self, path: Path, *, threads: int | None = 1, batch_size: int = 64) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.batch_size = batch_size
+        self.dim = int(json.loads((path / "config.json").read_text())["hidden_size"])
+        max_len = int(json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"])
+        pooling = json.loads((path / "1_Pooling/config.json").read_text())
+        if not pooling.get("pooling_mode_mean_tokens") or any(
+                v for k, v in pooling.items() if k.startswith("pooling_mode_") and
+                k != "pooling_mode_mean_tokens"):
+            raise ValueError(f"{path}: only mean pooling is reproduced here, not {pooling}")
+        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=max_len, strategy="longest_first")
+        self.tokenizer.enable_padding(pad_id=0, pad_type_id=0, pad_token="[PAD]")  # to the longest
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default, every core
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(exported(path)), opts,
+                                            providers=["CPUExecutionProvider"])
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        # Similar lengths together, as sentence-transformers does: less padding per batch.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            out[idx] = self._batch([texts[i] for i in idx])
+        return out
+
+    def _batch(self, texts: list[str]) -> np.ndarray:
+        enc = self.tokenizer.encode_batch(texts)
+        feed = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
+        tokens = np.asarray(self.session.run(None, feed)[0], dtype=np.float32)
+        mask = feed["attention_mask"][:, :, None].astype(np.float32)
+        pooled = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        unit: np.ndarray = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        return unit
