@@ -23,31 +23,34 @@ MAX_EVENTS = 64  # the most events joined into one write; the iterator waits bey
 
 async def coalesced(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """``events``, with what is ready at each send joined into one chunk. The first event
-    goes out alone, at once (time to first token); the iterator runs at most
-    ``MAX_EVENTS`` ahead of the client (a slow reader holds it back, as before)."""
+    is read by the response itself and goes out alone, at once (time to first token); the
+    iterator then runs at most ``MAX_EVENTS`` ahead of the client (a slow reader holds it
+    back, as before)."""
     buf: list[bytes] = []
     ready, taken = asyncio.Event(), asyncio.Event()
 
     async def pump() -> None:
-        first = True
         try:
             async for event in events:
                 buf.append(event)
                 ready.set()
-                if first or len(buf) >= MAX_EVENTS:
-                    first = False
+                if len(buf) >= MAX_EVENTS:
                     taken.clear()
                     await taken.wait()
         finally:
             ready.set()
             # cancelled while waiting here, outside the iterator: close it, so its own
             # cleanup runs (the relay records and settles a client that went away)
-            close = getattr(events, "aclose", None)
-            if close is not None:
-                await close()
+            await _close(events)
 
-    task = asyncio.ensure_future(pump())
+    task: asyncio.Future[None] | None = None
     try:
+        try:
+            first = await events.__anext__()
+        except StopAsyncIteration:
+            return
+        yield first
+        task = asyncio.ensure_future(pump())
         while True:
             if not buf:
                 if task.done():
@@ -61,7 +64,15 @@ async def coalesced(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             yield out
         task.result()  # the iterator's own error, if it raised one
     finally:
-        if not task.done():
+        if task is None:  # gone after the first event, or before it
+            await _close(events)
+        elif not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def _close(events: AsyncIterator[bytes]) -> None:
+    close = getattr(events, "aclose", None)
+    if close is not None:
+        await close()
