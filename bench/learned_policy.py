@@ -3,7 +3,11 @@
 Each prompt is routed once (no LRU hit: every prompt is new) by ``Learned.plan`` over two
 candidates, exactly as the router calls it on the event loop; the time is the whole call
 (the prompt's vector, the model's prediction, the built-in constraints and predictions, the
-ordering). The ``weighted`` policy on the same candidates is measured in the same sitting,
+ordering), wall clock and the calling thread's CPU time (the forward pass runs in the
+calling thread, one intra-op thread, with ONNX Runtime and with torch alike; on a shared
+machine the wall clock also counts the waits for a core). MiniLM runs in ONNX Runtime when it
+is installed; ``SWITCHYARD_MINILM_BACKEND=torch`` measures sentence-transformers instead. The
+``weighted`` policy on the same candidates is measured in the same sitting,
 for the ratio. Models come from ``switchyard train router``.
 
     python bench/learned_policy.py --model /tmp/cml/mmlu-minilm.npz --model /tmp/cml/mmlu-static.npz \\
@@ -28,17 +32,19 @@ def _pct(xs: list[float], q: float) -> float:
     return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def run(policy: object, prompts: list[str], cands: list[Candidate]) -> tuple[list[float], list[str]]:
-    times, firsts = [], []
+def run(policy: object, prompts: list[str],
+        cands: list[Candidate]) -> tuple[list[float], list[float], list[str]]:
+    times, cpu, firsts = [], [], []
     plan = policy.plan  # type: ignore[attr-defined]
     for text in prompts:
         req = RequestFeatures(endpoint="chat", requested="auto", prompt_tokens=len(text) // 4,
                               max_tokens=16, text=text)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         p = plan(req, cands, Constraints())
         times.append(time.perf_counter() - t0)
+        cpu.append(time.thread_time() - c0)
         firsts.append(p.order[0])
-    return times, firsts
+    return times, cpu, firsts
 
 
 def main() -> None:
@@ -50,8 +56,8 @@ def main() -> None:
     with args.data.open() as f:
         prompts = [json.loads(line)["prompt"] for line, _ in zip(f, range(args.n), strict=False)]
     print(f"{len(prompts)} prompts from {args.data.name}, each routed once (no cache hit)")
-    print("| policy | embedder | load s | p50 ms | p90 ms | p99 ms | strong first |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| policy | embedder | load s | p50 ms | p90 ms | p99 ms | CPU p50 ms | strong first |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for path in args.model:
         rm = RouterModel.load(path)
         names = [rm.models[j] for j in rm.mean_cost.argsort()]  # the cheap model first
@@ -63,14 +69,21 @@ def main() -> None:
         policy = Learned({"model": str(path)})
         load_s = time.perf_counter() - t0
         run(policy, ["warm up one", "warm up two"], cands)
-        times, firsts = run(policy, prompts, cands)
+        times, cpu, firsts = run(policy, prompts, cands)
         ms = [t * 1000 for t in times]
-        print(f"| learned | {policy.model.encoder.kind} | {load_s:.2f} | {statistics.median(ms):.2f} | "
-              f"{_pct(ms, 0.9):.2f} | {_pct(ms, 0.99):.2f} | {firsts.count('strong') / len(firsts):.0%} |")
+        kind = policy.model.encoder.kind
+        if kind == "minilm":
+            from plugins.minilm import MiniLM
+
+            kind += f" ({MiniLM.shared().runtime})"
+        print(f"| learned | {kind} | {load_s:.2f} | {statistics.median(ms):.2f} | "
+              f"{_pct(ms, 0.9):.2f} | {_pct(ms, 0.99):.2f} | {statistics.median(cpu) * 1000:.2f} | "
+              f"{firsts.count('strong') / len(firsts):.0%} |")
     weighted = Weighted("weighted", DEFAULT_WEIGHTS, {})
-    times, _ = run(weighted, prompts, cands)
+    times, cpu, _ = run(weighted, prompts, cands)
     ms = [t * 1000 for t in times]
-    print(f"| weighted | - | - | {statistics.median(ms):.3f} | {_pct(ms, 0.9):.3f} | {_pct(ms, 0.99):.3f} | - |")
+    print(f"| weighted | - | - | {statistics.median(ms):.3f} | {_pct(ms, 0.9):.3f} | {_pct(ms, 0.99):.3f} | "
+          f"{statistics.median(cpu) * 1000:.3f} | - |")
 
 
 if __name__ == "__main__":
