@@ -28,6 +28,7 @@ with fewer events than the answer has is an error and makes the script exit 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +78,14 @@ def raw_relay(port: int, up_port: int) -> None:
 
         return StreamingResponse(chunks(), media_type="text/event-stream")
 
-    async def startup() -> None:
-        state["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+            state["s"] = s
+            yield
 
     app = Starlette(routes=[Route("/v1/chat/completions", relay, methods=["POST"])],
-                    on_startup=[startup])
+                    lifespan=lifespan)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", loop="uvloop",
                 http="httptools")
 
@@ -142,7 +147,10 @@ def load(url: str, conns: int, seconds: float, pid: int | None,
 
 
 def start_relays(up_port: int, tmp: Path, portkey: str | None,
+                 procs: list[subprocess.Popen[bytes]],
                  ) -> dict[str, tuple[subprocess.Popen[bytes], str, dict[str, str]]]:
+    """Start the relays (each appended to ``procs`` at once, so a failed start stops
+    them all) and wait until they listen."""
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     cfg = tmp / "gw.yaml"
     cfg.write_text(gateway_config(up_port, "sqlite", tmp / "ledger.sqlite3"))
@@ -164,6 +172,7 @@ def start_relays(up_port: int, tmp: Path, portkey: str | None,
             f"http://127.0.0.1:{port}/v1/chat/completions",
             {"x-portkey-provider": "openai",
              "x-portkey-custom-host": f"http://127.0.0.1:{up_port}/v1"})
+    procs += [p for p, _, _ in relays.values()]
     for _, url, _ in relays.values():
         wait_port(int(url.split(":")[2].split("/")[0]))
     time.sleep(1)
@@ -179,8 +188,7 @@ def cells(args: argparse.Namespace, spacing_ms: float) -> list[dict[str, Any]]:
     rows = []
     try:
         wait_port(up_port)
-        relays = start_relays(up_port, tmp, args.portkey)
-        procs += [p for p, _, _ in relays.values()]
+        relays = start_relays(up_port, tmp, args.portkey, procs)
         for conns in (1, 32):
             direct = load(f"http://127.0.0.1:{up_port}/v1/chat/completions", conns,
                           args.seconds, None)
