@@ -375,7 +375,9 @@ class RedisStore:
         disconnected by redis-py; an idempotent ``call`` is sent once more, on a fresh one.
         A timeout is not retried (a slow server gets no second load), nor a server still
         loading its data, nor a wait for a free pooled connection that ran out (redis-py
-        raises that as a ConnectionError caused by the timeout)."""
+        raises that as a ConnectionError caused by the timeout). uvloop refuses a write on a
+        transport the server closed with a RuntimeError ("the handler is closed"), after
+        which redis-py drops that connection: a connection failure like the others."""
         try:
             return await call()
         except RedisConnectionError as e:
@@ -384,9 +386,12 @@ class RedisStore:
                 raise _unreachable(e) from e
         except _CONN_ERRORS as e:
             raise _unreachable(e) from e
+        except RuntimeError as e:
+            if not retry:
+                raise _unreachable(e) from e
         try:
             return await call()
-        except _CONN_ERRORS as e:
+        except (*_CONN_ERRORS, RuntimeError) as e:
             raise _unreachable(e) from e
 
     async def _each(self, command: str, keys: Sequence[str], *args: Any) -> list[Any]:
