@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import RegisterCommand, hookimpl
+from plugins import evalplot
 
 SWEEP = [round(0.05 * i, 2) for i in range(1, 20)]
 COSINE_SWEEP = [round(0.70 + 0.025 * i, 3) for i in range(12)]
@@ -87,13 +88,9 @@ async def decide_all(pairs: list[tuple[str, str, bool]]) -> tuple[list[Any], flo
 
 
 def plot(report: dict[str, Any], path: Path, title: str) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install 'switchyard[eval]'): no curve drawn"
+    plt = evalplot.pyplot()
+    if plt is None:
+        return f"{evalplot.MISSING}: no curve drawn"
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for key, label, style in (("thresholds", "switchyard decision", "o-"),
                               ("cosine_thresholds", "plain MiniLM cosine", "s--")):
@@ -107,12 +104,8 @@ def plot(report: dict[str, Any], path: Path, title: str) -> str | None:
     ax.set_ylabel("precision (hits that were right)")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(max(0.0, min(r["precision"] for r in report["cosine_thresholds"]) - 0.05), 1.01)
-    ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    evalplot.save(plt, fig, ax, path, title)
     return None
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import RegisterCommand, hookimpl
+from plugins import evalplot
 from plugins.compress.answers import contains_answer
 
 SWEEP = (4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0, 25.0, 30.0)
@@ -82,13 +83,9 @@ async def run_items(items: list[dict[str, Any]], ratio: float | None = None,
 
 
 def plot(points: list[dict[str, Any]], shipped: dict[str, Any], path: Path, title: str) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install 'switchyard[eval]'): no curve drawn"
+    plt = evalplot.pyplot()
+    if plt is None:
+        return f"{evalplot.MISSING}: no curve drawn"
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.plot([p["ratio"] for p in points], [p["retention"] for p in points], "o-",
             label="target ratio swept", markersize=4)
@@ -98,12 +95,8 @@ def plot(points: list[dict[str, Any]], shipped: dict[str, Any], path: Path, titl
     ax.axvline(15, color="grey", lw=0.8, ls=":", label="goal: 15x at 0.95")
     ax.set_xlabel("compression ratio (words in / words out)")
     ax.set_ylabel("retention (gold answer still in the prompt)")
-    ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    evalplot.save(plt, fig, ax, path, title)
     return None
 
 

@@ -7,15 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from plugins import evalplot
+
 
 def draw(result: dict[str, Any], path: str | Path, title: str, xlabel: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit("switchyard: --plot needs matplotlib: pip install 'switchyard[eval]'") from None
+    plt = evalplot.pyplot()
+    if plt is None:
+        raise SystemExit("switchyard: --plot needs matplotlib: pip install 'switchyard[eval]'")
     fig, ax = plt.subplots(figsize=(6, 4.5))
     refs = result.get("references") or {}
     curves = [("router" if "aiq" in result else "cascade", result["points"], "-", "o")]
@@ -32,9 +30,5 @@ def draw(result: dict[str, Any], path: str | Path, title: str, xlabel: str) -> N
         ax.text(1, 100 * single["quality"], f" {name.split('/')[-1]}", fontsize=7, va="bottom")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("quality (%)")
-    ax.set_title(title)
     ax.legend(fontsize=8, loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    evalplot.save(plt, fig, ax, path, title, dpi=110)
