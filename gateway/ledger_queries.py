@@ -3,7 +3,7 @@ every ledger kind (``switchyard report``, ``GET /admin/report`` and the dashboar
 
 Queries are written once in the SQL both SQLite and PostgreSQL speak, with ``?``
 placeholders (a ledger's ``query`` translates them); the few expressions that differ sit in
-the dialect shims (``_DAY`` here, ``gateway.ledger.DAY_NUMBER``). Sums of integers come
+the dialect shims (``DAY_EXPR`` here, ``gateway.ledger.DAY_NUMBER``). Sums of integers come
 back as ``int``, of reals as ``float``, and an empty window sums to 0, never ``None``.
 
 - ``totals(ledger, window)``: one dict of ``MEASURES`` over the window;
@@ -34,7 +34,7 @@ DAY_S = 86_400
 MEASURES: dict[str, str] = {name: f"SUM({expr})" for name, expr in DAILY_SUMS.items()}
 
 # the dialect shim: the UTC day of ``started_at`` as 'YYYY-MM-DD'
-_DAY = {
+DAY_EXPR = {
     "sqlite": "date(started_at, 'unixepoch')",
     "postgres": "to_char(to_timestamp(started_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
 }
@@ -82,8 +82,8 @@ class Window:
 
 
 def _dialect(dialect: str) -> str:
-    if dialect not in _DAY:
-        raise ValueError(f"no report SQL for ledger dialect {dialect!r} (known: {', '.join(_DAY)})")
+    if dialect not in DAY_EXPR:
+        raise ValueError(f"no report SQL for ledger dialect {dialect!r} (known: {', '.join(DAY_EXPR)})")
     return dialect
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from gateway.errors import InvalidRequest
 from gateway.hookspecs import LedgerStore
 from gateway.ledger import DAILY_SUMS
-from gateway.ledger_queries import _DAY, DAY_S, Window, daily_sql
+from gateway.ledger_queries import DAY_EXPR, DAY_S, Window, daily_sql
 
 TECHNIQUES = ("routing", "cache", "compression", "cascade")
 GROUP_BY = ("team", "route", "backend", "day")
@@ -127,7 +127,7 @@ def _where(window: Window, extra: str = "") -> tuple[str, tuple[Any, ...]]:
 def _group_expr(dialect: str, group: str) -> str:
     if group not in GROUP_BY:
         raise ValueError(f"group_by takes {', '.join(GROUP_BY)}; got {group!r}")
-    return _DAY[dialect] if group == "day" else group
+    return DAY_EXPR[dialect] if group == "day" else group
 
 
 def cube_sql(dialect: str, group: str, bucket_s: int, window: Window,
