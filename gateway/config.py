@@ -292,6 +292,10 @@ class ServerConfig(Strict):
     keep_alive_s: float = Field(5.0, gt=0, description="an idle kept-alive connection is closed")
     max_connections: int | None = Field(
         None, ge=1, description="open connections or requests in flight; past it, 503")
+    workers: int = Field(
+        1, ge=1, le=256, description="worker processes serving the port, each with its own "
+        "event loop (docs/scaling.md); more than one needs shared state (state.kind sqlite "
+        "or redis)")
 
 
 class LedgerConfig(Strict):
@@ -311,14 +315,17 @@ class LedgerConfig(Strict):
 
 
 class StateConfig(Strict):
-    kind: str = Field("memory", min_length=1, description="memory, redis, or a plugin's store")
+    kind: str = Field("memory", min_length=1,
+                      description="memory, sqlite (the workers of one host), redis, or a plugin's")
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    path: str = Field("~/.local/state/switchyard/state.sqlite3", description="sqlite: the file")
     prefix: str = "switchyard:"
     failure_mode: Literal["closed", "open"] = "closed"
     connect_timeout_s: float = Field(
         2.0, gt=0, description="opening a Redis connection: past it, Redis counts as unreachable")
     timeout_s: float = Field(
-        2.0, gt=0, description="one Redis command, and the wait for a free pooled connection")
+        2.0, gt=0, description="one Redis command, and the wait for a free pooled connection; "
+        "sqlite: the wait for the file's write lock")
 
 
 class BudgetsConfig(Strict):
@@ -506,6 +513,20 @@ def _cascade_stages(i: int, route: Any, known: list[str]) -> Errors:
     return errors
 
 
+def workers_errors(settings: Settings) -> Errors:
+    """Several workers need a state store they all see: with the in-process one each worker
+    keeps its own budgets, rate limits and keys, and a team could spend its budget once per
+    worker. Checked at start-up (after ``serve --workers``) and by ``check-config``."""
+    n, kind = settings.server.workers, settings.state.kind
+    if n <= 1 or kind != "memory":
+        return []
+    msg = (f"{n} workers with state.kind 'memory' would split budgets, rate limits and keys "
+           "between the workers (each keeps its own); set state.kind: sqlite (the workers of "
+           "one host share the file state.path) or state.kind: redis (with state.url, for "
+           "several hosts), or run one worker")
+    return [("server.workers", msg)]
+
+
 def _partial(data: dict[str, Any], exc: ValidationError) -> Settings:
     """The sections that validated, with defaults for the rest: lets ``check-config`` run
     the plugin-level checks too, so every error is reported at once."""
@@ -537,6 +558,7 @@ def check_settings(path: str | Path | None = None, **overrides: Any) -> tuple[Se
         errors.extend(cross_check(data))
         return _partial(data, e), errors
     errors.extend(cross_check(settings.model_dump(include={"backends", "routes", "embedded_default"})))
+    errors.extend(workers_errors(settings))
     return apply_embedded_default(settings), errors
 
 

@@ -1,4 +1,5 @@
-"""One contract, two state stores: the in-process one and Redis (real, a prefix per test)."""
+"""One contract, three state stores: the in-process one, SQLite (a file per test, shared by
+the workers of one host) and Redis (real, a prefix per test)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from support import free_port
 from gateway.state import KeyRecord, Limit, Spend, StateStore, StateUnavailable, Team
 from plugins.state_memory import MemoryStore
 from plugins.state_redis import RedisStore
+from plugins.state_sqlite import SQLiteStore
 
 KEEP = 3600
 # Amounts in nano-dollars at the edges: zero (Lua writes -0 for its negation, which Redis
@@ -19,10 +21,12 @@ KEEP = 3600
 AMOUNTS = pytest.mark.parametrize("amount", [0, 1, 10**18 + 1], ids=["zero", "1nano", "huge"])
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
     if request.param == "memory":
         s: StateStore = MemoryStore()
+    elif request.param == "sqlite":
+        s = SQLiteStore(request.getfixturevalue("tmp_path") / "state.sqlite3")
     else:
         url = request.getfixturevalue("redis_url")
         s = RedisStore(url, request.getfixturevalue("redis_prefix"))

@@ -1,0 +1,539 @@
+"""``state: {kind: sqlite, path: ...}``: state shared by the workers of one host
+(``switchyard serve --workers N``) through one SQLite file, without a server.
+
+Every method is one SQLite transaction. Those that write take the file's write lock first
+(``BEGIN IMMEDIATE``), so a read-check-write such as a reservation is atomic across every
+process that opens the file: N workers behave as one, as N replicas do on Redis. The
+connection never waits inside SQLite (``busy_timeout`` 0): a lock another worker holds is
+retried after an ``asyncio.sleep`` (0.1 ms, doubling to 5 ms), so the event loop keeps
+serving; a lock still held after ``state.timeout_s`` is an outage (``StateUnavailable``,
+which ``state.failure_mode`` handles). A transaction makes no ``await`` between its
+``BEGIN`` and its ``COMMIT``, so on one event loop nothing interleaves inside it.
+
+The file is in WAL mode (readers never wait for the writer) with ``synchronous=NORMAL``:
+a commit writes the log without an ``fsync``, so a crashed worker loses nothing, and a power
+cut may lose the last commits but never corrupts the file. Checkpoints (copying the log into
+the file, with its ``fsync``) run in a thread every second, never in a commit on the event
+loop (``wal_autocheckpoint`` is off). The clock is the host's wall clock, one for every
+worker. Money is in integer nano-dollars, added in Python, stored as SQLite's 64-bit
+integers (every amount up to 2**63 - 1).
+
+Tables: ``teams``, ``keys`` (records as JSON: the salted hash, never the secret),
+``periods`` (a team's spend, reserved total and alert flag per budget period), ``holds``
+(reservations; a NULL amount: released by expiry, still to be settled once), ``charges``,
+``windows`` and ``hits`` (sliding-window limits: a running total per limit and its
+entries), ``down`` and ``drained`` (backend marks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from gateway import (
+    KeyRecord,
+    Limit,
+    RegisterStateStore,
+    Reserved,
+    Settled,
+    Spend,
+    StateConfig,
+    StateUnavailable,
+    Team,
+    hookimpl,
+)
+
+log = logging.getLogger("switchyard.state.sqlite")
+T = TypeVar("T")
+Row = tuple[Any, ...]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS teams (name TEXT PRIMARY KEY, doc TEXT NOT NULL,
+  budget INTEGER NOT NULL, soft INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keys (key_id TEXT PRIMARY KEY, team TEXT NOT NULL,
+  doc TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS keys_team ON keys (team);
+CREATE TABLE IF NOT EXISTS periods (team TEXT NOT NULL, period TEXT NOT NULL,
+  spent INTEGER NOT NULL, reserved INTEGER NOT NULL, alerted INTEGER NOT NULL,
+  expires_at REAL, PRIMARY KEY (team, period)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS periods_expiry ON periods (expires_at);
+CREATE TABLE IF NOT EXISTS holds (team TEXT NOT NULL, period TEXT NOT NULL,
+  res_id TEXT NOT NULL, amount INTEGER, expires_at REAL NOT NULL,
+  PRIMARY KEY (team, period, res_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS holds_expiry ON holds (team, period, expires_at)
+  WHERE amount IS NOT NULL;
+CREATE TABLE IF NOT EXISTS charges (team TEXT NOT NULL, period TEXT NOT NULL,
+  charge_id TEXT NOT NULL, PRIMARY KEY (team, period, charge_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS windows (team TEXT NOT NULL, name TEXT NOT NULL,
+  total INTEGER NOT NULL, PRIMARY KEY (team, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS hits (id INTEGER PRIMARY KEY, team TEXT NOT NULL,
+  name TEXT NOT NULL, ts REAL NOT NULL, cost INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS hits_window ON hits (team, name, ts);
+CREATE TABLE IF NOT EXISTS down (backend TEXT PRIMARY KEY, until REAL NOT NULL,
+  replica TEXT NOT NULL, reason TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS drained (backend TEXT PRIMARY KEY, by TEXT NOT NULL,
+  reason TEXT NOT NULL, since REAL NOT NULL) WITHOUT ROWID;
+"""
+
+_PER_TEAM = ("keys", "periods", "holds", "charges", "windows", "hits")
+
+
+def _busy(e: sqlite3.OperationalError) -> bool:
+    return getattr(e, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) \
+        or "locked" in str(e)
+
+
+class SQLiteStore:
+    kind = "sqlite"
+
+    def __init__(self, path: str | Path, *, timeout_s: float = 2.0,
+                 checkpoint_interval_s: float = 1.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path).expanduser()
+        self.timeout_s = timeout_s
+        self._clock = clock
+        self._interval = checkpoint_interval_s
+        self._conn: sqlite3.Connection | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
+
+    # ---- the file ----------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect, switch to WAL and create the tables. Several workers do this at once at
+        start-up: here, and only here, SQLite's own busy handler waits (up to 30 s)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
+            conn.execute("PRAGMA journal_size_limit=67108864")
+            conn.executescript(SCHEMA)  # each statement idempotent: workers race harmlessly
+            conn.execute("PRAGMA busy_timeout=0")
+        except sqlite3.Error as e:
+            raise StateUnavailable(f"the SQLite state file {self.path} cannot be opened "
+                                   f"({type(e).__name__}: {e})") from e
+        return conn
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._open()
+        return self._conn
+
+    async def start(self) -> None:
+        self._db()
+        if self._checkpointer is None:
+            self._checkpointer = asyncio.create_task(self._checkpoints())
+
+    async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+            self._checkpointer = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def ping(self) -> None:
+        await self._tx(lambda c: c.execute("SELECT 1").fetchone(), write=False)
+
+    async def _checkpoints(self) -> None:
+        """Every ``checkpoint_interval_s``: a passive checkpoint in a thread, on a
+        connection of its own (it never blocks a writer; another worker's running one makes
+        this one a no-op)."""
+        loop = asyncio.get_running_loop()
+        conn = await loop.run_in_executor(None, self._checkpoint_conn)
+        try:
+            while True:
+                await asyncio.sleep(self._interval)
+                await loop.run_in_executor(None, self._checkpoint, conn)
+        finally:
+            conn.close()
+
+    def _checkpoint_conn(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, isolation_level=None, timeout=0,
+                               check_same_thread=False)
+
+    @staticmethod
+    def _checkpoint(conn: sqlite3.Connection) -> None:
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as e:  # busy (another worker checkpoints), or a full disk
+            log.debug("WAL checkpoint skipped: %s", e)
+
+    async def _tx(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
+        """``fn`` in one transaction (``BEGIN IMMEDIATE`` when it writes); a lock held by
+        another process is waited for on the event loop, up to ``timeout_s``."""
+        conn = self._db()
+        delay, deadline = 0.0001, 0.0
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.OperationalError as e:
+                if not _busy(e):
+                    raise StateUnavailable(f"the SQLite state store failed ({e})") from e
+                now = time.monotonic()
+                deadline = deadline or now + self.timeout_s
+                if now >= deadline:
+                    raise StateUnavailable(
+                        f"the SQLite state file stayed locked for {self.timeout_s:g} s") from e
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.005)
+                continue
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+    # ---- teams -------------------------------------------------------------------------
+
+    async def create_team(self, team: Team) -> bool:
+        doc = orjson.dumps(team.to_dict()).decode()
+        return await self._tx(lambda c: c.execute(
+            "INSERT OR IGNORE INTO teams VALUES (?, ?, ?, ?)",
+            (team.name, doc, team.budget_nano, team.soft_nano)).rowcount == 1)
+
+    async def update_team(self, team: Team) -> bool:
+        doc = orjson.dumps(team.to_dict()).decode()
+        return await self._tx(lambda c: c.execute(
+            "UPDATE teams SET doc = ?, budget = ?, soft = ? WHERE name = ?",
+            (doc, team.budget_nano, team.soft_nano, team.name)).rowcount == 1)
+
+    async def get_team(self, name: str) -> Team | None:
+        row = await self._tx(lambda c: c.execute(
+            "SELECT doc FROM teams WHERE name = ?", (name,)).fetchone(), write=False)
+        return Team.from_dict(orjson.loads(row[0])) if row else None
+
+    async def list_teams(self) -> list[Team]:
+        rows = await self._tx(lambda c: c.execute(
+            "SELECT doc FROM teams ORDER BY name").fetchall(), write=False)
+        return [Team.from_dict(orjson.loads(r[0])) for r in rows]
+
+    async def has_teams(self) -> bool:
+        return bool(await self._tx(lambda c: c.execute(
+            "SELECT 1 FROM teams LIMIT 1").fetchone(), write=False))
+
+    async def delete_team(self, name: str) -> list[str]:
+        def run(c: sqlite3.Connection) -> list[str]:
+            if c.execute("DELETE FROM teams WHERE name = ?", (name,)).rowcount == 0:
+                return []
+            ids = [r[0] for r in c.execute(
+                "SELECT key_id FROM keys WHERE team = ? ORDER BY key_id", (name,))]
+            for table in _PER_TEAM:
+                c.execute(f"DELETE FROM {table} WHERE team = ?", (name,))
+            return ids
+
+        return await self._tx(run)
+
+    # ---- keys --------------------------------------------------------------------------
+
+    async def put_key(self, key: KeyRecord) -> None:
+        doc = orjson.dumps(key.to_dict()).decode()
+        await self._tx(lambda c: c.execute("INSERT OR REPLACE INTO keys VALUES (?, ?, ?)",
+                                           (key.key_id, key.team, doc)))
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        row = await self._tx(lambda c: c.execute(
+            "SELECT doc FROM keys WHERE key_id = ?", (key_id,)).fetchone(), write=False)
+        return KeyRecord.from_dict(orjson.loads(row[0])) if row else None
+
+    async def list_keys(self, team: str | None = None) -> list[KeyRecord]:
+        def run(c: sqlite3.Connection) -> list[Row]:
+            if team is None:
+                return c.execute("SELECT doc FROM keys").fetchall()
+            return c.execute("SELECT doc FROM keys WHERE team = ?", (team,)).fetchall()
+
+        keys = [KeyRecord.from_dict(orjson.loads(r[0])) for r in await self._tx(run, write=False)]
+        return sorted(keys, key=lambda k: (k.team, k.created_at, k.key_id))
+
+    # ---- budgets (each helper runs inside a write transaction) ----------------------------
+
+    def _period(self, c: sqlite3.Connection, team: str, period: str,
+                keep_s: int = 0) -> list[int]:
+        """The period's [spent, reserved, alerted], made (or remade, once expired) as
+        needed, with the holds whose replica never settled them released."""
+        now = self._clock()
+        row = c.execute("SELECT spent, reserved, alerted, expires_at FROM periods "
+                        "WHERE team = ? AND period = ?", (team, period)).fetchone()
+        expires = now + keep_s if keep_s > 0 else None
+        if row is None or (row[3] is not None and row[3] <= now):
+            self._sweep(c, now)  # a new period: rare, so the time to drop expired ones
+            c.execute("INSERT OR REPLACE INTO periods VALUES (?, ?, 0, 0, 0, ?)",
+                      (team, period, expires))
+            return [0, 0, 0]
+        if expires is not None:
+            c.execute("UPDATE periods SET expires_at = ? WHERE team = ? AND period = ?",
+                      (expires, team, period))
+        spent, reserved, alerted = row[0], row[1], row[2]
+        old = c.execute("SELECT res_id, amount FROM holds WHERE team = ? AND period = ? "
+                        "AND amount IS NOT NULL AND expires_at <= ?",
+                        (team, period, now)).fetchall()
+        if old:  # a replica died holding these: release, remembered for their settle
+            reserved -= sum(a for _, a in old)
+            c.executemany("UPDATE holds SET amount = NULL WHERE team = ? AND period = ? "
+                          "AND res_id = ?", [(team, period, rid) for rid, _ in old])
+            c.execute("UPDATE periods SET reserved = ? WHERE team = ? AND period = ?",
+                      (reserved, team, period))
+        return [spent, reserved, alerted]
+
+    @staticmethod
+    def _sweep(c: sqlite3.Connection, now: float) -> None:
+        """Drop expired periods (with their holds and charges) and old window entries."""
+        for team, period in c.execute("SELECT team, period FROM periods "
+                                      "WHERE expires_at <= ?", (now,)).fetchall():
+            for table in ("periods", "holds", "charges"):
+                c.execute(f"DELETE FROM {table} WHERE team = ? AND period = ?",
+                          (team, period))
+        c.execute("DELETE FROM down WHERE until <= ?", (now,))
+
+    @staticmethod
+    def _save(c: sqlite3.Connection, team: str, period: str, p: list[int]) -> None:
+        c.execute("UPDATE periods SET spent = ?, reserved = ?, alerted = ? "
+                  "WHERE team = ? AND period = ?", (*p, team, period))
+
+    @staticmethod
+    def _budget(c: sqlite3.Connection, team: str) -> int | None:
+        row = c.execute("SELECT budget FROM teams WHERE name = ?", (team,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _hold(self, c: sqlite3.Connection, team: str, period: str, res_id: str, amount: int,
+              ttl_s: float, keep_s: int, budget: int) -> Reserved:
+        p = self._period(c, team, period, keep_s)
+        if c.execute("SELECT 1 FROM holds WHERE team = ? AND period = ? AND res_id = ?",
+                     (team, period, res_id)).fetchone():  # held already (a retry)
+            return Reserved(True, p[0], p[1], budget)
+        if budget >= 0 and p[0] + p[1] + amount > budget:
+            return Reserved(False, p[0], p[1], budget)
+        c.execute("INSERT INTO holds VALUES (?, ?, ?, ?, ?)",
+                  (team, period, res_id, amount, self._clock() + ttl_s))
+        p[1] += amount
+        self._save(c, team, period, p)
+        return Reserved(True, p[0], p[1], budget)
+
+    async def reserve(self, team: str, period: str, res_id: str, amount: int, ttl_s: float,
+                      keep_s: int) -> Reserved:
+        def run(c: sqlite3.Connection) -> Reserved:
+            budget = self._budget(c, team)
+            if budget is None:
+                return Reserved(False, 0, 0, -1, exists=False)
+            return self._hold(c, team, period, res_id, amount, ttl_s, keep_s, budget)
+
+        return await self._tx(run)
+
+    async def reserve_within(self, team: str, limits: Sequence[Limit], period: str,
+                             res_id: str, amount: int, ttl_s: float, keep_s: int) -> Reserved:
+        def run(c: sqlite3.Connection) -> Reserved:
+            budget = self._budget(c, team)
+            if budget is None:
+                return Reserved(False, 0, 0, -1, exists=False)
+            if c.execute("SELECT 1 FROM holds WHERE team = ? AND period = ? AND res_id = ?",
+                         (team, period, res_id)).fetchone():  # a retry: held, and hit, already
+                p = self._period(c, team, period, keep_s)
+                return Reserved(True, p[0], p[1], budget)
+            now = self._clock()
+            totals, wait = self._wait(c, team, limits, now)
+            if wait > 0:
+                return Reserved(False, 0, 0, budget, wait_s=wait)
+            r = self._hold(c, team, period, res_id, amount, ttl_s, keep_s, budget)
+            if r.ok:
+                self._take(c, team, limits, totals, now)
+            return r
+
+        return await self._tx(run)
+
+    def _add_spend(self, c: sqlite3.Connection, team: str, period: str, p: list[int],
+                   actual: int) -> Settled:
+        p[0] += actual
+        row = c.execute("SELECT soft FROM teams WHERE name = ?", (team,)).fetchone()
+        soft = -1 if row is None else int(row[0])
+        alert = soft >= 0 and p[0] >= soft and not p[2]
+        if alert:
+            p[2] = 1
+        self._save(c, team, period, p)
+        return Settled(True, p[0], alert)
+
+    def _settle(self, c: sqlite3.Connection, team: str, period: str, res_id: str,
+                actual: int) -> Settled:
+        p = self._period(c, team, period)
+        row = c.execute("SELECT amount FROM holds WHERE team = ? AND period = ? AND res_id = ?",
+                        (team, period, res_id)).fetchone()
+        if row is None:
+            return Settled(False, p[0], False)
+        if row[0] is not None:
+            p[1] -= row[0]
+        c.execute("DELETE FROM holds WHERE team = ? AND period = ? AND res_id = ?",
+                  (team, period, res_id))
+        return self._add_spend(c, team, period, p, actual)
+
+    async def settle(self, team: str, period: str, res_id: str, actual: int) -> Settled:
+        return await self._tx(lambda c: self._settle(c, team, period, res_id, actual))
+
+    async def settle_adding(self, team: str, period: str, res_id: str, actual: int,
+                            limits: Sequence[Limit]) -> Settled:
+        def run(c: sqlite3.Connection) -> Settled:
+            settled = self._settle(c, team, period, res_id, actual)
+            if settled.applied:
+                self._record(c, team, limits, self._clock())
+            return settled
+
+        return await self._tx(run)
+
+    async def charge(self, team: str, period: str, charge_id: str, amount: int,
+                     keep_s: int) -> Settled:
+        def run(c: sqlite3.Connection) -> Settled:
+            p = self._period(c, team, period, keep_s)
+            if c.execute("INSERT OR IGNORE INTO charges VALUES (?, ?, ?)",
+                         (team, period, charge_id)).rowcount == 0:
+                return Settled(False, p[0], False)
+            return self._add_spend(c, team, period, p, amount)
+
+        return await self._tx(run)
+
+    async def spend(self, team: str, period: str) -> Spend:
+        def run(c: sqlite3.Connection) -> Spend:
+            p = self._period(c, team, period)
+            return Spend(p[0], p[1], bool(p[2]))
+
+        return await self._tx(run)
+
+    # ---- rate limits -------------------------------------------------------------------
+
+    @staticmethod
+    def _total(c: sqlite3.Connection, team: str, lim: Limit, now: float) -> int:
+        """The limit's total over its window, entries older than the window dropped."""
+        cutoff = now - lim.window_s
+        n, old = c.execute("SELECT COUNT(*), TOTAL(cost) FROM hits WHERE team = ? AND name = ? "
+                           "AND ts <= ?", (team, lim.name, cutoff)).fetchone()
+        row = c.execute("SELECT total FROM windows WHERE team = ? AND name = ?",
+                        (team, lim.name)).fetchone()
+        total = 0 if row is None else int(row[0])
+        if n:
+            total -= int(old)
+            c.execute("DELETE FROM hits WHERE team = ? AND name = ? AND ts <= ?",
+                      (team, lim.name, cutoff))
+            c.execute("UPDATE windows SET total = ? WHERE team = ? AND name = ?",
+                      (total, team, lim.name))
+        return total
+
+    def _wait(self, c: sqlite3.Connection, team: str, limits: Sequence[Limit],
+              now: float) -> tuple[list[int], float]:
+        """The limits' totals, and the seconds until every limit fits (0.0: now)."""
+        totals = [self._total(c, team, lim, now) for lim in limits]
+        wait = 0.0
+        for total, lim in zip(totals, limits, strict=True):
+            if lim.cost > 0 and total + lim.cost > lim.limit:
+                wait = max(wait, self._wait_one(c, team, lim, total, now))
+        return totals, wait
+
+    @staticmethod
+    def _wait_one(c: sqlite3.Connection, team: str, lim: Limit, total: int,
+                  now: float) -> float:
+        if lim.cost > lim.limit:
+            return lim.window_s
+        freed = 0
+        for ts, cost in c.execute("SELECT ts, cost FROM hits WHERE team = ? AND name = ? "
+                                  "ORDER BY ts, id", (team, lim.name)):
+            freed += cost
+            if total - freed + lim.cost <= lim.limit:
+                return float(max(0.001, ts + lim.window_s - now))
+        return lim.window_s
+
+    @staticmethod
+    def _take(c: sqlite3.Connection, team: str, limits: Sequence[Limit], totals: list[int],
+              now: float) -> None:
+        c.executemany("INSERT INTO hits (team, name, ts, cost) VALUES (?, ?, ?, ?)",
+                      [(team, lim.name, now, lim.cost) for lim in limits])
+        c.executemany("INSERT OR REPLACE INTO windows VALUES (?, ?, ?)",
+                      [(team, lim.name, t + lim.cost)
+                       for t, lim in zip(totals, limits, strict=True)])
+
+    def _record(self, c: sqlite3.Connection, team: str, limits: Sequence[Limit],
+                now: float) -> None:
+        self._take(c, team, limits, [self._total(c, team, lim, now) for lim in limits], now)
+
+    async def hit(self, team: str, limits: Sequence[Limit]) -> float:
+        def run(c: sqlite3.Connection) -> float:
+            now = self._clock()
+            totals, wait = self._wait(c, team, limits, now)
+            if wait > 0:
+                return wait
+            self._take(c, team, limits, totals, now)
+            return 0.0
+
+        return await self._tx(run)
+
+    async def add(self, team: str, limits: Sequence[Limit]) -> None:
+        await self._tx(lambda c: self._record(c, team, limits, self._clock()))
+
+    # ---- backend health ----------------------------------------------------------------
+
+    async def mark_backend_down(self, backend: str, replica: str, until: float,
+                                reason: str) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            now = self._clock()
+            cur = c.execute("SELECT until FROM down WHERE backend = ?", (backend,)).fetchone()
+            if until <= now or (cur is not None and cur[0] > now and cur[0] >= until):
+                return
+            c.execute("INSERT OR REPLACE INTO down VALUES (?, ?, ?, ?)",
+                      (backend, until, replica, reason))
+
+        await self._tx(run)
+
+    async def clear_backend_down(self, backend: str) -> None:
+        await self._tx(lambda c: c.execute("DELETE FROM down WHERE backend = ?", (backend,)))
+
+    async def backends_down(self, names: Sequence[str]) -> dict[str, tuple[float, str, str]]:
+        if not names:
+            return {}
+        now = self._clock()
+        marks = ",".join("?" * len(names))
+        rows = await self._tx(lambda c: c.execute(
+            f"SELECT backend, until, replica, reason FROM down WHERE backend IN ({marks}) "
+            "AND until > ?", (*names, now)).fetchall(), write=False)
+        found = {r[0]: (float(r[1]), str(r[2]), str(r[3])) for r in rows}
+        return {n: found[n] for n in names if n in found}
+
+    # ---- drained backends --------------------------------------------------------------
+
+    async def set_backend_drained(self, backend: str, drained: bool, by: str,
+                                  reason: str) -> None:
+        if drained:
+            await self._tx(lambda c: c.execute("INSERT OR REPLACE INTO drained VALUES "
+                                               "(?, ?, ?, ?)", (backend, by, reason,
+                                                                self._clock())))
+        else:
+            await self._tx(lambda c: c.execute("DELETE FROM drained WHERE backend = ?",
+                                               (backend,)))
+
+    async def backends_drained(self, names: Sequence[str]) -> dict[str, tuple[str, str, float]]:
+        if not names:
+            return {}
+        marks = ",".join("?" * len(names))
+        rows = await self._tx(lambda c: c.execute(
+            f"SELECT backend, by, reason, since FROM drained WHERE backend IN ({marks})",
+            tuple(names)).fetchall(), write=False)
+        found = {r[0]: (str(r[1]), str(r[2]), float(r[3])) for r in rows}
+        return {n: found[n] for n in names if n in found}
+
+
+def sqlite_store(config: StateConfig) -> SQLiteStore:
+    return SQLiteStore(config.path, timeout_s=config.timeout_s)
+
+
+@hookimpl(trylast=True)
+def switchyard_register_state_stores(register: RegisterStateStore) -> None:
+    register("sqlite", sqlite_store)
