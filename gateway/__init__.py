@@ -77,6 +77,7 @@ from gateway.interfaces import (
     Usage,
     Verdict,
 )
+from gateway.launch import LaunchConfig, LaunchedBackend, Launcher, ServerNotReady, host_port
 from gateway.ledger import BATCH_MOVE as LEDGER_BATCH_MOVE
 from gateway.ledger import BATCH_TABLE as LEDGER_BATCH_TABLE
 from gateway.ledger import COLUMNS as LEDGER_COLUMNS
@@ -140,6 +141,9 @@ __all__ = [
     "Judge",
     "JudgeFactory",
     "KeyRecord",
+    "LaunchConfig",
+    "LaunchedBackend",
+    "Launcher",
     "LedgerConfig",
     "LedgerFactory",
     "LedgerSchema",
@@ -171,6 +175,7 @@ __all__ = [
     "Reserved",
     "RoutingPolicy",
     "SQLiteLedger",
+    "ServerNotReady",
     "ServiceUnavailable",
     "Settled",
     "Spend",
@@ -191,5 +196,6 @@ __all__ = [
     "evaluate",
     "has_content",
     "hookimpl",
+    "host_port",
     "usage_chunk",
 ]

