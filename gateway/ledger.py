@@ -299,17 +299,24 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIO
 
 
 _BATCH = 1000  # rows per transaction
+_WAKE_AT = _BATCH  # records queued that wake the writer before its interval is out
 
 
 class BatchWriter:
     """The writer side every ledger shares: ``write`` puts a record in a buffer (never
-    blocks, never raises); a thread converts records to rows and hands them to ``_insert``
-    in batches of up to 1,000, one transaction each. A batch that fails is kept and retried
-    with backoff (1 s doubling to 30 s, after ``_reset``); while it fails, records pile up
-    to ``buffer_max``, and past it new ones are dropped, counted in ``dropped`` and logged
-    (one line when dropping starts, one when writing resumes). A subclass provides
-    ``_open`` (connect and migrate; called before the first insert and after a reset),
-    ``_insert`` and, if it holds a connection, ``_reset`` and ``_shutdown``."""
+    blocks, never raises); a thread wakes every ``flush_interval_s``, converts what is
+    queued to rows and hands them to ``_insert`` in batches of up to 1,000, one transaction
+    each. It sleeps between flushes rather than waiting on the queue: a thread woken by each
+    record wrote one-row transactions at low traffic (at one connection, a transaction, its
+    daily-sums upsert and a GIL hand-off per request), where a batch per interval costs the
+    same at any rate. It wakes early when ``_WAKE_AT`` records (or half of ``buffer_max``)
+    are queued, and at ``close``. A batch that fails is kept and retried with backoff (1 s
+    doubling to 30 s, after ``_reset``; new records do not cut the wait short); while it
+    fails, records pile up to ``buffer_max``, and past it new ones are dropped, counted in
+    ``dropped`` and logged (one line when dropping starts, one when writing resumes). A
+    subclass provides ``_open`` (connect and migrate; called before the first insert and
+    after a reset), ``_insert`` and, if it holds a connection, ``_reset`` and
+    ``_shutdown``."""
 
     dialect = "sqlite"  # the SQL its ``query`` speaks: "sqlite" or "postgres"
 
@@ -323,6 +330,10 @@ class BatchWriter:
         self._dropping = False
         self._opened = False
         self._closed = False
+        # enough queued to write now: the writer wakes before its interval is out
+        self._wake_at = max(1, min(_WAKE_AT, buffer_max // 2))
+        self._wake = threading.Event()  # set by ``write`` at ``_wake_at``, and by ``close``
+        self._closing = threading.Event()  # set by ``close``: ends a backoff wait too
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     @property
@@ -337,7 +348,8 @@ class BatchWriter:
 
     def write(self, rec: UsageRecord) -> None:
         """Queue one record; never blocks on the database, never raises."""
-        if self._q.qsize() + self._held >= self._max:
+        queued = self._q.qsize()
+        if queued + self._held >= self._max:
             self._dropped_full += 1
             if not self._dropping:
                 self._dropping = True
@@ -345,6 +357,8 @@ class BatchWriter:
                           "database takes writes again", self._max)
             return
         self._q.put(rec)
+        if queued + 1 >= self._wake_at and not self._wake.is_set():  # the writer clears it
+            self._wake.set()
 
     def _open(self) -> None:
         return None
@@ -358,11 +372,14 @@ class BatchWriter:
     def _shutdown(self) -> None:
         return None
 
-    def _take(self, rows: list[tuple[Any, ...]], wait: float) -> bool:
-        """Moves queued records into ``rows`` (waiting up to ``wait`` s for the first);
-        True when ``close`` was called."""
+    def _take(self, rows: list[tuple[Any, ...]], wait: float, backoff: bool) -> bool:
+        """Sleeps ``wait`` s (less when woken: by ``close``, or by a full batch unless
+        ``backoff``), then moves what is queued into ``rows``; True when ``close`` was
+        called."""
+        (self._closing if backoff else self._wake).wait(wait)
+        self._wake.clear()  # records queued from here on wake it again at ``_wake_at``
         try:
-            item = self._q.get(timeout=wait)
+            item = self._q.get_nowait()
         except queue.Empty:
             return False
         while item is not None:
@@ -406,7 +423,7 @@ class BatchWriter:
         if not self._flush(rows):  # connect and migrate first (a no-op once open)
             backoff = 1.0
         while True:
-            closing = self._take(rows, backoff or self._interval) or closing
+            closing = self._take(rows, backoff or self._interval, backoff > 0) or closing
             if rows and not self._flush(rows):
                 backoff = min(30.0, max(1.0, backoff * 2))
                 if closing:  # one last try failed: what is held is lost, and said so
@@ -432,6 +449,8 @@ class BatchWriter:
         if not self._thread.is_alive():  # never started: what was queued cannot be written
             return
         self._q.put(None)
+        self._closing.set()
+        self._wake.set()
         self._thread.join(timeout=60)
 
 
