@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from gateway.config import Settings, check_settings, load_settings
+from gateway.config import Settings, check_settings, load_settings, workers_errors
 from gateway.errors import ConfigError
 from gateway.registry import BUILTIN_COMMANDS, Command
 
@@ -37,17 +37,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["host"] = args.host
     if args.port is not None:
         overrides["port"] = args.port
+    if args.workers is not None:
+        overrides["workers"] = args.workers
     if overrides:
         settings = settings.model_copy(update={"server": settings.server.model_copy(update=overrides)})
+    if errors := workers_errors(settings):
+        print(f"switchyard: {ConfigError(errors)}", file=sys.stderr)
+        return 2
     _setup_logging(settings.log_level)
     from gateway.http.app import create_app
-    from gateway.http.server import serve
+    from gateway.http.server import serve, server_for
 
+    def make_app() -> Any:
+        try:
+            return create_app(settings, freeze_gc=True)
+        except ConfigError as e:
+            print(f"switchyard: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    if settings.server.workers > 1:
+        from gateway.http.workers import serve_workers
+
+        return serve_workers(settings, lambda: server_for(make_app(), settings,
+                                                          access_log=args.access_log))
     try:
-        app = create_app(settings, freeze_gc=True)
-    except ConfigError as e:
-        print(f"switchyard: {e}", file=sys.stderr)
-        return 2
+        app = make_app()
+    except SystemExit as e:
+        return int(e.code or 0)
     started = serve(app, settings, access_log=args.access_log)
     return 0 if started else 3  # uvicorn's exit status for a failed start
 
@@ -143,6 +159,8 @@ def build_parser(commands: list[Command] | None = None) -> argparse.ArgumentPars
     s.add_argument("--host")
     s.add_argument("--port", type=int)
     s.add_argument("--access-log", action="store_true")
+    s.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes on the one port (server.workers; docs/scaling.md)")
     s.set_defaults(fn=cmd_serve)
     c = sub.add_parser("check-config", help="validate a config file and report every error")
     c.add_argument("config")

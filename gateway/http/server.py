@@ -219,10 +219,15 @@ def build_server(app: Any, server: ServerConfig, **options: Any) -> uvicorn.Serv
     return uvicorn.Server(uvicorn.Config(app, http=protocol_for(server), **opts))
 
 
+def server_for(app: Any, settings: Settings, *, access_log: bool = False) -> uvicorn.Server:
+    """The server ``switchyard serve`` runs: one process's, or each worker's."""
+    return build_server(app, settings.server, log_level=settings.log_level,
+                        access_log=access_log, timeout_graceful_shutdown=10)
+
+
 def serve(app: Any, settings: Settings, *, access_log: bool = False) -> bool:
     """Run ``app`` until stopped (``switchyard serve``); False when it failed to start."""
-    srv = build_server(app, settings.server, log_level=settings.log_level,
-                       access_log=access_log, timeout_graceful_shutdown=10)
+    srv = server_for(app, settings, access_log=access_log)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the signal it caught
         srv.run()
     return bool(srv.started)
