@@ -82,6 +82,9 @@ class BackendLoad:
     kv_cache_usage: float | None = None  # 0..1
     ttft_s: float | None = None  # the engine's own recent time to first token
     scraped_at: float | None = None
+    # the engine's own recent mean time a request runs once scheduled (vLLM's
+    # request_inference_time): what each waiting request waits for, per running slot
+    request_s: float | None = None
 
 
 @runtime_checkable

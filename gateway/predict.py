@@ -11,7 +11,8 @@ no clock: the statistics carry their own age.
 - Latency: the moving TTFT estimate for this prompt length, plus the wait behind what is in
   flight: past the backend's ``concurrency`` (its config, or the policy option ``slots``)
   by the gateway's own in-flight count; else what the engine reports (the llama.cpp queue
-  and running request, vLLM's waiting requests and KV-cache use); plus the lag of an
+  and running request, vLLM's waiting requests, each waiting for the engine's recent mean
+  request time per running slot, and KV-cache use); plus the lag of an
   in-flight request running past its expected time; plus decode time at the moving
   tokens/s estimate.
 - Freshness: an estimate not refreshed for ``fresh_s`` seconds decays toward zero with a
@@ -118,7 +119,9 @@ def estimate(
     service_s = ttft + decode_s
     slots = opts.slots.get(c.name) or c.concurrency
     if load.kv_cache_usage is not None:  # a batching engine: only waiting requests queue
-        wait = load.queue_depth * service_s / max(1, load.running)
+        # behind the running requests, which take the engine's recent mean when it says
+        per_request = load.request_s if load.request_s is not None else service_s
+        wait = load.queue_depth * per_request / max(1, load.running)
         wait += opts.kv_penalty_s * max(0.0, load.kv_cache_usage - 0.8) / 0.2
     elif slots:  # known capacity: what is in flight beyond it queues
         ahead = max(s.inflight, load.queue_depth + load.running)

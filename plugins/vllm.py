@@ -1,11 +1,16 @@
 """``vllm``: an OpenAI-compatible vLLM server, plus what its ``/metrics`` tells.
 
 A background task scrapes the server's Prometheus text every ``scrape_interval_s``:
-waiting and running requests, KV-cache use (``vllm:kv_cache_usage_perc``, older
-``vllm:gpu_cache_usage_perc``) and the time-to-first-token histogram, whose ``_sum`` and
-``_count`` differences between two scrapes give the mean TTFT of the last interval (not the
-all-time mean, which hardly moves on a server up for days). The router sees the engine's
-load without any I/O on the request path.
+waiting and running requests, KV-cache use (``vllm:kv_cache_usage_perc``; before vLLM 0.10
+``vllm:gpu_cache_usage_perc``, still read), and two histograms whose ``_sum`` and ``_count``
+differences between two scrapes give the mean of the last interval (not the all-time mean,
+which hardly moves on a server up for days): the time to first token, and the time a
+request runs once scheduled (``vllm:request_inference_time_seconds``), which is what each
+waiting request waits for per running slot. The router sees the engine's load without any
+I/O on the request path. Names as vLLM 0.32.0 serves them (checked against the real server
+by tests/integration/test_vllm_real.py).
+
+With ``launch:``, the gateway also runs the server (``gateway.Launcher``; docs/vllm.md).
 """
 
 from __future__ import annotations
@@ -80,11 +85,13 @@ class VLLMSample:
     kv_cache: float | None = None
     ttft_sum: float = 0.0
     ttft_count: float = 0.0
+    run_sum: float = 0.0  # vllm:request_inference_time_seconds
+    run_count: float = 0.0
 
 
 def read_vllm_metrics(text: str, model: str | None = None) -> VLLMSample:
     """Read vLLM's metrics (V1 names, with the older ones as fallbacks)."""
-    waiting = running = ttft_sum = ttft_count = 0.0
+    waiting = running = ttft_sum = ttft_count = run_sum = run_count = 0.0
     kv: float | None = None
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
@@ -101,19 +108,31 @@ def read_vllm_metrics(text: str, model: str | None = None) -> VLLMSample:
                 ttft_sum += s.value
             elif n == "vllm:time_to_first_token_seconds_count":
                 ttft_count += s.value
-    return VLLMSample(waiting, running, kv, ttft_sum, ttft_count)
+            elif n == "vllm:request_inference_time_seconds_sum":
+                run_sum += s.value
+            elif n == "vllm:request_inference_time_seconds_count":
+                run_count += s.value
+    return VLLMSample(waiting, running, kv, ttft_sum, ttft_count, run_sum, run_count)
+
+
+def interval_mean(prev: tuple[float, float] | None, cur: tuple[float, float],
+                  last: float | None) -> float | None:
+    """The mean of a histogram's observations since the previous scrape, from its
+    (``_sum``, ``_count``) then and now. No new observation: the last interval's figure
+    stands. First scrape, or the counters went back (the server restarted): the mean of
+    everything the server has seen."""
+    (s0, n0), (s1, n1) = prev or (0.0, 0.0), cur
+    if prev is None or n1 < n0:
+        return s1 / n1 if n1 else None
+    if n1 - n0 <= 0:
+        return last
+    return max(0.0, s1 - s0) / (n1 - n0)
 
 
 def interval_ttft(prev: VLLMSample | None, cur: VLLMSample, last: float | None) -> float | None:
-    """Mean TTFT of the requests that got their first token since the previous scrape.
-    No new request: the last interval's figure stands. First scrape, or the counters went
-    back (the server restarted): the mean of everything the server has seen."""
-    if prev is None or cur.ttft_count < prev.ttft_count:
-        return cur.ttft_sum / cur.ttft_count if cur.ttft_count else None
-    n = cur.ttft_count - prev.ttft_count
-    if n <= 0:
-        return last
-    return max(0.0, cur.ttft_sum - prev.ttft_sum) / n
+    """Mean TTFT of the requests that got their first token since the previous scrape."""
+    return interval_mean(None if prev is None else (prev.ttft_sum, prev.ttft_count),
+                         (cur.ttft_sum, cur.ttft_count), last)
 
 
 def context_error(e: InvalidRequest) -> InvalidRequest:
@@ -175,6 +194,9 @@ class VLLMBackend(LaunchedBackend, OpenAICompatibleBackend):
         load = BackendLoad(
             queue_depth=int(cur.waiting), running=int(cur.running), kv_cache_usage=cur.kv_cache,
             ttft_s=interval_ttft(self._prev, cur, self._load.ttft_s), scraped_at=time.monotonic(),
+            request_s=interval_mean(
+                None if self._prev is None else (self._prev.run_sum, self._prev.run_count),
+                (cur.run_sum, cur.run_count), self._load.request_s),
         )
         self._prev, self._load = cur, load
         return load

@@ -25,13 +25,14 @@ that the two agree on the key sets below, so the fake cannot drift silently:
   ``vllm:num_requests_waiting_by_reason`` (which a reader must not add to it),
   ``vllm:num_requests_running``, ``vllm:kv_cache_usage_perc`` (0.32 no longer serves
   ``vllm:gpu_cache_usage_perc``), ``vllm:request_success_total`` and the histograms
-  ``vllm:time_to_first_token_seconds``, ``vllm:inter_token_latency_seconds``,
-  ``vllm:e2e_request_latency_seconds``.
+  ``vllm:time_to_first_token_seconds``, ``vllm:request_inference_time_seconds``,
+  ``vllm:inter_token_latency_seconds``, ``vllm:e2e_request_latency_seconds``.
 * ``GET /v1/models`` and ``GET /health``.
 
-The engine's load is set by the test: ``set_load(waiting=, running=, kv_cache=)`` and
-``observe_ttft(*seconds)``. ``legacy_cache_metric=True`` serves only the KV-cache name of
-vLLM before 0.10 (``vllm:gpu_cache_usage_perc``), for the reader's fallback.
+The engine's load is set by the test: ``set_load(waiting=, running=, kv_cache=)``,
+``observe_ttft(*seconds)`` and ``observe_inference(*seconds)``. ``legacy_cache_metric=True``
+serves only the KV-cache name of vLLM before 0.10 (``vllm:gpu_cache_usage_perc``), for the
+reader's fallback.
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ class FakeVLLM:
         self.itl = Histogram("vllm:inter_token_latency_seconds",
                              "Histogram of inter-token latency in seconds.", labels,
                              buckets=ITL_BUCKETS, registry=r).labels(*lv)
+        self.inference = Histogram("vllm:request_inference_time_seconds",
+                                   "Histogram of time spent in RUNNING phase for request.",
+                                   labels, buckets=E2E_BUCKETS, registry=r).labels(*lv)
         self.e2e = Histogram("vllm:e2e_request_latency_seconds",
                              "Histogram of e2e request latency in seconds.", labels,
                              buckets=E2E_BUCKETS, registry=r).labels(*lv)
@@ -129,6 +133,11 @@ class FakeVLLM:
     def observe_ttft(self, *seconds: float) -> None:
         for s in seconds:
             self.ttft.observe(s)
+
+    def observe_inference(self, *seconds: float) -> None:
+        """Requests that ran (were RUNNING) for these times."""
+        for s in seconds:
+            self.inference.observe(s)
 
     # ---- endpoints -----------------------------------------------------------------
 

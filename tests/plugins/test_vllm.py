@@ -128,3 +128,60 @@ def test_chat_through_the_gateway(tmp_path: Path, fake: tuple[FakeVLLM, LiveServ
         line = 'switchyard_backend_queue_depth{backend="gpu"} 7.0'
         wait_until(lambda: line in httpx.get(gw.url + "/metrics").text, what=line,
                    interval=INTERVAL)
+
+
+async def test_the_running_time_of_the_last_interval_is_read(
+        fake: tuple[FakeVLLM, LiveServer]) -> None:
+    """vllm:request_inference_time_seconds: what a waiting request waits for per slot."""
+    f, srv = fake
+    f.observe_inference(*[0.4] * 50)
+    b = make_backend(srv.url)
+    try:
+        assert (await b.scrape()).request_s == pytest.approx(0.4)
+        f.observe_inference(6.0, 10.0)  # long generations now
+        assert (await b.scrape()).request_s == pytest.approx(8.0)
+        assert (await b.scrape()).request_s == pytest.approx(8.0)
+    finally:
+        await b.context.close()
+
+
+def test_a_queue_behind_long_requests_is_predicted_long() -> None:
+    """Waiting requests wait for the running ones (the engine's recent running time), not
+    for as long as the new request itself would run."""
+    from gateway import Candidate, RequestFeatures, estimate
+
+    r = RequestFeatures(endpoint="chat", requested="m", prompt_tokens=100, max_tokens=1)
+    busy = BackendLoad(queue_depth=8, running=2, kv_cache_usage=0.1, request_s=3.0)
+    idle = BackendLoad(running=0, kv_cache_usage=0.0, request_s=3.0)
+    c = Candidate.make("v", ttft_s=0.2)
+    assert estimate(r, c).ttft_s == pytest.approx(0.2)
+    assert estimate(r, Candidate.make("v", ttft_s=0.2, load=idle)).ttft_s == pytest.approx(0.2)
+    assert estimate(r, Candidate.make("v", ttft_s=0.2, load=busy)).ttft_s == \
+        pytest.approx(0.2 + 8 * 3.0 / 2)
+
+
+async def test_errors_are_vllms(tmp_path: Path) -> None:
+    """Through the gateway: a prompt past max_model_len is OpenAI's context_length_exceeded
+    (400), streamed or not; a backend configured with a model the server does not have is
+    the gateway's 502, with vLLM's message."""
+    import openai
+
+    f = FakeVLLM(MODEL, max_model_len=64)
+    with upstream_server(f.app) as srv:
+        ok = {"name": "gpu", "plugin": "vllm", "base_url": srv.url + "/v1", "model": MODEL}
+        wrong = {**ok, "name": "typo", "model": "no/such-model"}
+        with gateway(tmp_path, ok, wrong) as gw, sdk(gw.url) as c:
+            long = [{"role": "user", "content": "word " * 100}]
+            for stream in (False, True):
+                with pytest.raises(openai.BadRequestError) as e:
+                    out = c.chat.completions.create(model="gpu", messages=long, max_tokens=4,
+                                                    stream=stream)
+                    list(out) if stream else None
+                err = e.value.body
+                assert (err["code"], err["param"]) == ("context_length_exceeded", "messages")
+                assert "maximum context length is 64 tokens" in err["message"]
+            with pytest.raises(openai.InternalServerError) as e:
+                c.chat.completions.create(model="typo", messages=[{"role": "user",
+                                                                   "content": "hi"}])
+            assert e.value.status_code == 502
+            assert "`no/such-model` does not exist" in e.value.body["message"]
