@@ -162,19 +162,21 @@ class SQLiteStore:
     async def _checkpoints(self) -> None:
         """Every ``checkpoint_interval_s``: a passive checkpoint in a thread, on a
         connection of its own (it never blocks a writer; another worker's running one makes
-        this one a no-op)."""
+        this one a no-op). Stopped by cancelling; a checkpoint under way is finished first
+        (closing its connection under it would crash the process)."""
         loop = asyncio.get_running_loop()
-        conn = await loop.run_in_executor(None, self._checkpoint_conn)
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=0,
+                               check_same_thread=False)
+        running: asyncio.Future[None] | None = None
         try:
             while True:
                 await asyncio.sleep(self._interval)
-                await loop.run_in_executor(None, self._checkpoint, conn)
+                running = loop.run_in_executor(None, self._checkpoint, conn)
+                await asyncio.shield(running)
         finally:
+            if running is not None and not running.done():
+                await asyncio.wait([running])
             conn.close()
-
-    def _checkpoint_conn(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, isolation_level=None, timeout=0,
-                               check_same_thread=False)
 
     @staticmethod
     def _checkpoint(conn: sqlite3.Connection) -> None:
