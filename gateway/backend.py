@@ -21,6 +21,9 @@ class BackendContext:
 
     http_session: aiohttp.ClientSession | None = None
     connector_limit: int = 0  # 0: no limit on pooled connections
+    # CPU threads a backend that computes in this process may use (the in-process llama.cpp
+    # model); None: its own default. ``serve --workers N`` sets cores // N.
+    threads: int | None = None
     _owned: bool = field(default=False, repr=False)
 
     def http(self) -> aiohttp.ClientSession:

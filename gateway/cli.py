@@ -49,8 +49,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.http.server import serve, server_for
 
     def make_app() -> Any:
+        context = None
+        if settings.server.workers > 1:  # the in-process model: cores // N threads each
+            from gateway.backend import BackendContext
+
+            cores = len(os.sched_getaffinity(0))
+            context = BackendContext(threads=max(1, cores // settings.server.workers))
         try:
-            return create_app(settings, freeze_gc=True)
+            return create_app(settings, freeze_gc=True, context=context)
         except ConfigError as e:
             print(f"switchyard: {e}", file=sys.stderr)
             raise SystemExit(2) from None

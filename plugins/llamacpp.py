@@ -118,8 +118,13 @@ class LlamaCppBackend(BaseBackend):
         from llama_cpp import Llama
 
         t0 = time.perf_counter()
+        # a worker of ``serve --workers N`` gets cores // N threads (the context's) for
+        # prompts, and for generation unless n_threads says; one process alone, llama.cpp's
+        # own defaults (half the cores to generate, all of them for a prompt)
+        shared = self.context.threads
         llm = Llama(
-            model_path=str(self.path), n_ctx=self.config.n_ctx, n_threads=self.config.n_threads,
+            model_path=str(self.path), n_ctx=self.config.n_ctx,
+            n_threads=self.config.n_threads or shared, n_threads_batch=shared,
             n_batch=self.config.n_batch, logits_all=logits_all, chat_format=self.config.chat_format,
             verbose=False,
         )
