@@ -17,6 +17,11 @@ line from its config and hands it to a ``Launcher``. The launcher:
   server has served for ``max_backoff_s``);
 - on shutdown sends SIGTERM to the process group, then SIGKILL after ``stop_timeout_s``.
 
+Where the port is already taken, it starts nothing: a server there that lists our model
+(``models_url`` answers with ``model`` among its ids) is used as it is, as when the gateway
+runs several workers (the first to bind launches, the others share its server; when it goes
+away, the next one launches its own); anything else is reported and waited out.
+
 Nothing here blocks start-up: ``start()`` returns at once and the other backends serve while
 this one loads.
 """
@@ -138,9 +143,10 @@ class Launcher:
     """Runs one server process and keeps it running; see the module docstring."""
 
     def __init__(self, name: str, argv: Sequence[str], health_url: str, cfg: LaunchConfig,
-                 env: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 env: Mapping[str, str] | None = None, models_url: str | None = None,
+                 model: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
+        self.models_url, self.model = models_url, model
         self.argv = list(argv)
         self.health_url = health_url
         self.cfg = cfg
@@ -190,12 +196,17 @@ class Launcher:
         while True:
             served_s = 0.0
             try:
-                if await self._port_taken():
-                    self.state = f"waiting for port {self.port}, which another process holds"
+                if not await self._port_taken():
+                    served_s = await self._run_once()
+                elif await self._serves_our_model():
+                    served_s = await self._share()
+                    if served_s:
+                        continue  # it went away: launch ours at once
+                else:
+                    self.state = (f"waiting for port {self.port}, which another process holds "
+                                  f"(it does not serve {self.model!r})")
                     log.error("backend %s: cannot launch its server: %s:%d is already in use",
                               self.name, self.host, self.port)
-                else:
-                    served_s = await self._run_once()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
@@ -210,6 +221,39 @@ class Launcher:
             self.state = f"restarting (in {backoff:.0f} s); {self.state}"
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.cfg.max_backoff_s)
+
+    async def _serves_our_model(self) -> bool:
+        """Whether what listens on the port is a server for our model: another worker's
+        launch of this same backend (``server.workers``), or one its operator started."""
+        if self.models_url is None or self.model is None:
+            return False
+        session = self._session()
+        try:
+            async with session.get(self.models_url, timeout=aiohttp.ClientTimeout(total=5)) as r:
+                body = await r.json(content_type=None) if r.status == 200 else {}
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
+            return False
+        data = body.get("data") if isinstance(body, dict) else None
+        return isinstance(data, list) and any(
+            isinstance(m, dict) and m.get("id") == self.model for m in data)
+
+    async def _share(self) -> float:
+        """Use the server another process runs for this backend, without launching one,
+        until it fails two health checks in a row: how long it was used."""
+        t0 = self._clock()
+        self.ready = True
+        self.state = f"using the server another process runs on port {self.port}"
+        log.info("backend %s: %s:%d already serves %s; using it (not launching another)",
+                 self.name, self.host, self.port, self.model)
+        failures = 0
+        while failures < 2:
+            await asyncio.sleep(self.cfg.health_interval_s)
+            failures = 0 if await self._healthy() else failures + 1
+        self.ready = False
+        log.warning("backend %s: the server on port %d went away; launching its own", self.name,
+                    self.port)
+        self.state = f"launching its own server (the one on port {self.port} went away)"
+        return self._clock() - t0
 
     async def _run_once(self) -> float:
         """One server process, from start to its end: how long it served."""
@@ -298,11 +342,14 @@ class Launcher:
         log.error("backend %s: server (pid %d) %s; last output:\n%s", self.name, proc.pid, what,
                   "\n".join(list(self.tail)[-10:]) or "(none)")
 
-    async def _healthy(self) -> bool:
+    def _session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession()
+        return self._http
+
+    async def _healthy(self) -> bool:
         try:
-            async with self._http.get(self.health_url,
+            async with self._session().get(self.health_url,
                                       timeout=aiohttp.ClientTimeout(total=5)) as r:
                 return r.status == 200
         except (TimeoutError, aiohttp.ClientError, OSError):

@@ -51,8 +51,9 @@ class LlamaCppServerBackend(LaunchedBackend, OpenAICompatibleBackend):
     def __init__(self, config: LlamaCppServerConfig, context: BackendContext | None = None) -> None:
         super().__init__(config, context)
         if config.launch is not None:
-            self.launcher = Launcher(self.name, launch_argv(config), self.base_url + "/models",
-                                     config.launch)
+            models = self.base_url + "/models"
+            self.launcher = Launcher(self.name, launch_argv(config), models, config.launch,
+                                     models_url=models, model=config.model)
 
 
 @hookimpl(trylast=True)

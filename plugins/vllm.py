@@ -155,7 +155,8 @@ class VLLMBackend(LaunchedBackend, OpenAICompatibleBackend):
         self._task: asyncio.Task[None] | None = None
         if config.launch is not None:
             self.launcher = Launcher(self.name, launch_argv(config), root + "/health",
-                                     config.launch, env=LAUNCH_ENV)
+                                     config.launch, env=LAUNCH_ENV,
+                                     models_url=self.base_url + "/models", model=config.model)
 
     async def start(self) -> None:
         await super().start()

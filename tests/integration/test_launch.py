@@ -52,7 +52,7 @@ def test_a_launched_llama_cpp_server_is_supervised(
     port = free_port()
     launched = {"name": "launched", "plugin": "llamacpp_server",
                 "base_url": f"http://127.0.0.1:{port}/v1",
-                "launch": {"python": slow_python(tmp_path, 4), "progress_s": 1,
+                "launch": {"python": slow_python(tmp_path, 8), "progress_s": 1,
                            "args": ["--n_ctx", "512", "--n_threads", "1"],
                            "restart_backoff_s": 0.5, "stop_timeout_s": 10,
                            "log_file": str(tmp_path / "server.log")}}
@@ -64,13 +64,13 @@ def test_a_launched_llama_cpp_server_is_supervised(
         launcher = gw.app.state.gateway.backends["launched"].launcher
         # loading: out of routing at once, while the embedded model serves
         assert health(gw.url, "launched")["probe_ok"] is False
-        r = c.chat.completions.with_raw_response.create(model="embedded", messages=MSG,
-                                                        max_tokens=4)
-        assert r.headers["x-switchyard-backend"] == "embedded"
         with pytest.raises(Exception) as e:
             c.chat.completions.create(model="launched", messages=MSG, max_tokens=4)
         assert getattr(e.value, "status_code", None) == 503
         assert "backend_starting" in str(e.value) and "loading its server" in str(e.value)
+        r = c.chat.completions.with_raw_response.create(model="embedded", messages=MSG,
+                                                        max_tokens=4)
+        assert r.headers["x-switchyard-backend"] == "embedded"
         wait_until(lambda: "waiting for" in caplog.text, timeout=30, what="a progress line")
 
         # ready: serves, through the gateway, under its own name
@@ -98,8 +98,9 @@ def test_a_launched_llama_cpp_server_is_supervised(
 
 
 def test_a_port_held_by_another_process_is_reported(tmp_path: Path) -> None:
-    """A stale server on the port would pass the health check in place of ours: the
-    launcher does not start, says why, and keeps the backend out of routing."""
+    """A server there that does not serve our model (or anything else on the port) would
+    pass the health check in place of ours: the launcher starts nothing, says why, and keeps
+    the backend out of routing."""
     import socket
 
     with socket.socket() as held:
@@ -114,3 +115,39 @@ def test_a_port_held_by_another_process_is_reported(tmp_path: Path) -> None:
                        what="the launcher to see the port taken")
             assert launcher.pid is None
             assert health(gw.url, "launched")["probe_ok"] is False
+
+
+def test_two_gateways_share_one_launched_server(tmp_path: Path) -> None:
+    """Several gateway processes (server.workers) with the same launched backend: the first
+    launches, the next uses that server; when it goes away, the next launches its own."""
+    port = free_port()
+    cfg = {"name": "launched", "plugin": "llamacpp_server",
+           "base_url": f"http://127.0.0.1:{port}/v1",
+           "launch": {"args": ["--n_ctx", "512", "--n_threads", "1"], "health_interval_s": 0.5,
+                      "restart_backoff_s": 0.5}}
+    fast = {"probe_interval_s": 2}
+
+    def ready(url: str) -> bool:
+        return bool(health(url, "launched")["probe_ok"])
+
+    a_running = gateway(tmp_path / "a", cfg, health=fast)
+    a = a_running.__enter__()
+    try:
+        first = a.app.state.gateway.backends["launched"].launcher
+        wait_until(lambda: ready(a.url), timeout=120, interval=0.2, what="a's server")
+        with gateway(tmp_path / "b", cfg, health=fast) as b, sdk(b.url, timeout=120) as c:
+            second = b.app.state.gateway.backends["launched"].launcher
+            wait_until(lambda: ready(b.url), timeout=60, interval=0.2, what="b to use it")
+            assert first.pid is not None and second.pid is None  # one server: a's
+            assert "another process runs" in second.state
+            out = c.chat.completions.create(model="launched", messages=MSG, max_tokens=2)
+            assert out.choices[0].message.content
+            a_running.__exit__(None, None, None)  # a stops, and so does its server
+            a_running = None
+            wait_until(lambda: second.pid is not None and second.ready, timeout=120,
+                       interval=0.2, what="b to launch its own server")
+            out = c.chat.completions.create(model="launched", messages=MSG, max_tokens=2)
+            assert out.choices[0].message.content
+    finally:
+        if a_running is not None:
+            a_running.__exit__(None, None, None)
