@@ -4,13 +4,16 @@ relays, at 1 and 32 concurrent streams, with the chunks sent in one burst and wi
 ``--spacing-ms`` between them.
 
     python bench/streaming.py [--seconds 8] [--spacing-ms 5] [--portkey DIR] [--json out.json]
+        [--tree DIR ...] [--rounds N] [--cells burst,spaced] [--calls N]
 
 The relays, each one process pinned to CPU 0 (the upstream and the load generator share
 CPU 1):
 
-- ``switchyard``: ``switchyard serve`` of the current directory, configured as
-  ``overhead.py``'s (accounting on: pricing, energy, SQLite ledger, metrics; ``EXTRA_CONFIG``
-  appended), the client asking for usage (``stream_options``);
+- ``switchyard``: ``switchyard serve`` of this checkout, configured as ``overhead.py``'s
+  (accounting on: pricing, energy, SQLite ledger, metrics; ``EXTRA_CONFIG`` appended), the
+  client asking for usage (``stream_options``); with ``--tree DIR`` (repeatable) one such
+  relay per checkout (``git worktree add /tmp/before REV``), named by its directory, run
+  with this .venv, so a change is measured before and after in one sitting;
 - ``raw``: uvicorn + Starlette + aiohttp passing the upstream's bytes through untouched
   (``--raw-relay PORT UPSTREAM_PORT`` runs it): the floor a Python relay can reach;
 - ``portkey``: Portkey's gateway (``npm install @portkey-ai/gateway@1.15.2`` into DIR),
@@ -23,6 +26,12 @@ to first token (the first content chunk) p50 and p99 and what the relay adds to 
 against direct at the same concurrency), and the relay's CPU per chunk (its process' user
 + system time over the cell / chunks relayed). A stream that ends without ``[DONE]`` or
 with fewer events than the answer has is an error and makes the script exit 1.
+``--rounds N`` measures every cell N times, the relays in turn each time (alternating).
+
+``--calls N`` measures instead the Python function calls per chunk of each Switchyard
+tree: its gateway under cProfile relays N and then 3N bursts (8 at a time), and the
+difference over 2N streams' chunks is the relay's own, start-up and shutdown left out.
+Unlike streams/s or CPU time the count does not move with the machine's load.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import argparse
 import contextlib
 import json
 import os
+import pstats
 import shutil
 import subprocess
 import sys
@@ -95,15 +105,16 @@ def raw_relay(port: int, up_port: int) -> None:
 CLIENT = r"""
 import asyncio, json, sys, time, aiohttp
 url, conns, seconds, headers, body = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5].encode()
-EVENTS = int(sys.argv[6])
+EVENTS, LIMIT = int(sys.argv[6]), int(sys.argv[7])  # LIMIT: streams to start (0: no limit)
 async def main():
-    ttft = []; done = 0; chunks = 0; errors = []
+    ttft = []; done = 0; chunks = 0; errors = []; started = 0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                      timeout=aiohttp.ClientTimeout(60)) as s:
         end = time.perf_counter() + seconds
         async def worker():
-            nonlocal done, chunks
-            while time.perf_counter() < end:
+            nonlocal done, chunks, started
+            while time.perf_counter() < end and (not LIMIT or started < LIMIT):
+                started += 1
                 t0 = time.perf_counter(); first = None; n = 0; tail = b""
                 try:
                     async with s.post(url, data=body, headers=headers) as r:
@@ -133,12 +144,12 @@ asyncio.run(main())
 
 
 def load(url: str, conns: int, seconds: float, pid: int | None,
-         headers: dict[str, str] | None = None) -> dict[str, Any]:
+         headers: dict[str, str] | None = None, limit: int = 0) -> dict[str, Any]:
     c0 = cpu_s(pid) if pid else 0.0
     out = subprocess.run(
         [*pin(1), PY, "-c", CLIENT, url, str(conns), str(seconds),
          json.dumps({"content-type": "application/json", "authorization": "Bearer sk-bench",
-                     **(headers or {})}), BODY.decode(), str(EVENTS)],
+                     **(headers or {})}), BODY.decode(), str(EVENTS), str(limit)],
         capture_output=True, text=True, check=True).stdout
     r: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     if pid and r["chunks"]:
@@ -146,19 +157,33 @@ def load(url: str, conns: int, seconds: float, pid: int | None,
     return r
 
 
-def start_relays(up_port: int, tmp: Path, portkey: str | None,
+def gateway(tree: Path, cfg: Path, port: int, prefix: tuple[str, ...] = ()
+            ) -> subprocess.Popen[bytes]:
+    """``switchyard serve`` of ``tree`` (its own code first on the path) on CPU 0."""
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONPATH": os.pathsep.join(
+        x for x in (str(tree), os.environ.get("PYTHONPATH", "")) if x)}
+    return subprocess.Popen([*pin(0), PY, *prefix, "-m", "gateway.cli", "serve", "--config",
+                             str(cfg), "--port", str(port)], cwd=tree, env=env)
+
+
+def relay_names(trees: list[Path]) -> list[str]:
+    return ["switchyard"] if len(trees) == 1 else [f"sy:{t.name}" for t in trees]
+
+
+def start_relays(up_port: int, tmp: Path, portkey: str | None, trees: list[Path],
                  procs: list[subprocess.Popen[bytes]],
                  ) -> dict[str, tuple[subprocess.Popen[bytes], str, dict[str, str]]]:
     """Start the relays (each appended to ``procs`` at once, so a failed start stops
     them all) and wait until they listen."""
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    cfg = tmp / "gw.yaml"
-    cfg.write_text(gateway_config(up_port, "sqlite", tmp / "ledger.sqlite3"))
     relays: dict[str, tuple[subprocess.Popen[bytes], str, dict[str, str]]] = {}
-    port = free_port()
-    relays["switchyard"] = (subprocess.Popen(
-        [*pin(0), PY, "-m", "gateway.cli", "serve", "--config", str(cfg), "--port", str(port)],
-        env=env), f"http://127.0.0.1:{port}/v1/chat/completions", {})
+    for i, (tree, name) in enumerate(zip(trees, relay_names(trees), strict=True)):
+        cfg = tmp / f"gw{i}.yaml"
+        cfg.write_text(gateway_config(up_port, "sqlite", tmp / f"ledger{i}.sqlite3"))
+        port = free_port()
+        p = gateway(tree, cfg, port)
+        procs.append(p)
+        relays[name] = (p, f"http://127.0.0.1:{port}/v1/chat/completions", {})
     port = free_port()
     relays["raw"] = (subprocess.Popen(
         [*pin(0), PY, str(Path(__file__).resolve()), "--raw-relay", str(port), str(up_port)]),
@@ -172,36 +197,85 @@ def start_relays(up_port: int, tmp: Path, portkey: str | None,
             f"http://127.0.0.1:{port}/v1/chat/completions",
             {"x-portkey-provider": "openai",
              "x-portkey-custom-host": f"http://127.0.0.1:{up_port}/v1"})
-    procs += [p for p, _, _ in relays.values()]
+    procs += [p for p, _, _ in relays.values() if p not in procs]
     for _, url, _ in relays.values():
         wait_port(int(url.split(":")[2].split("/")[0]))
     time.sleep(1)
     return relays
 
 
+def upstream(port: int, spacing_ms: float) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([*pin(1), PY, str(HERE / "upstream.py"), str(port),
+                             "--stream-chunks", str(CHUNKS), "--stream-interval-ms",
+                             str(spacing_ms)])
+
+
 def cells(args: argparse.Namespace, spacing_ms: float) -> list[dict[str, Any]]:
     up_port = free_port()
     tmp = Path(tempfile.mkdtemp())
-    procs = [subprocess.Popen([*pin(1), PY, str(HERE / "upstream.py"), str(up_port),
-                               "--stream-chunks", str(CHUNKS),
-                               "--stream-interval-ms", str(spacing_ms)])]
+    procs = [upstream(up_port, spacing_ms)]
     rows = []
     try:
         wait_port(up_port)
-        relays = start_relays(up_port, tmp, args.portkey, procs)
+        relays = start_relays(up_port, tmp, args.portkey, args.tree, procs)
         for conns in (1, 32):
-            direct = load(f"http://127.0.0.1:{up_port}/v1/chat/completions", conns,
-                          args.seconds, None)
-            rows.append({"spacing_ms": spacing_ms, "conns": conns, "via": "direct", **direct})
-            for name, (p, url, headers) in relays.items():
-                load(url, conns, 1.0, None, headers)  # warm up
-                r = load(url, conns, args.seconds, p.pid, headers)
-                r["ttft_added_ms"] = r["ttft_p50_ms"] - direct["ttft_p50_ms"]
-                rows.append({"spacing_ms": spacing_ms, "conns": conns, "via": name, **r})
+            for n in range(args.rounds):
+                direct = load(f"http://127.0.0.1:{up_port}/v1/chat/completions", conns,
+                              args.seconds, None)
+                rows.append({"spacing_ms": spacing_ms, "conns": conns, "round": n,
+                             "via": "direct", "load": os.getloadavg()[0], **direct})
+                for name, (p, url, headers) in relays.items():
+                    if n == 0:
+                        load(url, conns, 1.0, None, headers)  # warm up
+                    r = load(url, conns, args.seconds, p.pid, headers)
+                    r["ttft_added_ms"] = r["ttft_p50_ms"] - direct["ttft_p50_ms"]
+                    rows.append({"spacing_ms": spacing_ms, "conns": conns, "round": n,
+                                 "via": name, "load": os.getloadavg()[0], **r})
     finally:
         stop(procs)
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
+
+
+def calls(trees: list[Path], n: int) -> None:
+    """Python calls per chunk of each tree's gateway (cProfile; n and 3n bursts)."""
+    from calls_per_request import per_function
+
+    tmp = Path(tempfile.mkdtemp())
+    tables = []
+    for i, tree in enumerate(trees):
+        runs = []
+        for k, streams in enumerate((n, 3 * n)):
+            up_port, port = free_port(), free_port()
+            cfg, out = tmp / f"gw{i}-{k}.yaml", tmp / f"gw{i}-{k}.prof"
+            cfg.write_text(gateway_config(up_port, "sqlite", tmp / f"ledger{i}-{k}.sqlite3"))
+            procs = [upstream(up_port, 0.0)]
+            try:
+                procs.append(gateway(tree, cfg, port, ("-m", "cProfile", "-o", str(out))))
+                wait_port(up_port)
+                wait_port(port)
+                r = load(f"http://127.0.0.1:{port}/v1/chat/completions", 8, 600, None,
+                         limit=streams)
+                if r["errors"] or r["streams"] != streams:
+                    raise SystemExit(f"{tree}: {r['errors']} errors, first: {r['first_error']}")
+            finally:
+                stop(procs)
+            runs.append(pstats.Stats(str(out)))
+        chunks = 2 * n * EVENTS
+        total = (runs[1].total_calls - runs[0].total_calls) / chunks  # type: ignore[attr-defined]
+        print(f"{tree}: {total:.1f} Python calls per chunk, {total * EVENTS:.0f} per stream "
+              f"(runs of {n} and {3 * n} streams of {EVENTS} events, 8 at a time)")
+        one, three = per_function(runs[0], 1), per_function(runs[1], 1)
+        tables.append({k: (three.get(k, 0.0) - one.get(k, 0.0)) / chunks
+                       for k in set(one) | set(three)})
+    if len(tables) == 2:
+        a, b = tables
+        diff = {k: b.get(k, 0.0) - a.get(k, 0.0) for k in set(a) | set(b)}
+        print(f"calls per chunk, {trees[1]} minus {trees[0]}:")
+        for name in sorted(diff, key=lambda k: -abs(diff[k]))[:25]:
+            if abs(diff[name]) >= 0.01:
+                print(f"{diff[name]:+8.2f}  {name}")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
@@ -214,20 +288,33 @@ def main() -> None:
     ap.add_argument("--spacing-ms", type=float, default=5.0,
                     help="between chunks in the spaced runs (5 ms: 200 tokens/s)")
     ap.add_argument("--portkey", metavar="DIR", help="where @portkey-ai/gateway is installed")
+    ap.add_argument("--tree", type=Path, action="append",
+                    help="a Switchyard checkout to measure (repeatable; default: this one)")
+    ap.add_argument("--rounds", type=int, default=1, help="measure each cell N times")
+    ap.add_argument("--cells", default="burst,spaced", help="burst, spaced or both")
+    ap.add_argument("--calls", type=int, metavar="N",
+                    help="count Python calls per chunk instead (N and 3N streams)")
     ap.add_argument("--json")
     args = ap.parse_args()
-    rows = cells(args, 0.0) + cells(args, args.spacing_ms)
+    args.tree = [t.resolve() for t in args.tree or [HERE.parent]]
     print(header())
+    if args.calls:
+        calls(args.tree, args.calls)
+        return
+    kinds = args.cells.split(",")
+    rows = ((cells(args, 0.0) if "burst" in kinds else [])
+            + (cells(args, args.spacing_ms) if "spaced" in kinds else []))
     print(f"streams of {EVENTS} events ({CHUNKS} content chunks); relays on CPU 0, upstream "
           f"and client on CPU 1; {args.seconds:g} s per cell")
-    print(f"{'spacing':>8} {'conns':>5} {'via':>11} {'streams/s':>10} {'chunks/s':>10} "
-          f"{'TTFT p50':>9} {'p99':>8} {'TTFT added':>11} {'CPU/chunk':>10} {'errors':>7}")
+    print(f"{'spacing':>8} {'conns':>5} {'via':>14} {'streams/s':>10} {'chunks/s':>10} "
+          f"{'TTFT p50':>9} {'p99':>8} {'TTFT added':>11} {'CPU/chunk':>10} {'errors':>7} "
+          f"{'load':>5}")
     for r in rows:
         cpu = f"{r['cpu_us_per_chunk']:.1f} us" if "cpu_us_per_chunk" in r else "-"
         added = f"{r['ttft_added_ms']:.2f} ms" if "ttft_added_ms" in r else "-"
-        print(f"{r['spacing_ms']:>6g}ms {r['conns']:>5} {r['via']:>11} {r['streams_s']:>10.1f} "
+        print(f"{r['spacing_ms']:>6g}ms {r['conns']:>5} {r['via']:>14} {r['streams_s']:>10.1f} "
               f"{r['chunks_s']:>10.0f} {r['ttft_p50_ms']:>6.2f} ms {r['ttft_p99_ms']:>5.1f} ms "
-              f"{added:>11} {cpu:>10} {r['errors']:>7}")
+              f"{added:>11} {cpu:>10} {r['errors']:>7} {r['load']:>5.1f}")
     for r in rows:
         if r["errors"]:
             print(f"FAIL: {r['via']} at {r['conns']} streams, spacing {r['spacing_ms']:g} ms: "

@@ -90,6 +90,8 @@ from gateway.pipeline.context import RequestContext
 from gateway.pipeline.exchange import Exchange
 from gateway.predict import PredictOptions, estimate, evaluate
 from gateway.protocol import has_content, usage_chunk
+from gateway.sse import SSEFrames
+from gateway.sse import chunks as sse_chunks
 from gateway.state import (
     KeyRecord,
     Limit,
@@ -175,6 +177,7 @@ __all__ = [
     "Reserved",
     "RoutingPolicy",
     "SQLiteLedger",
+    "SSEFrames",
     "ServerNotReady",
     "ServiceUnavailable",
     "Settled",
@@ -197,5 +200,6 @@ __all__ = [
     "has_content",
     "hookimpl",
     "host_port",
+    "sse_chunks",
     "usage_chunk",
 ]

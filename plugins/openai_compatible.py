@@ -2,12 +2,13 @@
 
 The hot path uses aiohttp directly: at 32 concurrent requests a shared httpx.AsyncClient
 tops out far lower on this hardware (encode/httpx#3215; figures in bench/README.md).
-Streams are relayed line by line as they arrive, never buffered.
+Streams are relayed as they arrive, never buffered: as blocks of whole events
+(``stream_sse``, which the relay passes on untouched), or parsed (``stream``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -27,8 +28,10 @@ from gateway import (
     InvalidRequest,
     Meter,
     RegisterBackend,
+    SSEFrames,
     Usage,
     hookimpl,
+    sse_chunks,
 )
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
@@ -98,6 +101,12 @@ class OpenAICompatibleBackend(BaseBackend):
         self._stream_timeout = aiohttp.ClientTimeout(
             total=t.total_s, sock_connect=t.connect_s, sock_read=t.first_token_s
         )
+        # The relay takes the upstream's events as bytes (``stream_sse``): a subclass that
+        # changes ``stream`` (vLLM maps its errors there) keeps it until it changes this too.
+        own = type(self).stream is OpenAICompatibleBackend.stream
+        self.stream_sse: Callable[[BackendCall, Meter], AsyncIterator[bytes]] | None = (
+            self._stream_sse if own or type(self)._stream_sse is not OpenAICompatibleBackend._stream_sse
+            else None)
 
     def _url(self, call: BackendCall) -> str:
         return self.base_url + _PATHS[call.endpoint]
@@ -126,8 +135,19 @@ class OpenAICompatibleBackend(BaseBackend):
         return BackendResult(body, usage)
 
     async def stream(self, call: BackendCall, meter: Meter) -> AsyncIterator[dict[str, Any]]:
+        async for block in self._stream_sse(call, meter):
+            for chunk in sse_chunks(block):
+                if chunk.get("usage"):
+                    meter.usage = Usage.from_openai(chunk["usage"])
+                yield chunk
+
+    async def _stream_sse(self, call: BackendCall, meter: Meter) -> AsyncIterator[bytes]:
+        """The upstream's events as they arrive, in blocks of whole canonical events
+        (``gateway.SSEFrames``), up to ``[DONE]``; an error event raises. Its deadline is
+        the HTTP client's (``total_s``, and ``first_token_s`` between reads)."""
         data = orjson.dumps(call.body)
         meter.bytes_sent += len(data)
+        frames = SSEFrames()
         try:
             async with self.context.http().post(
                 self._url(call), data=data, headers=self._headers, timeout=self._stream_timeout
@@ -136,26 +156,26 @@ class OpenAICompatibleBackend(BaseBackend):
                     raw = await resp.read()
                     meter.bytes_received += len(raw)
                     raise upstream_error(resp.status, raw, self.name, resp.headers, self._secrets)
-                async for line in resp.content:
-                    meter.bytes_received += len(line)
-                    if not line.startswith(b"data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == b"[DONE]":
+                reads = resp.content.iter_any()
+                async for read in reads:
+                    meter.bytes_received += len(read)
+                    block = frames.feed(read)
+                    if block:
+                        yield block
+                    if frames.done or frames.error is not None:
                         break
-                    try:
-                        chunk = orjson.loads(payload)
-                    except orjson.JSONDecodeError:
-                        raise BackendError(f"Backend '{self.name}' sent a malformed event.") from None
-                    if "error" in chunk and "choices" not in chunk:
-                        err = chunk["error"]
-                        msg = str(err.get("message") if isinstance(err, dict) else err)
-                        for secret in self._secrets:
-                            msg = msg.replace(secret, "***")
-                        raise BackendError(f"Backend '{self.name}' failed mid-stream: {msg}")
-                    if chunk.get("usage"):
-                        meter.usage = Usage.from_openai(chunk["usage"])
-                    yield chunk
+                else:
+                    block = frames.close()
+                    if block:
+                        yield block
+                if frames.error is not None:
+                    err = frames.error["error"]
+                    msg = str(err.get("message") if isinstance(err, dict) else err)
+                    for secret in self._secrets:
+                        msg = msg.replace(secret, "***")
+                    raise BackendError(f"Backend '{self.name}' failed mid-stream: {msg}")
+        except ValueError:  # a line that is not a JSON object (orjson's error is one)
+            raise BackendError(f"Backend '{self.name}' sent a malformed event.") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as e:
             raise transport_error(self.name, e) from None
 

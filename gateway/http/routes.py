@@ -19,7 +19,6 @@ from gateway.errors import (
     RequestTimeout,
     SwitchyardError,
 )
-from gateway.http.coalesce import coalesced
 from gateway.http.server import TIMED_OUT
 from gateway.interfaces import Endpoint
 from gateway.pipeline.context import RequestContext
@@ -114,7 +113,7 @@ async def inference(request: Request, endpoint: Endpoint) -> Response:
                 headers.update(rec.compress_headers())
             if rec.decision is not None and "cascade" in rec.decision:
                 headers["x-switchyard-cascade"] = rec.cascade_header()
-            return StreamingResponse(coalesced(it), media_type="text/event-stream",
+            return StreamingResponse(it, media_type="text/event-stream",
                                      headers=headers)
         out, rec = await gw.complete(endpoint, body, ctx, req)
         return json_response(out, headers=rec.headers())

@@ -126,11 +126,12 @@ def _choice(choice: dict[str, Any], chat: bool, pieces: list[int] | None) -> lis
 async def replay(answer: dict[str, Any], endpoint: Endpoint, pieces: list[int] | None,
                  want_usage: bool) -> AsyncIterator[bytes]:
     """``answer`` as server-sent events, ending like a backend's stream; the usage chunk
-    when the client asked for it (``stream_options.include_usage``)."""
+    when the client asked for it (``stream_options.include_usage``). All of it is at hand:
+    it goes out in one write."""
     out = chunks(answer, endpoint, pieces)
-    for c in out:
-        yield sse(c)
+    events = [sse(c) for c in out]
     if want_usage:
         usage = Usage.from_openai(answer.get("usage")) or Usage()
-        yield sse(usage_chunk(out[-1], usage))
-    yield DONE
+        events.append(sse(usage_chunk(out[-1], usage)))
+    events.append(DONE)
+    yield b"".join(events)

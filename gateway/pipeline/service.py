@@ -124,7 +124,7 @@ class Gateway:
         """Relay the stream while assembling it; a stream that ended normally is stored."""
         asm = Assembler()
         relay.tap = asm.add
-        events = relay.events()
+        events = relay.stream()
         try:
             async for event in events:
                 yield event
@@ -161,7 +161,7 @@ class Gateway:
             return replay(held, endpoint, x.pieces, want_usage), x.record
         assert relay is not None
         if self.cache_store is None:
-            return relay.events(), x.record
+            return relay.stream(), x.record
         return self._storing(x, relay), x.record
 
     def reject(self, endpoint: Endpoint, requested: Any, ctx: RequestContext,

@@ -139,8 +139,9 @@ class World:
 
         async def go() -> tuple[list[Any], Any]:
             it, rec = await self.gw.stream("chat", b, RequestContext(request_id=rid))
-            events = [e async for e in it]
-            return [orjson.loads(e[6:]) for e in events if e != b"data: [DONE]\n\n"], rec
+            body = b"".join([e async for e in it])  # the writes may join several events
+            events = body.removesuffix(b"\n\n").split(b"\n\n")
+            return [orjson.loads(e[6:]) for e in events if e != b"data: [DONE]"], rec
 
         return asyncio.run(go())
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.http.coalesce import MAX_EVENTS, coalesced
+from gateway.pipeline.coalesce import MAX_EVENTS, coalesced
 
 
 def _events(n: int) -> list[bytes]:

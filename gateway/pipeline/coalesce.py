@@ -1,12 +1,16 @@
-"""Fewer writes for a stream that arrives in bursts.
+"""Fewer writes for a stream of chunk dicts that arrives in bursts.
 
-A streaming response sends one ASGI message per event, and each message goes down
+A streaming response sends one ASGI message per item, and each message goes down
 Starlette's and uvicorn's send path (a few coroutine frames and a socket write): at a
 few hundred events a stream, that path costs more than the relay's own work. ``coalesced``
 runs the event iterator in a task of its own and hands the response everything that task
 produced since the last send, joined: a burst (a backend that sends its answer faster than
-the client reads, a replayed cache hit) goes out in a few writes, and a paced stream still
-goes out one event at a time, each as soon as it is made (no timer, no added wait).
+the client reads) goes out in a few writes, and a paced stream still goes out one event at
+a time, each as soon as it is made (no timer, no added wait).
+
+The relay uses it for backends that yield one chunk dict at a time; a backend with
+``stream_sse`` already hands over blocks of the events that arrived together, and a task
+per stream would only add a hop per block (``gateway.pipeline.relay``).
 
 The event iterator keeps its own semantics: it runs to its end (its ``finally`` included:
 the relay settles there) before the response ends; a client that goes away cancels it.
