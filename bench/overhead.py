@@ -3,7 +3,8 @@ hitting that upstream directly, at 1 and 32 concurrent connections.
 
 Reports requests/s (2xx responses only), the latency the gateway adds (p50, p99) and the
 gateway process' CPU time per request (user + system over the cell: steadier than requests/s
-on a machine other work shares). The gateway runs as one worker process pinned to CPU 0
+on a machine other work shares), and how much of it ran off the event loop's thread ("off
+loop": the ledger's writer thread, mostly). The gateway runs as one worker process pinned to CPU 0
 with all its accounting on (pricing, energy profile, SQLite ledger, Prometheus metrics); the
 upstream and the load generator (wrk, or a Python client where wrk is missing) share CPU 1.
 
@@ -21,6 +22,7 @@ figure with errors in it is not a figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -82,10 +84,22 @@ def pin(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)] if shutil.which("taskset") and os.cpu_count() and os.cpu_count() > 1 else []  # type: ignore[operator]
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds ``pid`` has used (its utime and stime in /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_s(pid: int, task: str = "") -> float:
+    """User + system CPU seconds ``pid`` (or its ``/task/TID``) has used (utime and stime
+    in /proc)."""
+    fields = Path(f"/proc/{pid}{task}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def threads_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid``'s threads other than the main one (the event loop's): the
+    ledger's writer thread, and any ``to_thread`` work."""
+    total = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        if int(tid) != pid:
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                total += cpu_s(pid, f"/task/{tid}")
+    return total
 
 
 def run_wrk(url: str, conns: int, seconds: int, key: str = "") -> dict[str, float]:
@@ -222,13 +236,16 @@ def main() -> None:
         for conns in (1, 32):
             load(f"http://127.0.0.1:{gw_port}/v1/chat/completions", conns, 2, key)  # warm up
             direct = load(f"http://127.0.0.1:{up_port}/v1/chat/completions", conns, args.seconds)
-            c0 = cpu_s(procs[1].pid)
+            c0, t0 = cpu_s(procs[1].pid), threads_cpu_s(procs[1].pid)
             via = load(f"http://127.0.0.1:{gw_port}/v1/chat/completions", conns, args.seconds, key)
-            cpu_us = (cpu_s(procs[1].pid) - c0) / max(1, via["ok"] + via["non2xx"]) * 1e6
+            served = max(1, via["ok"] + via["non2xx"])
+            cpu_us = (cpu_s(procs[1].pid) - c0) / served * 1e6
+            off_loop_us = (threads_cpu_s(procs[1].pid) - t0) / served * 1e6
             rows.append({"connections": conns, "direct": direct, "gateway": via,
                          "added_p50_ms": via["p50_ms"] - direct["p50_ms"],
                          "added_p99_ms": via["p99_ms"] - direct["p99_ms"],
-                         "gateway_cpu_us_per_request": cpu_us})
+                         "gateway_cpu_us_per_request": cpu_us,
+                         "gateway_other_threads_cpu_us_per_request": off_loop_us})
         print(header())
         print(f"load generator: {load.__name__[4:]}; gateway: 1 process on CPU 0, accounting on"
               f"{', ledger off' if args.no_ledger else ''}"
@@ -237,11 +254,13 @@ def main() -> None:
               f"{(' (Redis state)' if args.redis else ' (in-process state)') if args.budget else ''}"
               f"; {args.seconds} s per cell; requests/s counts 2xx responses only")
         print(f"{'conns':>5} {'direct rps':>11} {'gateway rps':>12} {'added p50 ms':>13} "
-              f"{'added p99 ms':>13} {'gw CPU us/req':>14} {'non-2xx':>8} {'sock err':>9}")
+              f"{'added p99 ms':>13} {'gw CPU us/req':>14} {'off loop':>9} {'non-2xx':>8} "
+              f"{'sock err':>9}")
         for r in rows:
             print(f"{r['connections']:>5} {r['direct']['rps']:>11.0f} {r['gateway']['rps']:>12.0f} "
                   f"{r['added_p50_ms']:>13.3f} {r['added_p99_ms']:>13.3f} "
                   f"{r['gateway_cpu_us_per_request']:>14.0f} "
+                  f"{r['gateway_other_threads_cpu_us_per_request']:>9.0f} "
                   f"{r['gateway']['non2xx']:>8} {r['gateway']['socket_errors']:>9}")
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -145,3 +145,32 @@ def test_past_the_buffer_new_records_are_dropped_and_counted(pg_admin_url: str) 
                what="20 records held, 15 dropped")
     ledger.close()  # one last try, then what it held is given up, and counted
     assert ledger.dropped == 35 and ledger.buffered == 0
+
+
+def _terminate_writer(url: str) -> int:
+    """Ends the ledger writer's server session, as a PostgreSQL restart or a failover ends
+    its clients' connections; returns how many it ended."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'switchyard-ledger' AND datname = current_database()"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
+def test_a_dropped_connection_loses_no_record_and_counts_none_twice(pg_url: str) -> None:
+    ledger = _started(PostgresLedger(pg_url, flush_interval_s=0.01))
+    try:
+        for cut in range(3):  # the connection ends while batches are on their way
+            for i in range(100 * cut, 100 * (cut + 1)):
+                ledger.write(_record(i))
+            assert _terminate_writer(pg_url) == 1
+            wait_until(lambda: ledger.buffered == 0, timeout=60, what="the held records written")
+    finally:
+        ledger.close()
+    assert ledger.dropped == 0
+    assert ledger.query("SELECT COUNT(*) AS n, COUNT(DISTINCT request_id) AS ids, "
+                        "SUM(cost_usd) AS usd FROM requests") == [{"n": 300, "ids": 300,
+                                                                   "usd": 75.0}]
+    assert ledger.query("SELECT SUM(calls) AS calls, SUM(cost_usd) AS usd FROM requests_daily"
+                        ) == [{"calls": 300, "usd": 75.0}]
