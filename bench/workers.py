@@ -11,7 +11,7 @@ virtual key on every request (auth, an rpm/tpm limit and a budget reservation in
 store).
 
     python bench/workers.py [--seconds 8] [--rounds 3] [--budget] [--json out.json]
-        [--configs 1:memory,1:sqlite,2:sqlite]
+        [--configs 1:memory,1:sqlite,2:sqlite] [--nice -10]
 
 Reports, per configuration: requests/s (median and range over the rounds; 2xx only, and any
 other response fails the run as in overhead.py), the gateway's CPU per request (all its
@@ -38,11 +38,10 @@ HERE = Path(__file__).resolve().parent
 overhead.pin = lambda cpu: []  # type: ignore[assignment]  # the load generator shares the cores
 
 
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds of ``pid`` and its children (a supervisor and its workers)."""
-    total = overhead.cpu_s(pid)
+def tree_cpu_s(pid: int) -> list[float]:
+    """CPU seconds of ``pid`` and of each of its children (a supervisor and its workers)."""
     kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return total + sum(overhead.cpu_s(int(k)) for k in kids)
+    return [overhead.cpu_s(pid)] + [overhead.cpu_s(int(k)) for k in kids]
 
 
 def start(up_port: int, tmp: Path, workers: int, state: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -67,8 +66,13 @@ def main() -> None:
     ap.add_argument("--budget", action="store_true", help="a team's virtual key on every request")
     ap.add_argument("--configs", default="1:memory,1:sqlite,2:sqlite",
                     help="WORKERS:STATE, comma-separated; the first is the baseline")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="run everything (gateways, upstream, wrk) at this niceness; negative "
+                    "(as root) lets the benchmark have the cores on a machine others load")
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.nice:
+        os.nice(args.nice)  # every process started below inherits it
     configs = [(int(w), s) for w, s in (c.split(":") for c in args.configs.split(","))]
     tmp = Path(tempfile.mkdtemp())
     up_port = free_port()
@@ -90,22 +94,27 @@ def main() -> None:
                     keys[port])
         cells: dict[str, list[dict[str, float]]] = {f"{w}:{s}": [] for w, s, _, _ in gateways}
         print(header())
-        print(f"wrk -t1 -c{args.connections}, {args.seconds} s per cell, nothing pinned; "
+        print(f"wrk -t1 -c{args.connections}, {args.seconds} s per cell, nothing pinned, "
+              f"niceness {os.nice(0)}; "
               f"{'virtual key + team budget + rpm/tpm' if args.budget else 'no key'}; "
               "requests/s counts 2xx only", flush=True)
         for r in range(args.rounds):
             for workers, state, proc, port in gateways:
                 load = os.getloadavg()[0]
-                c0 = tree_cpu_s(proc.pid)
+                c0, t0 = tree_cpu_s(proc.pid), time.monotonic()
                 res = run_wrk(f"http://127.0.0.1:{port}/v1/chat/completions",
                               args.connections, args.seconds, keys[port])
+                used = [b - a for a, b in zip(c0, tree_cpu_s(proc.pid), strict=True)]
                 served = max(1, res["ok"] + res["non2xx"])
-                res["cpu_us"] = (tree_cpu_s(proc.pid) - c0) / served * 1e6
+                res["cpu_us"] = sum(used) / served * 1e6
+                res["cores"] = sum(used) / (time.monotonic() - t0)  # of the gateway's processes
                 res["load"] = load
                 cells[f"{workers}:{state}"].append(res)
+                shares = "/".join(f"{u / (sum(used) or 1):.0%}" for u in used[1:]) or "-"
                 print(f"round {r + 1}: {workers} worker(s), {state:>6} state: "
                       f"{res['rps']:7.0f} req/s, p50 {res['p50_ms']:6.2f} ms, "
-                      f"CPU {res['cpu_us']:5.0f} us/req, load average {load:.1f}"
+                      f"CPU {res['cpu_us']:5.0f} us/req, {res['cores']:.2f} cores "
+                      f"(workers' shares {shares}), load average {load:.1f}"
                       f"{', NON-2XX ' + str(res['non2xx']) if res['non2xx'] else ''}"
                       f"{', SOCKET ERRORS ' + str(res['socket_errors']) if res['socket_errors'] else ''}",
                       flush=True)
