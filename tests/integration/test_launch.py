@@ -63,6 +63,8 @@ def test_a_launched_llama_cpp_server_is_supervised(
             sdk(gw.url, timeout=120) as c:
         launcher = gw.app.state.gateway.backends["launched"].launcher
         # loading: out of routing at once, while the embedded model serves
+        wait_until(lambda: health(gw.url, "launched")["probe_ok"] is not None, timeout=5,
+                   what="the first health check")
         assert health(gw.url, "launched")["probe_ok"] is False
         with pytest.raises(Exception) as e:
             c.chat.completions.create(model="launched", messages=MSG, max_tokens=4)

@@ -124,7 +124,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         with gateway(tmp, vllm, typo, llama, routes=routes,
                      health={"probe_interval_s": 1}) as gw, sdk(gw.url, timeout=120) as client:
             t0 = time.monotonic()
-            loading = dict(httpx.get(gw.url + "/readyz").json()["backends"]["vllm"])
+            # the first health check runs as the gateway starts: vLLM takes far longer
+            loading = wait_until(
+                lambda: (h := httpx.get(gw.url + "/readyz").json()["backends"]["vllm"])
+                ["probe_ok"] is not None and dict(h), timeout=10, what="a first health check")
             launcher = gw.app.state.gateway.backends["vllm"].launcher
             try:
                 wait_until(lambda: httpx.get(gw.url + "/readyz").json()["backends"]["vllm"]

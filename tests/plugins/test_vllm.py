@@ -185,3 +185,23 @@ async def test_errors_are_vllms(tmp_path: Path) -> None:
                                                                    "content": "hi"}])
             assert e.value.status_code == 502
             assert "`no/such-model` does not exist" in e.value.body["message"]
+
+
+def test_the_launch_command_line() -> None:
+    from pydantic import ValidationError
+
+    from plugins.vllm import launch_argv
+
+    cfg = VLLMConfig(name="gpu", plugin="vllm", base_url="http://127.0.0.1:8123/v1",
+                     model="llama-8b", launch={"model": "/models/llama", "python": "/opt/v/python",
+                                               "args": ["--max-model-len", "8192"]})
+    assert launch_argv(cfg) == [
+        "/opt/v/python", "-m", "vllm.entrypoints.openai.api_server", "--model", "/models/llama",
+        "--served-model-name", "llama-8b", "--host", "127.0.0.1", "--port", "8123",
+        "--max-model-len", "8192"]
+    with pytest.raises(ValidationError, match="needs a host and a port"):
+        VLLMConfig(name="gpu", plugin="vllm", base_url="http://gpu.internal/v1", model="m",
+                   launch={})
+    with pytest.raises(ValidationError, match="launch.ready_timeout_s"):
+        VLLMConfig(name="gpu", plugin="vllm", base_url="http://127.0.0.1:1/v1", model="m",
+                   launch={"ready_timeout_s": 0})
