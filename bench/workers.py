@@ -44,6 +44,15 @@ def tree_cpu_s(pid: int) -> list[float]:
     return [overhead.cpu_s(pid)] + [overhead.cpu_s(int(k)) for k in kids]
 
 
+def set_autogroup_nice(nice: int) -> None:
+    """Linux's autogroup scheduling shares the cores between sessions first, so a process'
+    nice does not move its share against other sessions' work: set the session's too."""
+    try:
+        Path("/proc/self/autogroup").write_text(str(nice))
+    except OSError as e:
+        print(f"autogroup nice not set ({e.strerror})", file=sys.stderr)
+
+
 def start(up_port: int, tmp: Path, workers: int, state: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     d = tmp / f"w{workers}-{state}"
@@ -67,12 +76,14 @@ def main() -> None:
     ap.add_argument("--configs", default="1:memory,1:sqlite,2:sqlite",
                     help="WORKERS:STATE, comma-separated; the first is the baseline")
     ap.add_argument("--nice", type=int, default=0,
-                    help="run everything (gateways, upstream, wrk) at this niceness; negative "
-                    "(as root) lets the benchmark have the cores on a machine others load")
+                    help="run everything (gateways, upstream, wrk) at this niceness, and this "
+                    "session's autogroup; negative (as root) lets the benchmark have the cores "
+                    "on a machine others load")
     ap.add_argument("--json")
     args = ap.parse_args()
     if args.nice:
         os.nice(args.nice)  # every process started below inherits it
+        set_autogroup_nice(args.nice)
     configs = [(int(w), s) for w, s in (c.split(":") for c in args.configs.split(","))]
     tmp = Path(tempfile.mkdtemp())
     up_port = free_port()
@@ -137,6 +148,8 @@ def main() -> None:
         status = 1 if bad else 0
     finally:
         stop(procs)
+        if args.nice:
+            set_autogroup_nice(0)
     sys.exit(status)
 
 
