@@ -33,7 +33,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
@@ -67,7 +67,6 @@ class _Worker:
     index: int
     pid: int
     ready: bool = False
-    started_at: float = field(default_factory=time.monotonic)
 
 
 ServeWorker = Callable[[socket.socket, Callable[[], None]], int]
@@ -124,6 +123,8 @@ class Supervisor:
             code = self.serve(self._listener(), notify)
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
+        except KeyboardInterrupt:  # Ctrl-C while it was starting: the parent stops too
+            code = 130
         except BaseException:  # a worker reports and exits, never returns
             log.exception("worker %d failed", index)
         finally:
