@@ -1,10 +1,11 @@
 """Shared state behind one small Protocol: teams, virtual keys, budgets, rate limits, the
 backends some replica has found down, and the backends an operator drained.
 
-Two implementations are registered as plugins through ``switchyard_register_state_stores``:
-``memory`` (in-process, the embedded default) and ``redis`` (several gateway replicas; every
-read-modify-write is one Lua script, so N replicas behave as one). The contract tests in
-``tests/plugins/test_state_contract.py`` run against both.
+Three implementations are registered as plugins through ``switchyard_register_state_stores``:
+``memory`` (in-process, the embedded default), ``sqlite`` (the workers of one host, ``serve
+--workers N``: one file, every read-modify-write one transaction) and ``redis`` (several
+gateway replicas; every read-modify-write is one Lua script, so N replicas behave as one).
+The contract tests in ``tests/plugins/test_state_contract.py`` run against all three.
 
 Money is in integer nano-dollars (``gateway.budgets``). A store raises ``StateUnavailable``
 when it cannot be reached; the gateway decides what that means (``state.failure_mode``).
