@@ -5,7 +5,13 @@ and L2 norm in NumPy), without torch on the request path.
 The export is kept under ``~/.cache/switchyard/minilm-onnx/<hash of the model files>/``
 (``SWITCHYARD_CACHE_DIR`` moves the root), written to a temporary name and renamed, so
 processes starting together never read half a file. ``plugins.minilm.MiniLM`` uses this when
-``onnxruntime`` imports and the export works, and sentence-transformers otherwise."""
+``onnxruntime`` imports and the export works, and sentence-transformers otherwise.
+
+``distilled(path)``: a static table distilled from the model (model2vec's method): every
+vocabulary token run alone through the exported body, ``[CLS] token [SEP]``, its output
+mean-pooled; (vocabulary, dim) float32, computed once (about 15 s of CPU) and kept beside
+the export as ``distilled.npy``. A bag of these rows embeds a prompt with the tokenizer and
+a table look-up. The default embeddings (``OnnxMiniLM.encode``) do not use it."""
 
 from __future__ import annotations
 
@@ -89,6 +95,44 @@ def exported(path: Path) -> Path:
         export(path, dest)
         log.info("exported %s to %s in %.1f s", path, dest, time.perf_counter() - t0)
     return dest
+
+
+def _save_atomic(dest: Path, array: np.ndarray) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp.npy")
+    os.close(fd)
+    try:
+        np.save(tmp, array, allow_pickle=False)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def distilled(path: Path, batch: int = 1024) -> np.ndarray:
+    """The model's static table (see the module's doc), from the cache or computed now."""
+    dest = cache_root() / "minilm-onnx" / model_hash(path) / "distilled.npy"
+    if dest.exists():
+        table: np.ndarray = np.load(dest, allow_pickle=False)
+        return table
+    t0 = time.perf_counter()
+    model = OnnxMiniLM(path, threads=1)
+    size = model.tokenizer.get_vocab_size(with_added_tokens=True)
+    ends = [model.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]")]
+    if None in ends:
+        raise ValueError(f"{path}: the tokenizer has no [CLS]/[SEP] to distil with")
+    table = np.empty((size, model.dim), dtype=np.float32)
+    for start in range(0, size, batch):
+        ids = np.arange(start, min(size, start + batch), dtype=np.int64)
+        n = len(ids)
+        feed = {"input_ids": np.stack([np.full(n, ends[0]), ids, np.full(n, ends[1])], axis=1),
+                "attention_mask": np.ones((n, 3), dtype=np.int64),
+                "token_type_ids": np.zeros((n, 3), dtype=np.int64)}
+        table[ids] = np.asarray(model.session.run(None, feed)[0], dtype=np.float32).mean(axis=1)
+    _save_atomic(dest, table)
+    log.info("distilled a static table of %d tokens from %s in %.1f s", size, path,
+             time.perf_counter() - t0)
+    return table
 
 
 class OnnxMiniLM:

@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway import RegisterCommand, hookimpl
 from plugins.learn import data as datafile
+from plugins.learn.embed import EMBEDDERS
 from plugins.learn.files import ModelFileError
 
 
@@ -44,9 +45,10 @@ def _fail(e: Exception) -> int:
 def _kind(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=["auto", "knn", "logreg", "mf"], default="auto",
                    help="the predictor (auto: chosen by 5-fold cross-validation on the training data)")
-    p.add_argument("--embedder", choices=["minilm", "static"], default="minilm",
-                   help="prompt vectors: MiniLM sentence embeddings, or the static bag of its "
-                   "token embeddings (no forward pass on the request path)")
+    p.add_argument("--embedder", choices=list(EMBEDDERS), default="minilm",
+                   help="prompt vectors: MiniLM sentence embeddings; or, with no forward pass "
+                   "on the request path, a bag of its input token embeddings (static) or of "
+                   "its distilled static table (distilled)")
 
 
 def _params(kind: str, examples: int) -> tuple[str | None, dict[str, Any] | None]:
@@ -139,7 +141,8 @@ def run_train_router(args: argparse.Namespace) -> int:
         return _fail(e)
     if args.dump:
         to_jsonl(table, args.dump)
-    encoder = PromptEncoder.fit(args.embedder, table.prompts)
+    encoder = PromptEncoder.fit(args.embedder, table.prompts, disk_cache=True,
+                                cache=args.cache)
     X = encoder.encode(table.prompts, disk_cache=True, cache=args.cache)
     kind, params = _params(args.model, len(table))
     if kind is None:

@@ -115,7 +115,7 @@ def eval_router(train: Table, data: Table, *, kind: str | None = None,
                 log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     _same_models(train, data)
     log(f"embedding {len(train)} + {len(data)} prompts ({embedder})")
-    encoder = PromptEncoder.fit(embedder, train.prompts)
+    encoder = PromptEncoder.fit(embedder, train.prompts, disk_cache=True, cache=cache)
     X_tr = encoder.encode(train.prompts, disk_cache=True, cache=cache)
     X_te = encoder.encode(data.prompts, disk_cache=True, cache=cache)
     tried: list[dict[str, Any]] = []

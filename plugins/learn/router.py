@@ -119,8 +119,9 @@ class RouterModel:
         arrays = dict(arrays)
         for k, v in self.oof.items():
             arrays[f"oof.{k}"] = v
-        if self.encoder.idf is not None:
-            arrays["embed.idf"] = self.encoder.idf
+        for name in ("idf", "rows", "fitted"):
+            if (value := getattr(self.encoder, name)) is not None:
+                arrays[f"embed.{name}"] = value
         meta = {**self.meta, "models": self.models, "mean_cost_usd": self.mean_cost.tolist(),
                 "model": {"kind": self.predictor.kind, "params": params},
                 "features": {"prompt": self.encoder.kind, "from": EMBEDDER}}
@@ -134,7 +135,8 @@ class RouterModel:
             own = {k: v for k, v in arrays.items() if "." not in k}
             predictor = models.restore(spec["kind"], own, spec["params"])
             oof = {k[4:]: v for k, v in arrays.items() if k.startswith("oof.")}
-            encoder = PromptEncoder(meta["features"]["prompt"], arrays.get("embed.idf"))
+            encoder = PromptEncoder(meta["features"]["prompt"], arrays.get("embed.idf"),
+                                    arrays.get("embed.rows"), arrays.get("embed.fitted"))
             return cls(predictor, meta["models"], meta["mean_cost_usd"], meta, oof, encoder)
         except (KeyError, TypeError, ValueError) as e:
             raise files.ModelFileError(f"{path}: incomplete router model ({e})") from None

@@ -112,3 +112,21 @@ def test_without_onnxruntime_it_falls_back_to_torch(
     with pytest.raises(ImportError):  # insisting on ONNX says why it cannot
         MiniLM(backend="onnx").encode(["x"])
     m.close()
+
+
+def test_the_distilled_table_is_minilm_on_each_token_alone(model: MiniLM) -> None:
+    """A one-token text's sentence embedding is that token's distilled row, normalised."""
+    from tokenizers import Tokenizer
+
+    from plugins.embeddings import minilm_path
+    from plugins.minilm_onnx import distilled
+
+    table = distilled(minilm_path())
+    assert table.shape == (30522, model.dim) and table.dtype == np.float32
+    words = ["cat", "paris", "theorem", "violin"]
+    tok = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+    rows = table[[tok.token_to_id(w) for w in words]]
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    cos = np.sum(model.encode(words) * rows, axis=1)
+    assert np.all(cos > 0.9999), cos
+    assert float(rows[0] @ rows[3]) < 0.9  # and the rows differ

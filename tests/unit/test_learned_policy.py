@@ -1,6 +1,6 @@
 """The ``learned`` policy routes as its model predicts: a kNN router trained (on real MiniLM
-embeddings, and on the static bag of MiniLM's token embeddings) where the small model fails
-arithmetic word problems and handles small talk."""
+embeddings, on the static bag of MiniLM's token embeddings, and on the bag of its distilled
+static table) where the small model fails arithmetic word problems and handles small talk."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ CHAT = ["Hi there, how are you today?", "Say hello to my friend Ana.",
         "What a lovely weather, isn't it?", "Tell me something nice."]
 
 
-@pytest.fixture(scope="module", params=["minilm", "static"])
+@pytest.fixture(scope="module", params=["minilm", "static", "distilled"])
 def model_file(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     prompts = MATH + CHAT
     encoder = PromptEncoder.fit(request.param, prompts)
