@@ -447,6 +447,7 @@ async def _probe(name: str, backend: Backend, t: Tracker, timeout_s: float,
         t.probe_failures += 1
         if isinstance(e, ServerNotReady):  # a launched server still loading: out at once
             t.probe_failures = max(t.probe_failures, unhealthy_after)
+            t.last_error = e.message  # what it waits for, in /readyz
         if t.probe_failures >= unhealthy_after and t.last_probe_ok is not False:
             log.warning("backend %s failed %d health checks: %s", name, t.probe_failures,
                         type(e).__name__)

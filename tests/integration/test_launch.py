@@ -65,7 +65,8 @@ def test_a_launched_llama_cpp_server_is_supervised(
         # loading: out of routing at once, while the embedded model serves
         wait_until(lambda: health(gw.url, "launched")["probe_ok"] is not None, timeout=5,
                    what="the first health check")
-        assert health(gw.url, "launched")["probe_ok"] is False
+        loading = health(gw.url, "launched")
+        assert loading["probe_ok"] is False and "loading its server" in loading["last_error"]
         with pytest.raises(Exception) as e:
             c.chat.completions.create(model="launched", messages=MSG, max_tokens=4)
         assert getattr(e.value, "status_code", None) == 503
