@@ -2,7 +2,8 @@
 each with its own event loop, under a small parent that starts, watches and stops them.
 
 The parent binds the address once, so a port in use fails once with one message and port 0
-picks one port for every worker. Each worker is forked from it and builds its own app:
+picks one port for every worker (and first without ``SO_REUSEPORT``, so that a port another
+process holds, even with ``SO_REUSEPORT``, is refused rather than silently shared). Each worker is forked from it and builds its own app:
 plugins, backends (the in-process llama.cpp model is loaded once per worker), its
 connection to the state store, its ledger writer. Each listens on a socket of its own bound
 to that port with ``SO_REUSEPORT``, so the kernel spreads new connections evenly over the
@@ -258,7 +259,11 @@ def serve_workers(settings: Settings, make_server: Callable[[], uvicorn.Server])
     cfg = settings.server
     reuse_port = hasattr(socket, "SO_REUSEPORT")
     try:
-        sock = bind(cfg.host, cfg.port, reuse_port=reuse_port)
+        # first without SO_REUSEPORT: a port another process holds (a second gateway
+        # started with --workers too, say) is refused, never silently shared with it
+        with bind(cfg.host, cfg.port, reuse_port=False) as probe:
+            port = probe.getsockname()[1]
+        sock = bind(cfg.host, port, reuse_port=reuse_port)
     except OSError as e:
         print(f"switchyard: cannot listen on {cfg.host}:{cfg.port}: {e.strerror}",
               file=sys.stderr)

@@ -236,6 +236,18 @@ def test_check_config_reports_it_too(tmp_path: Path) -> None:
     assert code == 0, err
 
 
+def test_a_port_in_use_is_refused_even_by_another_set_of_workers(workers: Workers,
+                                                                  tmp_path: Path) -> None:
+    """SO_REUSEPORT would let a second gateway share the port and take half the
+    connections: it is refused, as a port in use is for one process."""
+    other = tmp_path / "other"
+    other.mkdir()
+    code, err = _run(["serve", "-c", str(config(other)), "--port", str(workers.port),
+                      "--workers", "2"], other)
+    assert code == 3, err
+    assert f"cannot listen on 127.0.0.1:{workers.port}: Address already in use" in err
+
+
 def test_a_configuration_that_cannot_start_is_reported_once(tmp_path: Path) -> None:
     cfg = config(tmp_path, backends=[{"name": "x", "plugin": "no-such-plugin"}])
     code, err = _run(["serve", "-c", str(cfg), "--port", str(free_port()),
