@@ -154,3 +154,43 @@ def test_two_gateways_share_one_launched_server(tmp_path: Path) -> None:
     finally:
         if a_running is not None:
             a_running.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_the_server_ends_with_the_gateway_process(tmp_path: Path, how: int) -> None:
+    """`switchyard serve` stopped (SIGTERM: the shutdown stops its server) or killed
+    (SIGKILL: nothing runs; the kernel ends the server, asked to when it started)."""
+    import subprocess
+
+    import yaml
+
+    port, gw_port = free_port(), free_port()
+    cfg = tmp_path / "switchyard.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "backends": [{"name": "launched", "plugin": "llamacpp_server",
+                      "base_url": f"http://127.0.0.1:{port}/v1",
+                      "launch": {"args": ["--n_ctx", "512", "--n_threads", "1"]}}],
+        "health": {"probe_interval_s": 1}, "log_level": "warning",
+        "ledger": {"path": str(tmp_path / "ledger.sqlite3")}}))
+    url = f"http://127.0.0.1:{gw_port}"
+    with (tmp_path / "serve.log").open("wb") as out:
+        gw = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "-c", str(cfg),
+                               "--port", str(gw_port)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        def ready() -> bool:
+            try:
+                return bool(health(url, "launched")["probe_ok"])
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout=120, interval=0.3, what="the launched server")
+        server = [int(p) for p in Path(f"/proc/{gw.pid}/task/{gw.pid}/children").read_text()
+                  .split() if "llama_cpp.server" in Path(f"/proc/{p}/cmdline").read_text()]
+        assert len(server) == 1 and alive(server[0])
+        gw.send_signal(how)
+        gw.wait(30)
+        wait_until(lambda: not alive(server[0]), timeout=30, what="the server to end")
+    finally:
+        if gw.poll() is None:
+            gw.kill()
+            gw.wait(10)
