@@ -118,10 +118,10 @@ class SQLiteStore:
     def _open(self) -> sqlite3.Connection:
         """Connect, switch to WAL and create the tables. Several workers do this at once at
         start-up: here, and only here, SQLite's own busy handler waits (up to 30 s)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30,
+                               check_same_thread=False)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30,
-                                   check_same_thread=False)
             conn.execute("PRAGMA page_size=1024")  # a new file: less log written per commit
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -129,14 +129,27 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_size_limit=67108864")
             conn.executescript(SCHEMA)  # each statement idempotent: workers race harmlessly
             conn.execute("PRAGMA busy_timeout=0")
-        except sqlite3.Error as e:
-            raise StateUnavailable(f"the SQLite state file {self.path} cannot be opened "
-                                   f"({type(e).__name__}: {e})") from e
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def open(self) -> None:
+        """Open the file now: a path that cannot be opened is a configuration error, said
+        at start-up (ValueError, with the path and why)."""
+        try:
+            self._conn = self._conn or self._open()
+        except (OSError, sqlite3.Error) as e:
+            raise ValueError(f"state.path {self.path} cannot be opened "
+                             f"({type(e).__name__}: {e})") from None
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = self._open()
+            try:
+                self._conn = self._open()
+            except (OSError, sqlite3.Error) as e:
+                raise StateUnavailable(f"the SQLite state file {self.path} cannot be opened "
+                                       f"({type(e).__name__}: {e})") from e
         return self._conn
 
     async def start(self) -> None:
@@ -615,7 +628,9 @@ class SQLiteStore:
 
 
 def sqlite_store(config: StateConfig) -> SQLiteStore:
-    return SQLiteStore(config.path, timeout_s=config.timeout_s)
+    store = SQLiteStore(config.path, timeout_s=config.timeout_s)
+    store.open()
+    return store
 
 
 @hookimpl(trylast=True)

@@ -248,9 +248,15 @@ def test_a_port_in_use_is_refused_even_by_another_set_of_workers(workers: Worker
     assert f"cannot listen on 127.0.0.1:{workers.port}: Address already in use" in err
 
 
-def test_a_configuration_that_cannot_start_is_reported_once(tmp_path: Path) -> None:
-    cfg = config(tmp_path, backends=[{"name": "x", "plugin": "no-such-plugin"}])
-    code, err = _run(["serve", "-c", str(cfg), "--port", str(free_port()),
-                          "--workers", "3"], tmp_path)
+@pytest.mark.parametrize(("section", "said"), [
+    ({"backends": [{"name": "x", "plugin": "no-such-plugin"}]}, "no-such-plugin"),
+    ({"state": {"kind": "sqlite", "path": "/proc/no-such-dir/state.sqlite3"}},
+     "state.path /proc/no-such-dir/state.sqlite3 cannot be opened"),
+], ids=["plugin", "state-path"])
+def test_a_configuration_that_cannot_start_is_reported_once(
+        section: dict[str, Any], said: str, tmp_path: Path) -> None:
+    code, err = _run(["serve", "-c", str(config(tmp_path, **section)), "--port",
+                      str(free_port()), "--workers", "3"], tmp_path)
     assert code == 2, err
-    assert err.count("no-such-plugin") == 1, err
+    assert err.count(said) == 1, err
+    assert "Traceback" not in err
