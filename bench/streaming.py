@@ -4,7 +4,7 @@ relays, at 1 and 32 concurrent streams, with the chunks sent in one burst and wi
 ``--spacing-ms`` between them.
 
     python bench/streaming.py [--seconds 8] [--spacing-ms 5] [--portkey DIR] [--json out.json]
-        [--tree DIR ...] [--rounds N] [--cells burst,spaced] [--calls N]
+        [--tree DIR ...] [--rounds N] [--cells burst,spaced] [--conns 1,32] [--calls N]
 
 The relays, each one process pinned to CPU 0 (the upstream and the load generator share
 CPU 1):
@@ -18,13 +18,16 @@ CPU 1):
   (``--raw-relay PORT UPSTREAM_PORT`` runs it): the floor a Python relay can reach;
 - ``portkey``: Portkey's gateway (``npm install @portkey-ai/gateway@1.15.2`` into DIR),
   ``--port=PORT --headless`` with ``NODE_ENV=production``, proxying to the upstream through
-  ``x-portkey-provider: openai`` and ``x-portkey-custom-host``; a relay whose streams fail
-  is reported with its first error, not measured.
+  ``x-portkey-provider: openai`` and ``x-portkey-custom-host`` (its log discarded); a relay
+  whose streams fail is reported with its first error, not measured.
 
 Per cell: streams/s completed, chunks/s relayed (``data:`` events the client read), time
 to first token (the first content chunk) p50 and p99 and what the relay adds to it (p50
-against direct at the same concurrency), and the relay's CPU per chunk (its process' user
-+ system time over the cell / chunks relayed). A stream that ends without ``[DONE]`` or
+against direct at the same concurrency; and the least against the least, which a loaded
+machine's scheduling moves least), the relay's CPU per chunk (its process' user
++ system time over the cell / chunks relayed) and, at one stream, its event loop's CPU
+time from a request to its first token (``/proc/PID/schedstat``, p50: what it adds to the
+time to first token on an idle core, the load aside). A stream that ends without ``[DONE]`` or
 with fewer events than the answer has is an error and makes the script exit 1.
 ``--rounds N`` measures every cell N times, the relays in turn each time (alternating).
 
@@ -106,8 +109,12 @@ CLIENT = r"""
 import asyncio, json, sys, time, aiohttp
 url, conns, seconds, headers, body = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5].encode()
 EVENTS, LIMIT = int(sys.argv[6]), int(sys.argv[7])  # LIMIT: streams to start (0: no limit)
+PID = int(sys.argv[8])  # the relay: its main thread's CPU time up to each first token
+def oncpu():
+    if not PID: return 0.0
+    with open(f"/proc/{PID}/schedstat") as f: return int(f.read().split()[0]) / 1e3
 async def main():
-    ttft = []; done = 0; chunks = 0; errors = []; started = 0
+    ttft = []; done = 0; chunks = 0; errors = []; started = 0; first_cpu = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
                                      timeout=aiohttp.ClientTimeout(60)) as s:
         end = time.perf_counter() + seconds
@@ -115,7 +122,7 @@ async def main():
             nonlocal done, chunks, started
             while time.perf_counter() < end and (not LIMIT or started < LIMIT):
                 started += 1
-                t0 = time.perf_counter(); first = None; n = 0; tail = b""
+                t0 = time.perf_counter(); first = None; n = 0; tail = b""; c0 = oncpu()
                 try:
                     async with s.post(url, data=body, headers=headers) as r:
                         if r.status != 200:
@@ -123,6 +130,7 @@ async def main():
                         async for data in r.content.iter_any():
                             if first is None and b'"content":"tok' in data:
                                 first = time.perf_counter() - t0
+                                first_cpu.append(oncpu() - c0)
                             n += data.count(b"data: ")
                             tail = (tail + data)[-64:]
                 except (aiohttp.ClientError, OSError) as e:
@@ -134,9 +142,11 @@ async def main():
         t0 = time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(conns)])
         dur = time.perf_counter() - t0
-    ttft.sort()
+    ttft.sort(); first_cpu.sort()
     print(json.dumps({"streams_s": done / dur, "chunks_s": chunks / dur, "streams": done,
                       "chunks": chunks, "errors": len(errors), "first_error": errors[0] if errors else "",
+                      "ttft_min_ms": ttft[0] * 1e3 if ttft else 0.0,
+                      "first_token_cpu_us": first_cpu[len(first_cpu) // 2] if first_cpu else 0.0,
                       "ttft_p50_ms": ttft[len(ttft) // 2] * 1e3 if ttft else 0.0,
                       "ttft_p99_ms": ttft[int(len(ttft) * .99)] * 1e3 if ttft else 0.0}))
 asyncio.run(main())
@@ -149,11 +159,14 @@ def load(url: str, conns: int, seconds: float, pid: int | None,
     out = subprocess.run(
         [*pin(1), PY, "-c", CLIENT, url, str(conns), str(seconds),
          json.dumps({"content-type": "application/json", "authorization": "Bearer sk-bench",
-                     **(headers or {})}), BODY.decode(), str(EVENTS), str(limit)],
+                     **(headers or {})}), BODY.decode(), str(EVENTS), str(limit),
+         str(pid if pid and conns == 1 else 0)],
         capture_output=True, text=True, check=True).stdout
     r: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     if pid and r["chunks"]:
         r["cpu_us_per_chunk"] = (cpu_s(pid) - c0) / r["chunks"] * 1e6
+    if not r["first_token_cpu_us"]:
+        del r["first_token_cpu_us"]
     return r
 
 
@@ -193,7 +206,7 @@ def start_relays(up_port: int, tmp: Path, portkey: str | None, trees: list[Path]
         main = Path(portkey) / "node_modules/@portkey-ai/gateway/build/start-server.js"
         relays["portkey"] = (subprocess.Popen(
             [*pin(0), "node", str(main), f"--port={port}", "--headless"],
-            env={**env, "NODE_ENV": "production"}),
+            env={**env, "NODE_ENV": "production"}, stdout=subprocess.DEVNULL),
             f"http://127.0.0.1:{port}/v1/chat/completions",
             {"x-portkey-provider": "openai",
              "x-portkey-custom-host": f"http://127.0.0.1:{up_port}/v1"})
@@ -218,7 +231,7 @@ def cells(args: argparse.Namespace, spacing_ms: float) -> list[dict[str, Any]]:
     try:
         wait_port(up_port)
         relays = start_relays(up_port, tmp, args.portkey, args.tree, procs)
-        for conns in (1, 32):
+        for conns in args.conns:
             for n in range(args.rounds):
                 direct = load(f"http://127.0.0.1:{up_port}/v1/chat/completions", conns,
                               args.seconds, None)
@@ -229,6 +242,7 @@ def cells(args: argparse.Namespace, spacing_ms: float) -> list[dict[str, Any]]:
                         load(url, conns, 1.0, None, headers)  # warm up
                     r = load(url, conns, args.seconds, p.pid, headers)
                     r["ttft_added_ms"] = r["ttft_p50_ms"] - direct["ttft_p50_ms"]
+                    r["ttft_added_min_ms"] = r["ttft_min_ms"] - direct["ttft_min_ms"]
                     rows.append({"spacing_ms": spacing_ms, "conns": conns, "round": n,
                                  "via": name, "load": os.getloadavg()[0], **r})
     finally:
@@ -292,11 +306,13 @@ def main() -> None:
                     help="a Switchyard checkout to measure (repeatable; default: this one)")
     ap.add_argument("--rounds", type=int, default=1, help="measure each cell N times")
     ap.add_argument("--cells", default="burst,spaced", help="burst, spaced or both")
+    ap.add_argument("--conns", default="1,32", help="concurrent streams per cell")
     ap.add_argument("--calls", type=int, metavar="N",
                     help="count Python calls per chunk instead (N and 3N streams)")
     ap.add_argument("--json")
     args = ap.parse_args()
     args.tree = [t.resolve() for t in args.tree or [HERE.parent]]
+    args.conns = [int(c) for c in args.conns.split(",")]
     print(header())
     if args.calls:
         calls(args.tree, args.calls)
@@ -307,14 +323,17 @@ def main() -> None:
     print(f"streams of {EVENTS} events ({CHUNKS} content chunks); relays on CPU 0, upstream "
           f"and client on CPU 1; {args.seconds:g} s per cell")
     print(f"{'spacing':>8} {'conns':>5} {'via':>14} {'streams/s':>10} {'chunks/s':>10} "
-          f"{'TTFT p50':>9} {'p99':>8} {'TTFT added':>11} {'CPU/chunk':>10} {'errors':>7} "
-          f"{'load':>5}")
+          f"{'TTFT p50':>9} {'p99':>8} {'TTFT added':>11} {'added min':>10} {'CPU/chunk':>10} "
+          f"{'1st CPU':>9} {'errors':>7} {'load':>5}")
     for r in rows:
         cpu = f"{r['cpu_us_per_chunk']:.1f} us" if "cpu_us_per_chunk" in r else "-"
         added = f"{r['ttft_added_ms']:.2f} ms" if "ttft_added_ms" in r else "-"
+        added_min = f"{r['ttft_added_min_ms']:.2f} ms" if "ttft_added_min_ms" in r else "-"
+        first = f"{r['first_token_cpu_us']:.0f} us" if "first_token_cpu_us" in r else "-"
         print(f"{r['spacing_ms']:>6g}ms {r['conns']:>5} {r['via']:>14} {r['streams_s']:>10.1f} "
               f"{r['chunks_s']:>10.0f} {r['ttft_p50_ms']:>6.2f} ms {r['ttft_p99_ms']:>5.1f} ms "
-              f"{added:>11} {cpu:>10} {r['errors']:>7} {r['load']:>5.1f}")
+              f"{added:>11} {added_min:>10} {cpu:>10} {first:>9} {r['errors']:>7} "
+              f"{r['load']:>5.1f}")
     for r in rows:
         if r["errors"]:
             print(f"FAIL: {r['via']} at {r['conns']} streams, spacing {r['spacing_ms']:g} ms: "
