@@ -32,8 +32,9 @@ with fewer events than the answer has is an error and makes the script exit 1.
 ``--rounds N`` measures every cell N times, the relays in turn each time (alternating).
 
 ``--calls N`` measures instead the Python function calls per chunk of each Switchyard
-tree: its gateway under cProfile relays N and then 3N bursts (8 at a time), and the
-difference over 2N streams' chunks is the relay's own, start-up and shutdown left out.
+tree and of the raw relay: each under cProfile relays N and then 3N bursts (8 at a time),
+and the difference over 2N streams' chunks is the relay's own, start-up and shutdown left
+out.
 Unlike streams/s or CPU time the count does not move with the machine's load.
 """
 
@@ -252,20 +253,24 @@ def cells(args: argparse.Namespace, spacing_ms: float) -> list[dict[str, Any]]:
 
 
 def calls(trees: list[Path], n: int) -> None:
-    """Python calls per chunk of each tree's gateway (cProfile; n and 3n bursts)."""
+    """Python calls per chunk of each tree's gateway, then of the raw relay (cProfile; n
+    and 3n bursts)."""
     from calls_per_request import per_function
 
     tmp = Path(tempfile.mkdtemp())
     tables = []
-    for i, tree in enumerate(trees):
+    for i, tree in enumerate([*trees, None]):
         runs = []
         for k, streams in enumerate((n, 3 * n)):
             up_port, port = free_port(), free_port()
             cfg, out = tmp / f"gw{i}-{k}.yaml", tmp / f"gw{i}-{k}.prof"
             cfg.write_text(gateway_config(up_port, "sqlite", tmp / f"ledger{i}-{k}.sqlite3"))
+            profile = ("-m", "cProfile", "-o", str(out))
             procs = [upstream(up_port, 0.0)]
             try:
-                procs.append(gateway(tree, cfg, port, ("-m", "cProfile", "-o", str(out))))
+                procs.append(gateway(tree, cfg, port, profile) if tree else subprocess.Popen(
+                    [*pin(0), PY, *profile, str(Path(__file__).resolve()), "--raw-relay",
+                     str(port), str(up_port)]))
                 wait_port(up_port)
                 wait_port(port)
                 r = load(f"http://127.0.0.1:{port}/v1/chat/completions", 8, 600, None,
@@ -277,8 +282,11 @@ def calls(trees: list[Path], n: int) -> None:
             runs.append(pstats.Stats(str(out)))
         chunks = 2 * n * EVENTS
         total = (runs[1].total_calls - runs[0].total_calls) / chunks  # type: ignore[attr-defined]
-        print(f"{tree}: {total:.1f} Python calls per chunk, {total * EVENTS:.0f} per stream "
-              f"(runs of {n} and {3 * n} streams of {EVENTS} events, 8 at a time)")
+        print(f"{tree or 'raw relay'}: {total:.1f} Python calls per chunk, "
+              f"{total * EVENTS:.0f} per stream (runs of {n} and {3 * n} streams of {EVENTS} "
+              f"events, 8 at a time)")
+        if tree is None:
+            break
         one, three = per_function(runs[0], 1), per_function(runs[1], 1)
         tables.append({k: (three.get(k, 0.0) - one.get(k, 0.0)) / chunks
                        for k in set(one) | set(three)})
