@@ -11,7 +11,9 @@ is installed; ``SWITCHYARD_MINILM_BACKEND=torch`` measures sentence-transformers
 for the ratio. Models come from ``switchyard train router``.
 
     python bench/learned_policy.py --model /tmp/cml/mmlu-minilm.npz --model /tmp/cml/mmlu-static.npz \\
-        [--data /tmp/switchyard-eval/mmlu.test.jsonl] [--n 300]
+        --model /tmp/cml/mmlu-distilled.npz [--data /tmp/switchyard-eval/mmlu.test.jsonl] [--n 300]
+
+(each file from ``switchyard train router --data mmlu.train.jsonl --model knn --embedder E``)
 """
 
 from __future__ import annotations

@@ -96,3 +96,21 @@ def test_bad_options_stop_start_up(model_file: Path, options: dict, message: str
         options = {**options, "model": str(model_file)}
     with pytest.raises(ValueError, match=message):
         Learned(options)
+
+
+def test_a_distilled_file_embeds_as_it_was_trained_and_nearer_minilm(tmp_path: Path) -> None:
+    from plugins.learn.embed import StaticTable, encode
+
+    prompts = MATH + CHAT
+    encoder = PromptEncoder.fit("distilled", prompts)
+    X = encoder.encode(prompts)
+    Y = np.stack([np.array([0.0] * len(MATH) + [1.0] * len(CHAT)), np.ones(len(prompts))], axis=1)
+    RouterModel.fit(X, Y, np.tile([0.0001, 0.01], (len(prompts), 1)), ["a", "b"], "knn",
+                    {"k": 3}, folds=1, encoder=encoder).save(tmp_path / "r.npz")
+    loaded = RouterModel.load(tmp_path / "r.npz").encoder
+    assert loaded.kind == "distilled"
+    assert np.allclose(loaded.encode(prompts), X, atol=1e-6)  # serving sees training's vectors
+    static = StaticTable.shared()
+    unfitted = static.encode(prompts, encoder.idf, static.distilled())  # type: ignore[arg-type]
+    target = encode(prompts)
+    assert np.mean(np.sum(X * target, axis=1)) > np.mean(np.sum(unfitted * target, axis=1)) + 0.05
