@@ -165,9 +165,11 @@ class Relay:
             yield sse(err.body())
         finally:
             self.a.stop()
-            await aclose(it)
-            await self.a.succeeded(self.usage or self._counted(), ttft_s=self.ttft,
-                                   status=status, code=code)
+            try:  # a client gone: the response's cancel scope may cancel this await too
+                await aclose(it)
+            finally:
+                await self.a.succeeded(self.usage or self._counted(), ttft_s=self.ttft,
+                                       status=status, code=code)
 
     # ---- chunk dicts -------------------------------------------------------------------
 

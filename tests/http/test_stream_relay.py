@@ -212,3 +212,22 @@ def test_a_malformed_usage_event_is_an_error_event(gw: Any, up: Scripted) -> Non
     got = stream_raw(gw, request_id(), stream_options={"include_usage": True})
     assert got.startswith(ev(ROLE) + ev(delta("Hi")))
     assert b"malformed event" in got and got.count(b"data: ") == 3
+
+
+def test_a_client_that_goes_away_is_recorded_and_the_upstream_let_go(gw: Any,
+                                                                     up: Scripted) -> None:
+    up.writes = [ev(ROLE), *(ev(delta(f" w{i}")) for i in range(200)), ev(FINISH),
+                 b"data: [DONE]\n\n"]
+    up.pause_s = 0.02
+    rid = request_id()
+    req = {"model": "up", "messages": MSG, "stream": True}
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", json=req, timeout=60,
+                      headers={"x-request-id": rid}) as r:
+        seen = b""
+        for data in r.iter_bytes():
+            seen += data
+            if seen.count(b"data: ") >= 3:
+                break  # and the connection closes, 4 s before the upstream would end
+    row = ledger_row(gw.app, rid)
+    assert row["status"] == 499 and row["error_code"] == "client_disconnected"
+    assert 0 < row["latency_ms"] < 3000
