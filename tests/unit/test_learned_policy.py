@@ -114,3 +114,14 @@ def test_a_distilled_file_embeds_as_it_was_trained_and_nearer_minilm(tmp_path: P
     unfitted = static.encode(prompts, encoder.idf, static.distilled())  # type: ignore[arg-type]
     target = encode(prompts)
     assert np.mean(np.sum(X * target, axis=1)) > np.mean(np.sum(unfitted * target, axis=1)) + 0.05
+
+
+def test_a_distilled_file_whose_rows_do_not_fit_stops_start_up(tmp_path: Path) -> None:
+    prompts = MATH + CHAT
+    good = PromptEncoder.fit("distilled", prompts)
+    bad = PromptEncoder("distilled", good.idf, np.array([10**6]), np.zeros((1, 384), np.float16))
+    RouterModel.fit(good.encode(prompts), np.ones((len(prompts), 2)),
+                    np.tile([0.0001, 0.01], (len(prompts), 1)), ["a", "b"], "knn", {"k": 3},
+                    folds=3, encoder=bad).save(tmp_path / "r.npz")
+    with pytest.raises(ValueError, match="fitted rows do not match"):
+        Learned({"model": str(tmp_path / "r.npz")})
