@@ -51,10 +51,16 @@ def load(path: Path) -> list[tuple[str, str]]:
 def count(pairs: list[tuple[str, str]], answered: list[str | None]) -> dict[str, int]:
     """``answered[i]``: the text whose entry served paraphrase i, None for a miss. Over
     HTTP a paraphrase that missed is stored too (it was sent plainly), and a later one may
-    hit it: its answer is then that paraphrase's, which stands for its own origin."""
-    origin_of = {s: o for o, s in pairs} | {o: o for o, _ in pairs}
+    hit it: its answer is then that paraphrase's, which stands for its own origin. The set
+    repeats some paraphrases word for word under different origins (`The main version of
+    the documentation can be accessed by clicking on the link.` under three): such an
+    entry stands for each of them."""
+    origins: dict[str, set[str]] = {}
+    for o, s in pairs:
+        origins.setdefault(o, set()).add(o)
+        origins.setdefault(s, set()).add(o)
     right = sum(1 for (o, _), a in zip(pairs, answered, strict=True)
-                if a is not None and origin_of.get(a) == o)
+                if a is not None and o in origins.get(a, ()))
     misses = sum(1 for a in answered if a is None)
     return {"pairs": len(pairs), "right_hits": right,
             "wrong_hits": len(pairs) - right - misses, "misses": misses}

@@ -5,12 +5,15 @@ Boston" score about 0.98 with MiniLM). The decision has two parts:
 
 - **vetoes**, checks of the two prompts' words that no similarity overrides: the numbers
   differ ("10 mg" / "100 mg", "World War I" / "II"), one is negated and the other is not, one
-  uses a word and the other its opposite ("increase" / "decrease", "before" / "after"), or a
-  direction is reversed ("Celsius to Fahrenheit" / "Fahrenheit to Celsius");
+  uses a word and the other its opposite ("increase" / "decrease", "before" / "after"), a
+  direction is reversed ("Celsius to Fahrenheit" / "Fahrenheit to Celsius"), or two words
+  trade roles around the same words ("the dog chases the cat" / "the cat chases the dog");
 - a **verifier**: a logistic regression over the cosine and cheap word features (content
   word overlap, one-word substitutions, names present on one side only, word order, length),
-  fitted on the QQP train half by ``bench/fit_cache_verifier.py``; its weights and the
-  shipped threshold are ``verifier.json`` beside this file.
+  with the two embeddings' element-wise product and difference, fitted on the QQP train half
+  by ``bench/fit_cache_verifier.py``; its weights and the shipped threshold are
+  ``verifier.json`` beside this file (a logistic regression; the file may instead hold one
+  hidden layer, ``Hidden``, which that script fits with ``--model mlp``).
 
 ``score`` is the verifier's probability that the stored answer fits, multiplied by
 ``VETO_FACTOR`` when a veto fires, so a vetoed pair stays far below any useful threshold."""
@@ -23,6 +26,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -229,6 +233,31 @@ def _swapped(a: Parsed, b: Parsed) -> bool:
     return False
 
 
+# Relations that read the same both ways: "X vs Y" / "Y vs X" asks one thing.
+_SYMMETRIC = frozenset(_words("""vs versus compared compare comparison difference different
+similar similarity same related relation relationship relate between equal equivalent"""))
+_ROLES_MAX_DIFF = 2  # content words on one side only, at most, for the roles check
+
+
+def _roles_swapped(a: Parsed, b: Parsed) -> bool:
+    """The same words with two of them trading places around the same words between them,
+    no marker needed ("Does the dog chase the cat" / "the cat chase the dog", "Why do Poles
+    dislike Russians" / "Russians dislike Poles"): only where the two prompts differ in at
+    most ``_ROLES_MAX_DIFF`` content words, and never for a symmetric relation."""
+    ca, cb = list(dict.fromkeys(a.content)), list(dict.fromkeys(b.content))
+    if len(set(ca) ^ set(cb)) > _ROLES_MAX_DIFF or _SYMMETRIC & (set(a.norms) | set(b.norms)):
+        return False
+    pos_b = {w: i for i, w in enumerate(cb)}
+    for i, x in enumerate(ca):
+        if x not in pos_b:
+            continue
+        for j in range(i + 2, len(ca)):
+            y = ca[j]
+            if y in pos_b and pos_b[y] < pos_b[x] and ca[i + 1:j] == cb[pos_b[y] + 1:pos_b[x]]:
+                return True
+    return False
+
+
 def vetoes(a: Parsed, b: Parsed) -> list[str]:
     """The checks that say the two prompts ask different things, by name."""
     out = []
@@ -240,6 +269,8 @@ def vetoes(a: Parsed, b: Parsed) -> list[str]:
         out.append("opposite")
     if _swapped(a, b):
         out.append("direction")
+    if _roles_swapped(a, b):
+        out.append("roles")
     return out
 
 
@@ -286,17 +317,43 @@ def pair_features(va: np.ndarray, vb: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True, slots=True)
+class Hidden:
+    """One hidden layer (ReLU) over the standardised features and pair features."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    w1: np.ndarray  # inputs x hidden
+    b1: np.ndarray
+    w2: np.ndarray  # hidden
+    b2: float
+
+    def logit(self, inputs: np.ndarray) -> float:
+        h = np.maximum((inputs - self.mean) / self.scale @ self.w1 + self.b1, 0.0)
+        return float(h @ self.w2) + self.b2
+
+
+@dataclass(frozen=True, slots=True)
 class Verifier:
     weights: np.ndarray  # over FEATURES
     threshold: float
     pair_weights: np.ndarray | None = None  # over pair_features, when fitted with them
+    hidden: Hidden | None = None  # when fitted as a small network: it alone decides
 
     def probability(self, x: np.ndarray, va: np.ndarray | None = None,
                     vb: np.ndarray | None = None) -> float:
-        z = float(x @ self.weights)
-        if self.pair_weights is not None and va is not None and vb is not None:
-            z += float(pair_features(va, vb) @ self.pair_weights)
+        if self.hidden is not None:
+            if va is None or vb is None:
+                raise ValueError("this verifier reads the two embeddings: pass va and vb")
+            z = self.hidden.logit(np.concatenate([x[:-1], pair_features(va, vb)]))
+        else:
+            z = float(x @ self.weights)
+            if self.pair_weights is not None and va is not None and vb is not None:
+                z += float(pair_features(va, vb) @ self.pair_weights)
         return 1.0 / (1.0 + math.exp(-max(min(z, 40.0), -40.0)))
+
+
+def _array(v: Any) -> np.ndarray:
+    return np.array(v, dtype=np.float64)
 
 
 @cache
@@ -304,9 +361,12 @@ def load_verifier(path: Path = VERIFIER_FILE) -> Verifier:
     data = json.loads(path.read_text())
     if tuple(data["features"]) != FEATURES:
         raise ValueError(f"{path}: fitted for features {data['features']}, not {FEATURES}")
-    pair = data.get("pair_weights")
-    return Verifier(np.array(data["weights"], dtype=np.float64), float(data["threshold"]),
-                    None if pair is None else np.array(pair, dtype=np.float64))
+    pair, net = data.get("pair_weights"), data.get("hidden")
+    hidden = None if net is None else Hidden(
+        _array(net["mean"]), _array(net["scale"]), _array(net["w1"]), _array(net["b1"]),
+        _array(net["w2"]), float(net["b2"]))
+    return Verifier(_array(data["weights"]), float(data["threshold"]),
+                    None if pair is None else _array(pair), hidden)
 
 
 def score(a: Parsed, b: Parsed, cosine: float, verifier: Verifier | None = None,

@@ -8,12 +8,14 @@ in input order: ``{"hit": bool, "score": float}``. The report has the figures at
 threshold, a sweep of the threshold (precision, recall, F1, hit rate), the same sweep for
 plain cosine (what one threshold alone would do), and the p50 of a lookup including its
 embedding; ``--plot`` draws both precision-recall curves (needs matplotlib: the ``eval``
-extra)."""
+extra). ``--cache-dir`` keeps the MiniLM vectors of the pairs' texts and reuses them (the
+same model computes the same vectors; QQP's test half takes minutes to embed)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import statistics
 import sys
@@ -21,6 +23,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from gateway import RegisterCommand, hookimpl
 from plugins import evalplot
@@ -63,14 +67,41 @@ def sweep(values: Sequence[float], truth: Sequence[bool],
     return [{"threshold": t, **figures([v >= t for v in values], truth)} for t in thresholds]
 
 
-async def decide_all(pairs: list[tuple[str, str, bool]]) -> tuple[list[Any], float]:
+def vectors(texts: Sequence[str], cache_dir: Path | None = None,
+            everything: bool = False) -> dict[str, np.ndarray]:
+    """MiniLM vectors of ``texts`` (``everything``: and of every text cached). With
+    ``cache_dir``, vectors computed before are read from it (chunks of ``minilm-KEY.npy``
+    with their texts in ``minilm-KEY.json``) and only new texts are embedded, then kept
+    there: the same model computes the same vectors, so a large set (QQP's 137,551
+    questions take about 9 CPU minutes) is embedded once for every command that reads it.
+    The chunks are the model's: clear the folder when the model changes."""
+    from plugins.minilm import MiniLM
+
+    known: dict[str, np.ndarray] = {}
+    if cache_dir is not None:
+        for side in sorted(cache_dir.glob("minilm-*.json")):
+            chunk = np.load(side.with_suffix(".npy"))
+            known.update(zip(json.loads(side.read_text()), chunk, strict=True))
+    missing = sorted(set(texts) - known.keys())
+    if missing:
+        vecs = MiniLM.shared().encode(missing)
+        known.update(zip(missing, vecs, strict=True))
+        if cache_dir is not None:
+            key = hashlib.sha256("\n".join(missing).encode()).hexdigest()[:16]
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            np.save(cache_dir / f"minilm-{key}.npy", vecs)
+            (cache_dir / f"minilm-{key}.json").write_text(json.dumps(missing))
+    return dict(known) if everything else {t: known[t] for t in set(texts)}
+
+
+async def decide_all(pairs: list[tuple[str, str, bool]],
+                     cache_dir: Path | None = None) -> tuple[list[Any], float]:
     """Each pair through a SemanticIndex with the shipped defaults; the lookup p50 (ms)."""
     from plugins.cache.semantic import SemanticIndex
     from plugins.minilm import MiniLM
 
     model = MiniLM.shared()
-    texts = sorted({t for a, b, _ in pairs for t in (a, b)})
-    vecs = dict(zip(texts, model.encode(texts), strict=True))
+    vecs = vectors([t for a, b, _ in pairs for t in (a, b)], cache_dir)
     index = SemanticIndex(model)
     matches = []
     for a, b, _ in pairs:
@@ -115,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"switchyard: {data}: no such file", file=sys.stderr)
         return 2
     pairs = read_pairs(data)
-    matches, p50 = asyncio.run(decide_all(pairs))
+    matches, p50 = asyncio.run(decide_all(pairs, Path(args.cache_dir) if args.cache_dir else None))
     truth = [d for _, _, d in pairs]
     scores = [m.score for m in matches]
     hits = [m.hit for m in matches]
@@ -152,6 +183,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help='write {"hit", "score"} per pair here, in input order')
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     p.add_argument("--plot", help="the precision-recall PNG (default: <data>-cache-curve.png)")
+    p.add_argument("--cache-dir", help="keep MiniLM vectors here and reuse them (the texts' "
+                                       "vectors computed before, by the same model)")
 
 
 @hookimpl(trylast=True)

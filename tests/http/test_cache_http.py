@@ -291,13 +291,17 @@ def test_a_paraphrase_is_a_semantic_hit_and_a_near_miss_is_a_miss(
             near = _ask(c, _user("Show flights from Denver to Boston"))
             assert near.headers["x-switchyard-cache"] == "miss"
             assert float(near.headers["x-switchyard-cache-similarity"]) > 0.9
+            _ask(c, _user("Why did the teacher thank the student?"))
+            swap = _ask(c, _user("Why did the student thank the teacher?"))
+            assert swap.headers["x-switchyard-cache"] == "miss", "who thanked whom is swapped"
+            assert float(swap.headers["x-switchyard-cache-similarity"]) > 0.9
             assert _ask(c, _user("How can I reset my password?", "Answer in French.")).headers[
                 "x-switchyard-cache"] == "miss", "another system prompt: another group"
             assert _ask(c, _user("How can I reset my password?"), model="other").headers[
                 "x-switchyard-cache"] == "miss", "another route: another group"
             assert _ask(other, _user("How can I reset my password?")).headers[
                 "x-switchyard-cache"] == "miss", "another team never sees red's entries"
-            assert len(rec.requests) == 6
+            assert len(rec.requests) == 8
 
 
 # ---- two gateway processes sharing one Redis ---------------------------------------------

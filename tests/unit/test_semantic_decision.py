@@ -19,6 +19,7 @@ NEAR_MISSES = [
     ("Which foods are high in iron?", "Which foods are low in iron?"),
     ("What should I eat before a run?", "What should I not eat before a run?"),
     ("What year did World War I end?", "What year did World War II end?"),
+    ("Why did the teacher thank the student?", "Why did the student thank the teacher?"),
 ]
 PARAPHRASES = [
     ("How do I reset my password?", "I forgot my password, how can I reset it?"),
