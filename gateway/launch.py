@@ -312,17 +312,17 @@ class Launcher:
         check for ``hang_restart_s`` (if set). Whether it answers meanwhile is the gateway's
         health check's business (a server busy generating may answer late, not be down)."""
         hang_s = self.cfg.hang_restart_s
-        if hang_s is None:
-            await proc.wait()
-            self._exited(proc, "")
-            return
         failing_since: float | None = None
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(proc.wait()), self.cfg.health_interval_s)
+            # returncode, not wait(): wait() also waits for the end of the output pipe, which
+            # the server's own children (vLLM's engine) hold open after it died
+            next_check = self._clock() + self.cfg.health_interval_s
+            while proc.returncode is None and (hang_s is None or self._clock() < next_check):
+                await asyncio.sleep(0.2)
             if proc.returncode is not None:
                 self._exited(proc, "")
                 return
+            assert hang_s is not None
             if await self._healthy():
                 failing_since = None
                 continue
