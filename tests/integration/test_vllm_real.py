@@ -8,8 +8,8 @@ a silent skip would hide a broken set-up in CI. A machine that cannot install vL
 at all (no x86-64 with AVX2, no PyPI) runs the suite with ``SWITCHYARD_VLLM_CPU=skip``, and
 then they skip, saying so.
 
-One server for the module, started once (about 40-100 s to ready here); every request asks
-for a few tokens: 2 cores.
+One server for the module, started once (35-210 s to ready here, with the machine's load),
+and once more by the last test, which kills it; every request asks for a few tokens: 2 cores.
 """
 
 from __future__ import annotations
