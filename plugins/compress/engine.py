@@ -76,23 +76,33 @@ def _labels(messages: list[dict[str, Any]], parts: list[Part], changed: set[int]
 @dataclass(slots=True)
 class _Plan:
     """The parsed request: its parts, its units (in order), the word budget for them, their
-    lexical scores and the shortlist that gets a MiniLM cosine."""
+    lexical scores and the units to probe with MiniLM."""
     parts: list[Part]
     units: list[Segment]
     question: str
     budget: int
     lexical: np.ndarray
-    shortlist: list[int]
+    probe: list[int]
 
     def unit(self, i: int) -> rank.Unit:
         s = self.units[i]
         return rank.Unit(s.text, s.header, s.title)
 
 
+@dataclass(slots=True)
+class _Cosines:
+    """MiniLM's cosines to the question: each probed unit's probe, the shortlist's whole text."""
+    ranked: list[int] = field(default_factory=list)
+    probe: dict[int, float] = field(default_factory=dict)
+    whole: dict[int, float] = field(default_factory=dict)
+
+
 class Compressor:
     """Built once at start-up. Options: ``ratio`` (default target, words before / after),
-    ``min_words``, ``shortlist`` (units given a MiniLM cosine; 0, or no embedder: lexical
-    only), ``shortlist_words``, ``weights`` (rank.Weights), ``workers`` (threads)."""
+    ``min_words``, ``shortlist`` (units embedded whole; 0, or no embedder: lexical only, no
+    MiniLM pass), ``probe_words`` and ``probe_units`` (every unit's probe embedding),
+    ``lean`` (drop function words from kept text: the fine stage), ``weights``
+    (rank.Weights), ``workers`` (threads)."""
 
     name = "switchyard"
 
@@ -100,10 +110,12 @@ class Compressor:
         self.embedder = embedder
         self.ratio = float(options.pop("ratio", DEFAULT_RATIO))
         self.min_words = int(options.pop("min_words", DEFAULT_MIN_WORDS))
+        self.lean = bool(options.pop("lean", True))
         self.weights: rank.Weights = options.pop("weights", rank.Weights())
-        short = {k: int(options.pop(k)) for k in ("shortlist", "shortlist_words") if k in options}
-        if short:  # from config: shortlist 0 = lexical only, no MiniLM pass (about 1 ms)
-            self.weights = dataclasses.replace(self.weights, **short)
+        sizes = {k: int(options.pop(k)) for k in ("shortlist", "probe_words", "probe_units")
+                 if k in options}
+        if sizes:  # from config: shortlist 0 = lexical only, no MiniLM pass (about 1 ms)
+            self.weights = dataclasses.replace(self.weights, **sizes)
         workers = int(options.pop("workers", 2))
         if options:
             raise TypeError(f"unknown compressor options: {', '.join(sorted(options))}")
@@ -125,13 +137,29 @@ class Compressor:
                                               ratio, token_budget)
         if plan is None:
             return self._unchanged(messages, before, t0)
-        cosine = None
-        if self.embedder is not None and plan.shortlist:
-            texts = [plan.question, *(plan.unit(i).embed_text() for i in plan.shortlist)]
-            vecs = await asyncio.gather(*(self.embedder.embed(t) for t in texts))
-            cosine = [float(v @ vecs[0]) for v in vecs[1:]]
-        return await loop.run_in_executor(self._pool, self._apply, messages, plan, cosine,
+        cos = _Cosines()
+        if self.embedder is not None and plan.probe:
+            cos = await self._cosines(self.embedder, plan)
+        return await loop.run_in_executor(self._pool, self._apply, messages, plan, cos,
                                           before, t0)
+
+    async def _cosines(self, embedder: MiniLM, plan: _Plan) -> _Cosines:
+        """Two batches through ``MiniLM.embed``: the question and every probe, then, unless the
+        probes are clear enough, the shortlist's whole units (those longer than their probe)."""
+        w = self.weights
+        units = {i: plan.unit(i) for i in plan.probe}
+        probes = [units[i].probe_text(w.probe_words) for i in plan.probe]
+        vecs = await asyncio.gather(*(embedder.embed(t) for t in (plan.question, *probes)))
+        q = vecs[0]
+        out = _Cosines(probe={i: float(v @ q) for i, v in zip(plan.probe, vecs[1:], strict=True)})
+        out.ranked, short = rank.shortlist(plan.lexical, plan.probe,
+                                           [out.probe[i] for i in plan.probe], w)
+        longer = [i for i, p in zip(plan.probe, probes, strict=True)
+                  if i in short and p != units[i].embed_text()]
+        whole = await asyncio.gather(*(embedder.embed(units[i].embed_text()) for i in longer))
+        out.whole = {i: out.probe[i] for i in short}
+        out.whole.update({i: float(v @ q) for i, v in zip(longer, whole, strict=True)})
+        return out
 
     def _unchanged(self, messages: list[dict[str, Any]], before: int, t0: float) -> Compressed:
         parts = split_messages(messages)
@@ -155,17 +183,19 @@ class Compressor:
         question = question_of(messages, parts)
         ranked = [rank.Unit(s.text, s.header, s.title) for s in units]
         lex = rank.lexical(question, ranked, self.weights)
-        short = (rank.shortlist(lex, ranked, self.weights)
-                 if self.embedder is not None and self.weights.shortlist > 0 else [])
-        return _Plan(parts, units, question, budget, lex, short)
+        probe = rank.probed(lex, self.weights) if self.embedder is not None else []
+        return _Plan(parts, units, question, budget, lex, probe)
 
-    def _apply(self, messages: list[dict[str, Any]], plan: _Plan, cosine: list[float] | None,
+    def _apply(self, messages: list[dict[str, Any]], plan: _Plan, cos: _Cosines,
                before: int, t0: float) -> Compressed:
         units = [plan.unit(i) for i in range(len(plan.units))]
-        order = rank.fuse(plan.lexical, plan.shortlist, cosine, self.weights)
-        kept = dict(rank.select(plan.question, units, order, plan.budget, self.weights))
-        new_text = {id(s): s.header + s.text if i in kept and kept[i] is None
-                    else _rewrite(s, kept.get(i) or [])
+        order, lead = rank.fuse(plan.lexical, cos.ranked, cos.probe, cos.whole, self.weights)
+        bodies = [rank.sentences(u.text) for u in units]
+        if self.lean:
+            bodies = [[rank.lean(x) for x in b] for b in bodies]
+        kept = dict(rank.select(plan.question, units, bodies, order, plan.budget, self.weights,
+                                lead))
+        new_text = {id(s): _rewrite(s, bodies[i], kept[i]) if i in kept else ""
                     for i, s in enumerate(plan.units)}
         out = [dict(m) for m in messages]
         changed: set[int] = set()
@@ -177,16 +207,15 @@ class Compressor:
                 out[part.index]["content"] = text if text.strip() else "…"
                 changed.add(part.index)
         after = count_words(out)
+        stages = ["coarse", "lean"] if self.lean else ["coarse"]
         return Compressed(out, before, after, [f"messages[{k}].content" for k in sorted(changed)],
                           _labels(messages, plan.parts, changed),
-                          (time.perf_counter() - t0) * 1e3, ["coarse"])
+                          (time.perf_counter() - t0) * 1e3, stages)
 
 
-def _rewrite(seg: Segment, kept: list[int]) -> str:
-    """A unit with only its kept sentences (its header first), or nothing."""
-    if not kept:
-        return ""
-    sents = rank.sentences(seg.text)
-    body = "".join(sents[j] for j in kept).rstrip()
+def _rewrite(seg: Segment, body: list[str], kept: list[int] | None) -> str:
+    """A kept unit as sent: its header, then its sentences (``body``, lean or not), all of them
+    (``kept`` None) or the kept ones, ending as the unit ended (its line break)."""
+    text = "".join(body if kept is None else (body[j] for j in kept)).rstrip()
     tail = seg.text[len(seg.text.rstrip()):]
-    return f"{seg.header}{body}{tail}"
+    return f"{seg.header}{text}{tail}"

@@ -1,26 +1,37 @@
-"""The coarse stage's ranker: which units (and which of their sentences) to keep for a question.
+"""The coarse stage's ranker: which units (and which of their sentences) to keep for a question,
+and the fine stage's function words.
 
-Two passes, because one MiniLM pass over every unit is too slow here: all-MiniLM-L6-v2 costs
-about 1.1 s of CPU for 20 passages of 100 words on this machine, five times the time goal.
+MiniLM over every whole unit is too slow here (all-MiniLM-L6-v2 in ONNX Runtime: about
+580 ms of CPU for 20 passages of 100 words on this machine, three times the time goal), and
+over a lexical shortlist it never sees the passages BM25 misses. So three passes, the cost
+going to the units that may be kept:
 
-1. ``shortlist``: every unit scored by BM25 against the question (terms weighted by their
-   rarity across this prompt's units, title included) plus the share of question terms in its
-   title; the best four go on, more while their words stay under a cap (the cosine's cost).
-2. ``fuse``: the shortlisted units scored again with the MiniLM cosine of unit and question
-   added (a few passages: the cost the time goal allows).
-3. ``select``: units kept whole in that order while the word budget holds; the first one that
-   does not fit is cut to its best sentences (BM25 against the question, earlier sentences
-   first on ties) within what is left. Kept text goes back in its original order.
+1. ``lexical``: every unit scored by BM25 against the question (terms weighted by their
+   rarity across this prompt's units, title included) plus the share of question terms in
+   its title (about 1 ms).
+2. ``probe``: every unit (the ``probe_units`` best lexical ones, in a long context) embedded
+   by its title and first ``probe_words`` words, one batch (about 30 tokens each); its
+   cosine to the question plus its lexical score ranks them.
+3. ``shortlist``: the ``shortlist`` best of those embedded whole; their cosine (with the
+   probe's and the lexical score) puts them first, in that order.
 
-The weights were fitted on the train half of the NQ items (bench/nq_compress_items.py); see
-docs/compression.md for what each pass is worth."""
+``select`` then keeps units whole in that order while the word budget holds and cuts the first
+one that does not fit to its best sentences (BM25 against the question, a bonus for what the
+question asks for, earlier sentences first on ties) within what is left. Kept text goes back
+in its original order. ``lean`` (the fine stage) drops function words from each sentence
+first: articles, forms of *be* and *have*, pronouns such as *it*, *this*, *that*, *which*,
+the words a reader restores without noticing and that hardly ever are an answer; the budget
+counts the words left.
+
+The weights were fitted on the train half of the NQ items (bench/nq_compress_items.py,
+bench/compress_fit.py); docs/compression.md says what each pass is worth."""
 
 from __future__ import annotations
 
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,11 +124,18 @@ def fits(kind: str | None, text: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Weights:
-    shortlist: int = 4         # units that get a MiniLM cosine, at least... (0: none)
-    shortlist_words: int = 360  # ...and more while their words stay under this (its CPU cost)
+    probe_words: int = 20      # a unit's words (after its title) in its probe embedding
+    probe_units: int = 32      # units probed at most, best lexical first (the rest: lexical order)
+    shortlist: int = 8         # best probed units embedded whole (0: no MiniLM pass at all)...
+    confident: float = 0.35    # ...unless the best probe rank leads the next by this much
     bm25: float = 0.25         # a unit's BM25 (scaled to the prompt's best), title included
     title: float = 0.25        # share of question terms in the unit's title
-    cosine: float = 1.0        # MiniLM cosine of unit (title + text) and question
+    probe_lexical: float = 1.0  # probe rank: probe cosine + this x lexical score
+    cosine: float = 1.0        # shortlist rank: whole unit's cosine (title + text)...
+    probe: float = 0.0         # ...+ this x the probe's cosine...
+    lexical: float = 0.0       # ...+ this x lexical score
+    hedge_lead: float = 0.04   # the first unit leads the second by less than this (fused score):
+    hedge_share: float = 0.8   # ...it keeps at most this share of the budget
     kind: float = 0.1          # a sentence holds what the question asks for (year, number, name)
     position: float = 0.05     # earlier sentences of a unit first
 
@@ -131,9 +149,36 @@ class Unit:
     def embed_text(self) -> str:
         return f"{self.title}\n{self.text}" if self.title else self.text
 
+    def probe_text(self, n_words: int) -> str:
+        """The title and the first ``n_words`` words: the whole ``embed_text`` when that is all."""
+        head = self.text.split(maxsplit=n_words)
+        if len(head) <= n_words:
+            return self.embed_text()
+        body = " ".join(head[:n_words])
+        return f"{self.title}\n{body}" if self.title else body
+
 
 def words(text: str) -> int:
     return len(text.split())
+
+
+_FUNCTION = """a an the is was were are be been being has have had it its this these those that
+which whose whom there then also"""
+FUNCTION_WORDS = frozenset(_FUNCTION.split())
+_FW = "|".join(sorted(FUNCTION_WORDS, key=len, reverse=True))
+# a function word in lower case between whitespace (or at the start) and a space or tab; one
+# capitalised as a sentence's first word before a word in lower case. Never one before a line
+# break: lines stay lines.
+_LEAN = re.compile(rf"(?<!\S)(?:{_FW})[ \t]+(?=\S)")
+_LEAN_FIRST = re.compile(rf"^(\s*)(?:{'|'.join(w.capitalize() for w in _FW.split('|'))})"
+                         r"[ \t]+(?=\S)(?![A-Z])")
+
+
+def lean(sentence: str) -> str:
+    """``sentence`` without its function words (``FUNCTION_WORDS``); a capitalised one only as
+    its first word and before a word in lower case, so names stay whole (*Vitamin A*, *The
+    Who*, *The Halvorsen Bridge*)."""
+    return _LEAN.sub("", _LEAN_FIRST.sub(r"\1", sentence))
 
 
 def lexical(question: str, units: Sequence[Unit], weights: Weights) -> np.ndarray:
@@ -147,29 +192,39 @@ def lexical(question: str, units: Sequence[Unit], weights: Weights) -> np.ndarra
     return out
 
 
-def shortlist(lex: np.ndarray, units: Sequence[Unit], weights: Weights) -> list[int]:
-    """The units that get a MiniLM cosine, best lexical first: ``weights.shortlist`` of them, more
-    while they hold fewer than ``weights.shortlist_words`` words (a short context is embedded
-    whole, so a passage that shares no word with the question can still be found)."""
-    out: list[int] = []
-    used = 0
-    for i in np.argsort(-lex, kind="stable"):
-        cost = words(units[int(i)].text)
-        if len(out) >= weights.shortlist and used + cost > weights.shortlist_words:
-            break
-        out.append(int(i))
-        used += cost
-    return out
+def probed(lex: np.ndarray, weights: Weights) -> list[int]:
+    """The units given a probe embedding: the ``probe_units`` best lexical ones (all, usually)."""
+    if weights.shortlist <= 0:
+        return []
+    return [int(i) for i in np.argsort(-lex, kind="stable")[: weights.probe_units]]
 
 
-def fuse(lex: np.ndarray, short: Sequence[int], cosine: Sequence[float] | None,
-         weights: Weights) -> list[int]:
-    """All units, best first: the shortlist by lexical + cosine, then the rest by lexical."""
-    fused = {i: float(lex[i]) + (weights.cosine * float(cosine[n]) if cosine is not None else 0.0)
-             for n, i in enumerate(short)}
-    first = sorted(short, key=lambda i: -fused[i])
-    rest = [int(i) for i in np.argsort(-lex, kind="stable") if int(i) not in fused]
-    return first + rest
+def shortlist(lex: np.ndarray, probe: Sequence[int], probe_cos: Sequence[float],
+              weights: Weights) -> tuple[list[int], list[int]]:
+    """The probed units by their probe rank, best first, and the shortlist: the first
+    ``weights.shortlist`` of them, to be embedded whole; none when the first leads the second
+    by ``weights.confident`` or more (the probe is sure enough: half the NQ items)."""
+    rank1 = {i: float(c) + weights.probe_lexical * float(lex[i])
+             for i, c in zip(probe, probe_cos, strict=True)}
+    ranked = sorted(probe, key=lambda i: -rank1[i])
+    if len(ranked) > 1 and rank1[ranked[0]] - rank1[ranked[1]] >= weights.confident:
+        return ranked, []
+    return ranked, ranked[: weights.shortlist]
+
+
+def fuse(lex: np.ndarray, ranked: Sequence[int], probe_cos: Mapping[int, float],
+         whole_cos: Mapping[int, float], weights: Weights) -> tuple[list[int], float]:
+    """All units, best first: those with a whole-unit cosine by their fused score, then the rest
+    of ``ranked`` (the probed units by probe rank), then the others by lexical score; and the
+    first's lead over the second (``inf`` without two fused scores to compare)."""
+    fused = {i: weights.cosine * c + weights.probe * probe_cos[i] + weights.lexical * float(lex[i])
+             for i, c in whole_cos.items()}
+    first = sorted(fused, key=lambda i: -fused[i])
+    lead = fused[first[0]] - fused[first[1]] if len(first) > 1 else math.inf
+    seen = set(first)
+    rest = [i for i in ranked if i not in seen]
+    seen.update(rest)
+    return first + rest + [int(i) for i in np.argsort(-lex, kind="stable") if int(i) not in seen], lead
 
 
 def best_sentences(question: str, sents: Sequence[str], budget: int,
@@ -192,21 +247,33 @@ def best_sentences(question: str, sents: Sequence[str], budget: int,
     return sorted(kept)
 
 
-def select(question: str, units: Sequence[Unit], order: Sequence[int], budget: int,
-           weights: Weights) -> list[tuple[int, list[int] | None]]:
+def select(question: str, units: Sequence[Unit], bodies: Sequence[Sequence[str]],
+           order: Sequence[int], budget: int, weights: Weights,
+           lead: float = math.inf) -> list[tuple[int, list[int] | None]]:
     """What to keep, as (unit, None) for a whole unit or (unit, sentence indices): whole units in
-    ``order`` while ``budget`` holds, then the next one cut to its best sentences."""
+    ``order`` while ``budget`` holds, then the next one cut to its best sentences. ``bodies``
+    are the units' sentences as they would be sent (``lean`` or not): the budget counts them.
+    When the first unit leads the second by less than ``weights.hedge_lead`` (``lead``), it
+    keeps at most ``weights.hedge_share`` of the budget (its best sentences), so that the
+    second's best sentences are sent too: a hedge where the ranker is unsure."""
     out: list[tuple[int, list[int] | None]] = []
     used = 0
+    cap = budget
+    if lead < weights.hedge_lead and len(order) > 1:
+        cap = int(budget * weights.hedge_share)
     for i in order:
-        u = units[i]
-        cost = words(u.header) + words(u.text)
-        if used + cost <= budget:
+        head = words(units[i].header)
+        cost = head + sum(words(x) for x in bodies[i])
+        if used + cost <= cap:
             out.append((i, None))
             used += cost
-            continue
-        left = budget - used - words(u.header)
-        if left >= 8 or not out:
-            out.append((i, best_sentences(question, sentences(u.text), max(left, 1), weights)))
-        break
+        else:
+            left = cap - used - head
+            if left >= 8 or not out:
+                kept = best_sentences(question, bodies[i], max(left, 1), weights)
+                out.append((i, kept))
+                used += head + sum(words(bodies[i][j]) for j in kept)
+            if cap == budget:
+                break
+        cap = budget
     return out

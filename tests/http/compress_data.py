@@ -6,7 +6,9 @@ from __future__ import annotations
 
 QUESTION = "In which year was the Halvorsen Bridge over the Lysa river opened to traffic?"
 ANSWER = "1911"
-ANSWER_SENTENCE = "The Halvorsen Bridge was opened to traffic in 1911"
+# "The Halvorsen Bridge was opened to traffic in 1911" as the compressor sends it: its fine
+# stage drops function words (plugins.compress.rank.lean)
+ANSWER_SENTENCE = "The Halvorsen Bridge opened to traffic in 1911"
 
 PASSAGES = [
     ("Kettle Lake", ("Kettle Lake is a glacial lake in the northern uplands, formed when a block "

@@ -38,6 +38,13 @@ def documents(docs: list[tuple[str, str]], repeat: int = 3) -> str:
                      for i, (t, x) in enumerate(docs, 1))
 
 
+def deletes_only(before: str, after: str) -> bool:
+    """``after``'s words are ``before``'s in the same order, some left out: nothing added,
+    nothing moved."""
+    rest = iter(before.split())
+    return all(any(w == b for b in rest) for w in after.split())
+
+
 def doc_numbers(text: str) -> list[int]:
     return [int(n) for n in re.findall(r"Document \[(\d+)\]", text)]
 
@@ -67,22 +74,48 @@ async def test_a_rag_prompt_keeps_the_relevant_passage_in_order(lexical: Compres
     assert out.words_after * 3 < out.words_before
     kept = doc_numbers(sent)
     assert 5 in kept and kept == sorted(kept)   # original order, numbering untouched
-    assert out.changed == ["messages[0].content"] and out.stages == ["coarse"]
+    assert out.changed == ["messages[0].content"] and out.stages == ["coarse", "lean"]
     assert out.messages[1] == messages[1]       # the question, verbatim
     assert sent.startswith("Answer the question using the documents below.\n\n")
 
 
 async def test_minilm_ranks_a_passage_that_shares_no_words_with_the_question() -> None:
+    """Every passage gets a MiniLM probe (its title and first words), so the one that answers
+    is found even where BM25 puts it last, behind passages that share the question's words."""
     from plugins.minilm import MiniLM
 
-    docs = [*FILLER, ("Paris landmark", ("Its iron lattice was put up by Gustave Eiffel's "
-                                        "company for the exhibition of 1889."))]
-    # a short context (under the shortlist's word cap) is embedded whole
+    decoys = [("Naval manual", ("A French naval engineer wrote the best-known manual on rope "
+                                "knots, still printed for sailors in every port.")),
+              ("Venture capital", ("Venture capital funds pay an engineer well; the best-known "
+                                   "fund backs software start-ups in California.")),
+              ("Stone masonry", ("A stone wall needs a mason more than an engineer, say the "
+                                 "best-known builders of dry walls in the French hills."))]
+    gold = ("Paris landmark", ("Its iron lattice was put up by Gustave Eiffel's company for the "
+                               "exhibition of 1889, and it still draws millions of visitors."))
     messages = eval_messages("which engineer is behind the best-known monument of the French capital",
-                             documents(docs, 1))
+                             documents([*decoys[:2], *FILLER, gold, decoys[2]], 3))
     out = await Compressor(MiniLM.shared(), min_words=50).compress(messages, ratio=5.0)
     assert "Gustave Eiffel" in out.messages[0]["content"]
-    assert out.words_after * 3 < out.words_before
+    assert out.words_after * 4 < out.words_before
+    lexical = await Compressor(None, min_words=50).compress(messages, ratio=5.0)
+    assert "Gustave Eiffel" not in lexical.messages[0]["content"], "BM25 alone misses it"
+
+
+async def test_lean_drops_function_words_and_nothing_else() -> None:
+    """The fine stage leaves out articles, forms of be and have, it/this/that/which...: the
+    kept text is the original's words in order, some left out; names stay whole; ``lean:
+    false`` sends kept sentences verbatim."""
+    text = ("The Who were an English rock band that was formed in London in 1964. It is known "
+            "for the album Tommy, which has sold millions. Vitamin A is a nutrient.")
+    docs = [*FILLER, ("The Who", text)]
+    messages = eval_messages("when was the who formed", documents(docs, 1))
+    out = await Compressor(None, min_words=50).compress(messages, ratio=3.0)
+    sent = out.messages[0]["content"]
+    assert "The Who English rock band formed in London in 1964." in sent
+    assert "known for album Tommy, sold millions." in sent and "Vitamin A nutrient." in sent
+    assert deletes_only(messages[0]["content"], sent) and out.stages == ["coarse", "lean"]
+    verbatim = await Compressor(None, min_words=50, lean=False).compress(messages, ratio=3.0)
+    assert text in verbatim.messages[0]["content"] and verbatim.stages == ["coarse"]
 
 
 async def test_protected_parts_go_out_verbatim(lexical: Compressor) -> None:
@@ -137,8 +170,7 @@ async def test_earlier_turns_shrink_and_keep_their_order(lexical: Compressor) ->
     assert any("moraines" in m["content"] for m in out.messages[:-1])
     for before, after in zip(messages, out.messages, strict=True):
         assert after["role"] == before["role"]
-        assert after["content"] == "…" or after["content"] in before["content"] or \
-            all(p.strip() in before["content"] for p in after["content"].split("\n\n"))
+        assert after["content"] == "…" or deletes_only(before["content"], after["content"])
 
 
 def test_documents_split_back_to_the_same_text() -> None:
