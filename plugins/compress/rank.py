@@ -227,10 +227,11 @@ def fuse(lex: np.ndarray, ranked: Sequence[int], probe_cos: Mapping[int, float],
     return first + rest + [int(i) for i in np.argsort(-lex, kind="stable") if int(i) not in seen], lead
 
 
-def best_sentences(question: str, sents: Sequence[str], budget: int,
-                   weights: Weights) -> list[int]:
+def best_sentences(question: str, sents: Sequence[str], budget: int, weights: Weights,
+                   at_least_one: bool = True) -> list[int]:
     """The indices of ``sents`` to keep within ``budget`` words, best first by BM25 against the
-    question (plus the kind of token it asks for, and position); at least one."""
+    question (plus the kind of token it asks for, and position); at least one if
+    ``at_least_one`` (the budget may then be overrun by it)."""
     q = terms(question)
     kind = asks_for(question)
     s = _scaled(bm25(q, [terms(x) for x in sents]))
@@ -240,7 +241,7 @@ def best_sentences(question: str, sents: Sequence[str], budget: int,
     used = 0
     for j in sorted(range(len(sents)), key=lambda j: -score[j]):
         w = words(sents[j])
-        if used + w > budget and kept:
+        if used + w > budget and (kept or not at_least_one):
             continue
         kept.append(j)
         used += w
@@ -269,8 +270,9 @@ def select(question: str, units: Sequence[Unit], bodies: Sequence[Sequence[str]]
             used += cost
         else:
             left = cap - used - head
-            if left >= 8 or not out:
-                kept = best_sentences(question, bodies[i], max(left, 1), weights)
+            kept = best_sentences(question, bodies[i], max(left, 1), weights,
+                                  at_least_one=not out) if left >= 8 or not out else []
+            if kept:
                 out.append((i, kept))
                 used += head + sum(words(bodies[i][j]) for j in kept)
             if cap == budget:
