@@ -273,7 +273,17 @@ def test_latency_policy_moves_traffic_away_from_a_slow_backend(
             # The server slows down by several times what the local model takes here and
             # now (seconds on a loaded machine, a tenth of one on an idle one) ...
             local_s = predicted_ttft_s(ask(c))["local"]
-            proxy.delay = min(10.0, max(1.0, 4 * local_s))
+            # ... but well inside what the long generation below takes (450 tokens, about
+            # seven times 64), which must outlast the server's estimate: when the machine's
+            # load fell after local_s was taken, a delay of 4 x local_s outlasted it and the
+            # generation ended before the router had a reason to move (seen twice)
+            t0 = time.monotonic()
+            for _ in c.chat.completions.create(  # streamed: its TTFT is not its whole time
+                    model="local", messages=HI, max_tokens=64, stream=True,
+                    logit_bias={"0": -100, "2": -100}):
+                pass
+            gen64_s = time.monotonic() - t0
+            proxy.delay = min(10.0, max(1.0, 4 * local_s), 2 * gen64_s)
             for _ in range(8):  # ... as some of its clients see: the router learns it
                 ask(c, "srv")
                 est = predicted_ttft_s(ask(c))
