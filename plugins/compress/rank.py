@@ -12,11 +12,13 @@ going to the units that may be kept:
 2. ``probe``: every unit (the ``probe_units`` best lexical ones, in a long context) embedded
    by its title and first ``probe_words`` words, one batch (about 30 tokens each); its
    cosine to the question plus its lexical score ranks them.
-3. ``shortlist``: the ``shortlist`` best of those embedded whole; their cosine (with the
-   probe's and the lexical score) puts them first, in that order.
+3. ``shortlist``: where the probe rank is unsure (its first leads its second by less than
+   ``confident``), the ``shortlist`` best of those embedded whole; their cosine puts them
+   first, in that order. Where it is sure (about half the NQ items), no second pass.
 
-``select`` then keeps units whole in that order while the word budget holds and cuts the first
-one that does not fit to its best sentences (BM25 against the question, a bonus for what the
+``select`` then keeps units whole in that order while the word budget holds (the first one at
+most ``hedge_share`` of it when it leads the second by less than ``hedge_lead``) and cuts the
+first one that does not fit to its best sentences (BM25 against the question, a bonus for what the
 question asks for, earlier sentences first on ties) within what is left. Kept text goes back
 in its original order. ``lean`` (the fine stage) drops function words from each sentence
 first: articles, forms of *be* and *have*, pronouns such as *it*, *this*, *that*, *which*,
@@ -275,7 +277,7 @@ def select(question: str, units: Sequence[Unit], bodies: Sequence[Sequence[str]]
             if kept:
                 out.append((i, kept))
                 used += head + sum(words(bodies[i][j]) for j in kept)
-            if cap == budget:
+            if cap == budget and budget - used < 8 + head:
                 break
         cap = budget
     return out
