@@ -72,12 +72,18 @@ class Workers:
         self.tmp, self.n, self.port = tmp, n, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "serve.log"
-        self.proc = serve(config(tmp), "--port", str(self.port), "--workers", str(n),
+        # info: the parent's "n workers ready" line, which up() waits for
+        self.proc = serve(config(tmp, log_level="info"), "--port", str(self.port),
+                          "--workers", str(n),
                           log=self.log)
 
         def up() -> bool:
+            # every worker told the parent it is ready (one answering /healthz is not all:
+            # a test that killed a worker still starting saw the parent stop, as it does for a
+            # worker that cannot start)
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            return len(children(self.proc.pid)) == n and self._healthy()
+            return (len(children(self.proc.pid)) == n and self._healthy()
+                    and f"{n} workers ready on" in self.log.read_text())
 
         wait_until(up, timeout=120, what=f"{n} workers", interval=0.2)
 
