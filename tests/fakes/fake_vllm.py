@@ -266,6 +266,25 @@ class FakeVLLM:
         self.e2e.observe(time.perf_counter() - t0)
 
 
+def assert_context_length_exceeded(client: Any, model: str, messages: list[dict[str, str]],
+                                   max_model_len: int, max_tokens: int) -> None:
+    """A prompt past vLLM's ``max_model_len`` reaches an SDK client through the gateway as a
+    400 ``context_length_exceeded`` naming the limit, streamed or not: asserted alike against
+    this fake and against the real server."""
+    import openai
+    import pytest
+
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as e:
+            out = client.chat.completions.create(model=model, messages=messages,
+                                                 max_tokens=max_tokens, stream=stream)
+            list(out) if stream else None
+        body = e.value.body
+        assert (body["code"], body["param"], body["type"]) == (
+            "context_length_exceeded", "messages", "invalid_request_error")
+        assert f"maximum context length is {max_model_len} tokens" in body["message"]
+
+
 def _usage(prompt: int, completion: int, details: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"prompt_tokens": prompt, "total_tokens": prompt + completion,
                            "completion_tokens": completion}

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from fakes.fake_vllm import FakeVLLM
+from fakes.fake_vllm import FakeVLLM, assert_context_length_exceeded
 from fakes.harness import gateway, sdk, upstream_server
 from support import LiveServer, free_port, wait_until
 
@@ -213,15 +213,7 @@ def test_errors(stack: Stack) -> None:
         c.chat.completions.create(model="no-such-model", messages=ASK, max_tokens=2)
     assert nf.value.body["code"] == "model_not_found"
     long = [{"role": "user", "content": "hello " * (MAX_MODEL_LEN + 50)}]
-    for stream in (False, True):
-        with pytest.raises(openai.BadRequestError) as e:
-            out = c.chat.completions.create(model="vllm", messages=long, max_tokens=2,
-                                            stream=stream)
-            list(out) if stream else None
-        body = e.value.body
-        assert (body["code"], body["param"], body["type"]) == (
-            "context_length_exceeded", "messages", "invalid_request_error")
-        assert f"maximum context length is {MAX_MODEL_LEN} tokens" in body["message"]
+    assert_context_length_exceeded(c, "vllm", long, MAX_MODEL_LEN, max_tokens=2)
     with pytest.raises(openai.InternalServerError) as bad:
         c.chat.completions.create(model="typo", messages=ASK, max_tokens=2)
     assert bad.value.status_code == 502

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes.fake_vllm import FakeVLLM
+from fakes.fake_vllm import FakeVLLM, assert_context_length_exceeded
 from fakes.harness import gateway, sdk, upstream_server
 from support import LiveServer, wait_until
 
@@ -172,14 +172,7 @@ async def test_errors_are_vllms(tmp_path: Path) -> None:
         wrong = {**ok, "name": "typo", "model": "no/such-model"}
         with gateway(tmp_path, ok, wrong) as gw, sdk(gw.url) as c:
             long = [{"role": "user", "content": "word " * 100}]
-            for stream in (False, True):
-                with pytest.raises(openai.BadRequestError) as e:
-                    out = c.chat.completions.create(model="gpu", messages=long, max_tokens=4,
-                                                    stream=stream)
-                    list(out) if stream else None
-                err = e.value.body
-                assert (err["code"], err["param"]) == ("context_length_exceeded", "messages")
-                assert "maximum context length is 64 tokens" in err["message"]
+            assert_context_length_exceeded(c, "gpu", long, 64, max_tokens=4)
             with pytest.raises(openai.InternalServerError) as e:
                 c.chat.completions.create(model="typo", messages=[{"role": "user",
                                                                    "content": "hi"}])
