@@ -13,9 +13,15 @@ the workers share the parent's socket.
 
 Start-up: the first worker starts alone, so a configuration that cannot start is reported
 once, with its exit status (2: configuration, 3: start-up failure); once it is ready the
-others start. A worker that dies after it was ready is replaced. SIGINT or SIGTERM to the
-parent sends SIGTERM to every worker: each stops accepting, finishes its requests (up to
-10 s), runs its shutdown (the ledger's last flush) and exits; then the parent exits 0.
+others start. A worker that dies after it was ready is replaced at once. Once the first was
+ready the configuration is proven, and a later worker that dies before it is ready (killed
+for memory while it loads a model, say) is replaced after a back-off, 0.5 s doubling to
+8 s; a worker that fails to start ``START_ATTEMPTS`` times in a row (5: 7.5 s of back-off
+in all) stops the server with status 3: a crash loop must not go on unseen. Each
+failure and each replacement is logged with the worker, its pid and how it ended. SIGINT
+or SIGTERM to the parent sends SIGTERM to every worker: each stops accepting, finishes its
+requests (up to 10 s), runs its shutdown (the ledger's last flush) and exits; then the
+parent exits 0.
 
 What the workers share must live outside them: ``state.kind: sqlite`` or ``redis``
 (``gateway.config.workers_errors`` refuses ``memory``). Per worker, and so N times: the
@@ -45,6 +51,8 @@ log = logging.getLogger("switchyard.workers")
 
 STOP_TIMEOUT_S = 30.0  # a worker's graceful stop (10 s for requests, then its shutdown)
 STARTUP_FAILURE = 3  # uvicorn's exit status for a failed start
+START_ATTEMPTS = 5  # starts in a row that may fail before ready, per worker, once proven
+BACKOFF_S, BACKOFF_MAX_S = 0.5, 8.0  # before the next start: doubling from BACKOFF_S
 
 
 def bind(host: str, port: int, *, reuse_port: bool) -> socket.socket:
@@ -70,6 +78,17 @@ class _Worker:
     ready: bool = False
 
 
+def _ended(status: int) -> str:
+    """How a process ended, from its ``waitpid`` status: for a log line."""
+    code = os.waitstatus_to_exitcode(status)
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"was killed by signal {-code}"
+
+
 ServeWorker = Callable[[socket.socket, Callable[[], None]], int]
 """``serve(listening_socket, notify_ready) -> exit status``: one worker's whole life."""
 
@@ -90,6 +109,8 @@ class Supervisor:
         self._parent = os.getpid()
         self._others_started = self._announced = False
         self._deadline = 0.0
+        self._failures: dict[int, int] = {}  # worker index: starts in a row that failed
+        self._respawn: dict[int, float] = {}  # worker index: when to start it again
 
     # ---- in the worker ---------------------------------------------------------------
 
@@ -118,8 +139,8 @@ class Supervisor:
             os.close(self._ready_r)
             ready_w = self._ready_w
 
-            def notify() -> None:
-                os.write(ready_w, bytes([index]))
+            def notify() -> None:  # its pid: a byte from a worker since replaced is no one's
+                os.write(ready_w, os.getpid().to_bytes(4, "little"))
 
             code = self.serve(self._listener(), notify)
         except SystemExit as e:
@@ -157,6 +178,7 @@ class Supervisor:
         if self.stopping:
             return
         self.stopping = True
+        self._respawn.clear()
         self._deadline = time.monotonic() + STOP_TIMEOUT_S
         for w in self.workers.values():
             with contextlib.suppress(ProcessLookupError):
@@ -169,10 +191,13 @@ class Supervisor:
             return
         if not readable:
             return
-        for index in os.read(self._ready_r, 256):
-            for w in self.workers.values():
-                if w.index == index:
-                    w.ready = True
+        data = os.read(self._ready_r, 256)  # 4-byte pids, each written whole
+        for at in range(0, len(data), 4):
+            w = self.workers.get(int.from_bytes(data[at:at + 4], "little"))
+            if w is not None:
+                w.ready = True
+                if self._failures.pop(w.index, 0) or self._announced:
+                    log.info("worker %d (pid %d) ready", w.index, w.pid)
         if not self._others_started and not self.stopping and self._ready():
             self._others_started = True  # the first one is up: the configuration starts
             for index in range(1, self.n):
@@ -198,18 +223,49 @@ class Supervisor:
             w = self.workers.pop(pid, None)
             if w is None:
                 continue
-            code = os.waitstatus_to_exitcode(status)
             if self.stopping:
                 continue
-            if not w.ready:  # it could not start: neither will another
-                log.error("worker %d (pid %d) exited with status %d before it was ready; "
-                          "stopping", w.index, pid, code)
-                self.status = code if code in (2, STARTUP_FAILURE) else STARTUP_FAILURE
-                self._stop()
-            else:
-                log.error("worker %d (pid %d) exited with status %d; starting another",
-                          w.index, pid, code)
+            if w.ready:
+                log.error("worker %d (pid %d) %s; starting another", w.index, pid,
+                          _ended(status))
                 self._spawn(w.index)
+            elif not self._others_started:  # the first could not start: neither will another
+                log.error("worker %d (pid %d) %s before it was ready; stopping", w.index, pid,
+                          _ended(status))
+                self._give_up(status)
+            else:
+                self._failed_start(w, status)
+
+    def _failed_start(self, w: _Worker, status: int) -> None:
+        """A worker died before it was ready, with the configuration proven by the first:
+        start another after a back-off, or stop after ``START_ATTEMPTS`` in a row."""
+        failures = self._failures[w.index] = self._failures.get(w.index, 0) + 1
+        if failures >= START_ATTEMPTS:
+            log.error("worker %d (pid %d) %s before it was ready, %d starts in a row; "
+                      "stopping", w.index, w.pid, _ended(status), failures)
+            self._give_up(status)
+            return
+        delay = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** (failures - 1))
+        log.error("worker %d (pid %d) %s before it was ready (failed start %d of at most %d "
+                  "in a row); starting another in %.1f s", w.index, w.pid, _ended(status),
+                  failures, START_ATTEMPTS, delay)
+        self._respawn[w.index] = time.monotonic() + delay
+
+    def _give_up(self, status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        self.status = code if code in (2, STARTUP_FAILURE) else STARTUP_FAILURE
+        self._stop()
+
+    def _respawn_due(self) -> float:
+        """Start the workers whose back-off is over; the seconds to the next one (or 0.2)."""
+        now, wait = time.monotonic(), 0.2
+        for index, at in list(self._respawn.items()):
+            if at <= now:
+                del self._respawn[index]
+                self._spawn(index)
+            else:
+                wait = min(wait, at - now)
+        return wait
 
     def run(self) -> int:
         """Until stopped: the exit status (0 after a clean stop)."""
@@ -217,8 +273,8 @@ class Supervisor:
                     for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             self._spawn(0)
-            while self.workers:
-                self._read_ready(0.2)
+            while self.workers or self._respawn:
+                self._read_ready(self._respawn_due() if self._respawn else 0.2)
                 self._reap()
                 if self.stopping and self.workers and time.monotonic() > self._deadline:
                     for w in self.workers.values():

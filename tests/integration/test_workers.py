@@ -49,9 +49,10 @@ def config(tmp: Path, **extra: Any) -> Path:
 
 
 def serve(cfg: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {**ENV, "PYTHONPATH": f"{cfg.parent}:{ENV['PYTHONPATH']}"}  # and its own plugins
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "-c", str(cfg),
-                                 *args], env=ENV, stdout=out, stderr=subprocess.STDOUT,
+                                 *args], env=env, stdout=out, stderr=subprocess.STDOUT,
                                 cwd=cfg.parent)
 
 
@@ -68,14 +69,13 @@ def cpu_s(pid: int) -> float:
 class Workers:
     """``switchyard serve --workers n`` on a free port: the parent and its workers."""
 
-    def __init__(self, tmp: Path, n: int) -> None:
+    def __init__(self, tmp: Path, n: int, **extra: Any) -> None:
         self.tmp, self.n, self.port = tmp, n, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "serve.log"
         # info: the parent's "n workers ready" line, which up() waits for
-        self.proc = serve(config(tmp, log_level="info"), "--port", str(self.port),
-                          "--workers", str(n),
-                          log=self.log)
+        self.proc = serve(config(tmp, log_level="info", **extra), "--port", str(self.port),
+                          "--workers", str(n), log=self.log)
 
         def up() -> bool:
             # every worker told the parent it is ready (one answering /healthz is not all:
@@ -266,3 +266,88 @@ def test_a_configuration_that_cannot_start_is_reported_once(
     assert code == 2, err
     assert err.count(said) == 1, err
     assert "Traceback" not in err
+
+
+# ``echo`` whose start dies the way the kernel's OOM killer ends a worker loading a model
+# (SIGKILL), on the starts (counted across the workers in one file) listed in ``die``
+DYING_START = """
+import fcntl, os, signal
+from switchyard_echo import EchoBackend, EchoConfig
+from gateway import RegisterBackend, hookimpl
+
+class DyingConfig(EchoConfig):
+    starts: str
+    die: list[int]
+
+class DyingBackend(EchoBackend):
+    config: DyingConfig
+
+    async def start(self) -> None:
+        with open(self.config.starts, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.write("x")
+            f.flush()
+            n = os.path.getsize(self.config.starts)
+        if n in self.config.die:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+@hookimpl
+def switchyard_register_backends(register: RegisterBackend) -> None:
+    register("dying_echo", DyingBackend, DyingConfig)
+"""
+
+
+def dying_config(tmp: Path, die: list[int]) -> dict[str, Any]:
+    """The config sections for an ``echo`` backend whose starts numbered ``die`` die."""
+    (tmp / "dying_start.py").write_text(DYING_START)
+    return {"plugins": ["switchyard_echo", "dying_start"],
+            "backends": [{"name": "echo", "plugin": "dying_echo", "starts": str(tmp / "starts"), "die": die,
+                          "pricing": {"input_per_mtok": 0, "output_per_mtok": 2000}}]}
+
+
+def test_a_later_worker_that_dies_starting_is_started_again(tmp_path: Path) -> None:
+    """The first worker proved the configuration; the second and third die while starting
+    (starts 2 and 3), and the first retry of one of them too (start 4): each is started
+    again after a back-off, the server never stops, and all three end up serving."""
+    w = Workers(tmp_path, 3, **dying_config(tmp_path, die=[2, 3, 4]))
+    try:
+        log = w.log.read_text()
+        deaths = [line for line in log.splitlines() if "was killed by SIGKILL before it "
+                  "was ready" in line]
+        assert len(deaths) == 3, log
+        assert all("; starting another in " in line for line in deaths), log
+        assert any("(failed start 2 of at most 5 in a row); starting another in 1.0 s" in line
+                   for line in deaths), log
+        assert "stopping" not in log, log
+        assert (tmp_path / "starts").read_text() == "x" * 6  # 1 + 3 deaths + 2 that started
+        key = w.key("acme")
+        results = asyncio.run(_burst(w.url, key, 60))
+        assert Counter(s for s, _, _ in results) == {200: 60}
+    finally:
+        assert w.stop() == 0
+
+
+@pytest.mark.parametrize(("workers", "die", "said", "starts"), [
+    # every start after the first dies: the crash loop ends rather than going on for ever
+    # behind a server that seems up; the back-off doubled (0.5, 1, 2, 4 s)
+    (2, list(range(2, 100)), ["worker 1 (pid", "starting another in 4.0 s", (
+        "was killed by SIGKILL before it was ready, 5 starts in a row; stopping")], 6),
+    # the first dies: nothing has shown that the configuration can start, so no retry
+    (3, [1], ["worker 0 (pid", "was killed by SIGKILL before it was ready; stopping"], 1),
+], ids=["later-worker-five-times", "first-worker"])
+def test_a_worker_that_cannot_start_stops_the_server(workers: int, die: list[int],
+                                                     said: list[str], starts: int,
+                                                     tmp_path: Path) -> None:
+    cfg = config(tmp_path, log_level="info", **dying_config(tmp_path, die=die))
+    proc = serve(cfg, "--port", str(free_port()), "--workers", str(workers),
+                 log=tmp_path / "serve.log")
+    try:
+        code = proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (tmp_path / "serve.log").read_text()
+    assert code == 3, log
+    assert all(line in log for line in said), log
+    assert (tmp_path / "starts").read_text() == "x" * starts
+    assert "Traceback" not in log, log
