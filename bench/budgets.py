@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,34 +69,22 @@ def _pct(lat: list[float], q: float) -> float:
     return sorted(lat)[min(len(lat) - 1, int(len(lat) * q))] * 1e6
 
 
-def count_calls(store: RedisStore) -> list[int]:
-    """Count the commands the store sends to Redis (each EVALSHA is one round trip)."""
-    calls = [0]
-    inner = store.r.execute_command
-
-    async def counted(*args: Any, **kw: Any) -> Any:
-        calls[0] += 1
-        return await inner(*args, **kw)
-
-    store.r.execute_command = counted  # type: ignore[method-assign]
-    return calls
-
-
 async def measure(auth: Any, adm: Any, header: str, n: int, conc: int,
-                  calls: list[int] | None = None) -> dict[str, float]:
+                  sent: Callable[[], int] | None = None) -> dict[str, float]:
     """``n`` requests one at a time, then ``n`` requests by ``conc`` workers (asyncio.gather)
     that each send their share back to back: latency per request and requests/s, both ways."""
     for _ in range(200):  # warm up: caches, script loading, connections
         await one(auth, adm, header)
     lat: list[float] = []
-    before = calls[0] if calls else 0
+    before = sent() if sent else 0
     t0 = time.perf_counter()
     for _ in range(n):
         t = time.perf_counter()
         await one(auth, adm, header)
         lat.append(time.perf_counter() - t)
     seq_s = time.perf_counter() - t0
-    trips = (calls[0] - before) / n if calls else 0.0
+    # each command a request sends waits for its reply: one round trip each
+    trips = (sent() - before) / n if sent else 0.0
     clat: list[float] = []
     shares = [n // conc + (1 if i < n % conc else 0) for i in range(conc)]
 
@@ -129,14 +118,14 @@ async def main(args: argparse.Namespace) -> None:
             prefix = f"switchyard-bench:{uuid.uuid4().hex[:8]}:"
             store = RedisStore(args.redis, prefix)
             try:
-                calls = count_calls(store)
                 auth, adm, header = await setup(store, limits)
                 add(f"redis{' + rpm/tpm' if limits else ''}",
-                    await measure(auth, adm, header, args.n, args.concurrency, calls))
+                    await measure(auth, adm, header, args.n, args.concurrency,
+                                  lambda s=store: s.r.commands))
             finally:
-                keys = [k async for k in store.r.scan_iter(match=prefix + "*")]
+                keys = await store.r.scan(prefix + "*")
                 if keys:
-                    await store.r.delete(*keys)
+                    await store.r.execute("DEL", *keys)
                 await store.close()
     print(provenance_header())
     print(f"budget enforcement per request: key check, rate limits, reservation, settlement "

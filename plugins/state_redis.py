@@ -3,8 +3,12 @@
 Reservation, settlement, charging and rate limiting are each one Lua script, so N replicas
 behave like one: no read-then-write race between them. A request makes two round trips:
 its rate limits and its reservation are one script (``reserve_within``), its settlement and
-its tokens-per-minute correction another (``settle_adding``). Replies are parsed by hiredis
-(a dependency; redis-py uses it when it is installed). Scripts read the clock with Redis'
+its tokens-per-minute correction another (``settle_adding``). The settlement's reply is
+awaited before the response goes out: a client that reads its team's spend next, through
+any replica, reads it after Redis applied the settlement (a settlement written and not
+awaited could still sit in a socket buffer when another replica's read arrives). Commands go
+through ``plugins.redis_resp``, a small client on hiredis' packer and parser (redis-py costs
+about 460 Python calls a command, that client about a tenth). Scripts read the clock with Redis'
 ``TIME``, so replicas with skewed clocks still share one window. Every key of a team carries
 the hash tag ``{team}``, so a team's scripts touch a single slot and Redis Cluster accepts
 them. Money is in integer nano-dollars (``HINCRBY``: no float drift).
@@ -15,14 +19,14 @@ both are refused ("value is not an integer"). Amounts stay the decimal strings P
 negated as text (``neg``), compared exactly as (high, low) halves (``over``), and returned
 as the strings Redis holds, so every amount up to 2**63 - 1 nano-dollars is exact.
 
-Connections: a pool of at most 64, on RESP2. A pooled connection the server closed (Redis
-restarted) is found before a command is sent on it and replaced: redis-py skips that check
-on RESP3, where it enables maintenance notifications, and every stale connection then
-failed one command, each read as an outage. A connection that still fails mid-command
-(reset rather than closed) is retried once on a fresh one, for idempotent commands only:
-every read and write here, ``reserve`` (a hold is keyed by its id, so a retried one is held
-once) and the settlement scripts; not ``hit``, ``add`` or the ``HSETNX`` that creates a
-team, which a script that ran but lost its reply would count twice.
+Connections: at most ``connections`` (2), each carrying the commands of many requests at
+once (see ``plugins.redis_resp``). A connection the server closed (Redis restarted) is
+dropped as soon as the loop sees it close, before a command is sent on it: a stale
+connection would fail a command, read as an outage. A connection that still fails
+mid-command (reset rather than closed) is retried once on a fresh one, for idempotent
+commands only: every read and write here, ``reserve`` (a hold is keyed by its id, so a
+retried one is held once) and the settlement scripts; not ``hit``, ``add`` or the ``HSETNX``
+that creates a team, which a script that ran but lost its reply would count twice.
 
 Keys (``P`` is ``state.prefix``)::
 
@@ -49,9 +53,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -67,6 +68,7 @@ from gateway import (
     Team,
     hookimpl,
 )
+from plugins.redis_resp import RespClient, Script
 
 T = TypeVar("T")
 
@@ -232,19 +234,19 @@ end
 # KEYS: team, b, bx   ARGV: res_id, amount, ttl_ms, keep_s
 # Idempotent: a hold already made under res_id (a retry whose first reply was lost) is
 # reported as held, not held twice.
-RESERVE = _NOW + _NUM + _PURGE + _HOLD + """
+RESERVE = Script(_NOW + _NUM + _PURGE + _HOLD + """
 local budget = redis.call('HGET', KEYS[1], 'budget')
 if not budget then return {-1, 0, 0, -1} end
 purge(KEYS[2], KEYS[3], now)
 return held(KEYS[2], ARGV[1], budget)
   or try_hold(KEYS[2], KEYS[3], budget, ARGV[1], ARGV[2], ARGV[3], ARGV[4], now)
-"""
+""")
 
 # RESERVE and HIT in one step: KEYS: team, b, bx, then HIT's   ARGV: RESERVE's, then HIT's.
 # Nothing is taken unless both fit: the windows first ({0, 0, 0, budget, wait_ms} when they
 # do not), then the budget. Idempotent like RESERVE: a retry finds its hold (and its hit,
 # made in the same script) and takes nothing more.
-RESERVE_WITHIN = _NOW + _NUM + _PURGE + _HOLD + _WINDOW + """
+RESERVE_WITHIN = Script(_NOW + _NUM + _PURGE + _HOLD + _WINDOW + """
 local budget = redis.call('HGET', KEYS[1], 'budget')
 if not budget then return {-1, 0, 0, -1} end
 purge(KEYS[2], KEYS[3], now)
@@ -255,64 +257,64 @@ if wait > 0 then return {0, 0, 0, budget, wait} end
 local r = try_hold(KEYS[2], KEYS[3], budget, ARGV[1], ARGV[2], ARGV[3], ARGV[4], now)
 if r[1] == 1 then record(3, 4, now) end
 return r
-"""
+""")
 
 # KEYS: team, b, bx   ARGV: res_id, actual
-SETTLE = _NUM + _SETTLE + """
+SETTLE = Script(_NUM + _SETTLE + """
 return settle(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
-"""
+""")
 
 # SETTLE, then ADD when the settlement applied (so a retry adds nothing twice):
 # KEYS: SETTLE's, then ADD's   ARGV: SETTLE's, then ADD's.
-SETTLE_ADD = _NOW + _NUM + _SETTLE + _WINDOW + """
+SETTLE_ADD = Script(_NOW + _NUM + _SETTLE + _WINDOW + """
 local r = settle(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
 if r[1] == 1 then
   prune_all(3, 2, now)
   record(3, 2, now)
 end
 return r
-"""
+""")
 
 # KEYS: team, b   ARGV: charge_id, amount, keep_s
-CHARGE = _NUM + _SETTLE + """
+CHARGE = Script(_NUM + _SETTLE + """
 if redis.call('HSETNX', KEYS[2], 'c:' .. ARGV[1], '1') == 0 then
   return {0, redis.call('HGET', KEYS[2], 'spent') or '0', 0}
 end
 if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
 return add_spend(KEYS[1], KEYS[2], ARGV[2])
-"""
+""")
 
 # KEYS: b, bx
-SPEND = _NOW + _NUM + _PURGE + """
+SPEND = Script(_NOW + _NUM + _PURGE + """
 purge(KEYS[1], KEYS[2], now)
 local v = redis.call('HMGET', KEYS[1], 'spent', 'reserved', 'alerted')
 return {v[1] or '0', v[2] or '0', v[3] and 1 or 0}
-"""
+""")
 
 # KEYS: seq, then (zset, sum) per limit   ARGV: n, then (limit, cost, window_ms) per limit
 # Returns 0 when taken, else the milliseconds to wait.
-HIT = _NOW + _NUM + _WINDOW + """
+HIT = Script(_NOW + _NUM + _WINDOW + """
 local wait = wait_ms(0, 0, now)
 if wait > 0 then return wait end
 record(0, 0, now)
 return 0
-"""
+""")
 
-ADD = _NOW + _NUM + _WINDOW + """
+ADD = Script(_NOW + _NUM + _WINDOW + """
 prune_all(0, 0, now)
 record(0, 0, now)
 return 0
-"""
+""")
 
 # KEYS: team   ARGV: doc, budget, soft
-UPDATE_TEAM = """
+UPDATE_TEAM = Script("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'doc', ARGV[1], 'budget', ARGV[2], 'soft', ARGV[3])
 return 1
-"""
+""")
 
 # KEYS: mark   ARGV: until_ms, value, ttl_ms. A mark that lasts longer is kept.
-MARK_DOWN = """
+MARK_DOWN = Script("""
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local u = tonumber(string.match(cur, '^(%d+)|'))
@@ -320,7 +322,7 @@ if cur then
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
-"""
+""")
 
 _GLOB = re.compile(r"([*?\[\]\\])")
 _CONN_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -336,30 +338,15 @@ class RedisStore:
     kind = "redis"
 
     def __init__(self, url: str, prefix: str = "switchyard:", *, connect_timeout_s: float = 2.0,
-                 timeout_s: float = 2.0, max_connections: int = 64) -> None:
+                 timeout_s: float = 2.0, connections: int = 2) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("state.prefix must not contain '{' or '}' (Redis hash tags)")
         self.prefix = prefix
-        # A burst waits (up to timeout_s) for a free connection: redis-py's plain pool
-        # raises at its cap (100 since redis-py 8), which read as an outage and failed
-        # every request closed for a reconcile interval. No retry inside redis-py: it would
-        # resend any command, a script that ran but lost its reply too (see _do).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, decode_responses=True, socket_connect_timeout=connect_timeout_s,
-            socket_timeout=timeout_s, retry=Retry(NoBackoff(), 0), protocol=2,
-            max_connections=max_connections, timeout=timeout_s,
-        )
-        self.r = aioredis.Redis.from_pool(pool)
-        self._reserve = self.r.register_script(RESERVE)
-        self._reserve_within = self.r.register_script(RESERVE_WITHIN)
-        self._settle = self.r.register_script(SETTLE)
-        self._settle_add = self.r.register_script(SETTLE_ADD)
-        self._charge = self.r.register_script(CHARGE)
-        self._spend = self.r.register_script(SPEND)
-        self._hit = self.r.register_script(HIT)
-        self._add = self.r.register_script(ADD)
-        self._update_team = self.r.register_script(UPDATE_TEAM)
-        self._mark_down = self.r.register_script(MARK_DOWN)
+        # No retry inside the client: it would resend any command, a script that ran but
+        # lost its reply too (see _do). A burst never waits for a free connection: every
+        # connection carries any number of commands at once.
+        self.r = RespClient(url, connect_timeout_s=connect_timeout_s, timeout_s=timeout_s,
+                            size=connections)
 
     # ---- key names ---------------------------------------------------------------------
 
@@ -372,12 +359,10 @@ class RedisStore:
     async def _do(self, call: Callable[[], Awaitable[T]], *, retry: bool = True) -> T:
         """Run ``call`` (one command, script or pipeline); StateUnavailable when Redis cannot
         be reached. A connection that fails mid-command (reset by a restarted server) is
-        disconnected by redis-py; an idempotent ``call`` is sent once more, on a fresh one.
+        dropped by the client; an idempotent ``call`` is sent once more, on a fresh one.
         A timeout is not retried (a slow server gets no second load), nor a server still
-        loading its data, nor a wait for a free pooled connection that ran out (redis-py
-        raises that as a ConnectionError caused by the timeout). uvloop refuses a write on a
-        transport the server closed with a RuntimeError ("the handler is closed"), after
-        which redis-py drops that connection: a connection failure like the others."""
+        loading its data. uvloop refuses a write on a transport the server closed with a
+        RuntimeError ("the handler is closed"): a connection failure like the others."""
         try:
             return await call()
         except RedisConnectionError as e:
@@ -394,15 +379,13 @@ class RedisStore:
         except (*_CONN_ERRORS, RuntimeError) as e:
             raise _unreachable(e) from e
 
-    async def _each(self, command: str, keys: Sequence[str], *args: Any) -> list[Any]:
-        """``command`` on each key, in one round trip (a pipeline, not a transaction)."""
-        pipe = self.r.pipeline(transaction=False)
-        for k in keys:
-            getattr(pipe, command)(k, *args)
-        return list(await pipe.execute())
+    async def _each(self, command: str, keys: Sequence[str], *args: str) -> list[Any]:
+        """``command`` on each key, in one round trip (a pipeline, not a transaction: each
+        key may be in another Cluster slot)."""
+        return await self.r.execute_many([(command, k, *args) for k in keys])
 
     async def _members(self, key: str) -> list[str]:
-        return [str(m) for m in await self._do(lambda: self.r.smembers(key))]
+        return [str(m) for m in await self._do(lambda: self.r.execute("SMEMBERS", key))]
 
     async def start(self) -> None:
         return None
@@ -411,65 +394,62 @@ class RedisStore:
         await self.r.aclose()
 
     async def ping(self) -> None:
-        await self._do(self.r.ping)
+        await self._do(lambda: self.r.execute("PING"))
 
     # ---- teams -------------------------------------------------------------------------
 
     async def create_team(self, team: Team) -> bool:
         key = self._t(team.name, "team")
         doc = orjson.dumps(team.to_dict()).decode()
-        if not await self._do(lambda: self.r.hsetnx(key, "doc", doc), retry=False):
+        if not await self._do(lambda: self.r.execute("HSETNX", key, "doc", doc), retry=False):
             return False
-        await self._do(lambda: self.r.hset(key, mapping={"budget": team.budget_nano,
-                                                         "soft": team.soft_nano}))
-        await self._do(lambda: self.r.sadd(self.prefix + "teams", team.name))
+        await self._do(lambda: self.r.execute("HSET", key, "budget", team.budget_nano,
+                                              "soft", team.soft_nano))
+        await self._do(lambda: self.r.execute("SADD", self.prefix + "teams", team.name))
         return True
 
     async def update_team(self, team: Team) -> bool:
         doc = orjson.dumps(team.to_dict()).decode()
-        res = await self._do(lambda: self._update_team(
-            keys=[self._t(team.name, "team")], args=[doc, team.budget_nano, team.soft_nano]))
+        res = await self._do(lambda: self.r.evalsha(
+            UPDATE_TEAM, [self._t(team.name, "team")], [doc, team.budget_nano, team.soft_nano]))
         return bool(res)
 
     async def get_team(self, name: str) -> Team | None:
-        doc = await self._do(lambda: self.r.hget(self._t(name, "team"), "doc"))
+        doc = await self._do(lambda: self.r.execute("HGET", self._t(name, "team"), "doc"))
         return Team.from_dict(orjson.loads(doc)) if doc else None
 
     async def list_teams(self) -> list[Team]:
         names = sorted(await self._members(self.prefix + "teams"))
         keys = [self._t(n, "team") for n in names]
-        docs = await self._do(lambda: self._each("hget", keys, "doc")) if names else []
+        docs = await self._do(lambda: self._each("HGET", keys, "doc")) if names else []
         return [Team.from_dict(orjson.loads(d)) for d in docs if d]
 
     async def has_teams(self) -> bool:
-        return bool(await self._do(lambda: self.r.scard(self.prefix + "teams")))
+        return bool(await self._do(lambda: self.r.execute("SCARD", self.prefix + "teams")))
 
     async def delete_team(self, name: str) -> list[str]:
-        if not await self._do(lambda: self.r.exists(self._t(name, "team"))):
+        if not await self._do(lambda: self.r.execute("EXISTS", self._t(name, "team"))):
             return []
         ids = sorted(await self._members(self._t(name, "keys")))
         keys = [self.prefix + "key:" + key_id for key_id in ids]
         if keys:
-            await self._do(lambda: self._each("delete", keys))
+            await self._do(lambda: self._each("DEL", keys))
         pattern = _GLOB.sub(r"\\\1", f"{self.prefix}{{{name}}}:") + "*"
-        found = await self._do(lambda: self._scan(pattern))
+        found = await self._do(lambda: self.r.scan(pattern))
         if found:
-            await self._do(lambda: self._each("delete", found))
-        await self._do(lambda: self.r.srem(self.prefix + "teams", name))
+            await self._do(lambda: self._each("DEL", found))
+        await self._do(lambda: self.r.execute("SREM", self.prefix + "teams", name))
         return ids
-
-    async def _scan(self, pattern: str) -> list[str]:
-        return [str(k) async for k in self.r.scan_iter(match=pattern, count=500)]
 
     # ---- keys --------------------------------------------------------------------------
 
     async def put_key(self, key: KeyRecord) -> None:
         doc = orjson.dumps(key.to_dict()).decode()
-        await self._do(lambda: self.r.set(self.prefix + "key:" + key.key_id, doc))
-        await self._do(lambda: self.r.sadd(self._t(key.team, "keys"), key.key_id))
+        await self._do(lambda: self.r.execute("SET", self.prefix + "key:" + key.key_id, doc))
+        await self._do(lambda: self.r.execute("SADD", self._t(key.team, "keys"), key.key_id))
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
-        doc = await self._do(lambda: self.r.get(self.prefix + "key:" + key_id))
+        doc = await self._do(lambda: self.r.execute("GET", self.prefix + "key:" + key_id))
         return KeyRecord.from_dict(orjson.loads(doc)) if doc else None
 
     async def list_keys(self, team: str | None = None) -> list[KeyRecord]:
@@ -478,7 +458,7 @@ class RedisStore:
         for t in teams:
             ids.extend(await self._members(self._t(t, "keys")))
         names = [self.prefix + "key:" + key_id for key_id in ids]
-        docs = await self._do(lambda: self._each("get", names)) if ids else []
+        docs = await self._do(lambda: self._each("GET", names)) if ids else []
         keys = [KeyRecord.from_dict(orjson.loads(d)) for d in docs if d]
         return sorted(keys, key=lambda k: (k.team, k.created_at, k.key_id))
 
@@ -486,16 +466,16 @@ class RedisStore:
 
     async def reserve(self, team: str, period: str, res_id: str, amount: int, ttl_s: float,
                       keep_s: int) -> Reserved:
-        return self._reserved(await self._do(lambda: self._reserve(
-            keys=self._budget_keys(team, period),
-            args=[res_id, amount, int(ttl_s * 1000), keep_s])))
+        return self._reserved(await self._do(lambda: self.r.evalsha(
+            RESERVE, self._budget_keys(team, period),
+            [res_id, amount, int(ttl_s * 1000), keep_s])))
 
     async def reserve_within(self, team: str, limits: Sequence[Limit], period: str,
                              res_id: str, amount: int, ttl_s: float, keep_s: int) -> Reserved:
         wkeys, wargs = self._window_args(team, limits)
-        reply = await self._do(lambda: self._reserve_within(
-            keys=self._budget_keys(team, period) + wkeys,
-            args=[res_id, amount, int(ttl_s * 1000), keep_s, *wargs]))
+        reply = await self._do(lambda: self.r.evalsha(
+            RESERVE_WITHIN, self._budget_keys(team, period) + wkeys,
+            [res_id, amount, int(ttl_s * 1000), keep_s, *wargs]))
         return self._reserved(reply)
 
     @staticmethod
@@ -507,33 +487,33 @@ class RedisStore:
         return Reserved(ok == 1, int(spent), int(reserved), int(budget), wait_s=wait_s)
 
     async def settle(self, team: str, period: str, res_id: str, actual: int) -> Settled:
-        applied, spent, alert = await self._do(lambda: self._settle(
-            keys=self._budget_keys(team, period), args=[res_id, actual]))
+        applied, spent, alert = await self._do(lambda: self.r.evalsha(
+            SETTLE, self._budget_keys(team, period), [res_id, actual]))
         return Settled(applied == 1, int(spent), alert == 1)
 
     async def settle_adding(self, team: str, period: str, res_id: str, actual: int,
                             limits: Sequence[Limit]) -> Settled:
         wkeys, wargs = self._window_args(team, limits)
-        applied, spent, alert = await self._do(lambda: self._settle_add(
-            keys=self._budget_keys(team, period) + wkeys, args=[res_id, actual, *wargs]))
+        applied, spent, alert = await self._do(lambda: self.r.evalsha(
+            SETTLE_ADD, self._budget_keys(team, period) + wkeys, [res_id, actual, *wargs]))
         return Settled(applied == 1, int(spent), alert == 1)
 
     async def charge(self, team: str, period: str, charge_id: str, amount: int,
                      keep_s: int) -> Settled:
-        applied, spent, alert = await self._do(lambda: self._charge(
-            keys=self._budget_keys(team, period)[:2], args=[charge_id, amount, keep_s]))
+        applied, spent, alert = await self._do(lambda: self.r.evalsha(
+            CHARGE, self._budget_keys(team, period)[:2], [charge_id, amount, keep_s]))
         return Settled(applied == 1, int(spent), alert == 1)
 
     async def spend(self, team: str, period: str) -> Spend:
-        spent, reserved, alerted = await self._do(lambda: self._spend(
-            keys=self._budget_keys(team, period)[1:]))
+        spent, reserved, alerted = await self._do(lambda: self.r.evalsha(
+            SPEND, self._budget_keys(team, period)[1:], []))
         return Spend(int(spent), int(reserved), alerted == 1)
 
     # ---- rate limits -------------------------------------------------------------------
 
-    def _window_args(self, team: str, limits: Sequence[Limit]) -> tuple[list[str], list[Any]]:
+    def _window_args(self, team: str, limits: Sequence[Limit]) -> tuple[list[str], list[int]]:
         keys = [self._t(team, "rl:seq")]
-        args: list[Any] = [len(limits)]
+        args = [len(limits)]
         for lim in limits:
             z = self._t(team, "rl:" + lim.name)
             keys += [z, z + ":sum"]
@@ -542,12 +522,12 @@ class RedisStore:
 
     async def hit(self, team: str, limits: Sequence[Limit]) -> float:
         keys, args = self._window_args(team, limits)
-        wait_ms = await self._do(lambda: self._hit(keys=keys, args=args), retry=False)
+        wait_ms = await self._do(lambda: self.r.evalsha(HIT, keys, args), retry=False)
         return int(wait_ms) / 1000.0
 
     async def add(self, team: str, limits: Sequence[Limit]) -> None:
         keys, args = self._window_args(team, limits)
-        await self._do(lambda: self._add(keys=keys, args=args), retry=False)
+        await self._do(lambda: self.r.evalsha(ADD, keys, args), retry=False)
 
     # ---- backend health ----------------------------------------------------------------
 
@@ -560,17 +540,17 @@ class RedisStore:
         ttl_ms = until_ms - int(time.time() * 1000)
         if ttl_ms <= 0:
             return
-        await self._do(lambda: self._mark_down(
-            keys=[self._down_key(backend)],
-            args=[until_ms, f"{until_ms}|{replica}|{reason}", ttl_ms]))
+        await self._do(lambda: self.r.evalsha(
+            MARK_DOWN, [self._down_key(backend)],
+            [until_ms, f"{until_ms}|{replica}|{reason}", ttl_ms]))
 
     async def clear_backend_down(self, backend: str) -> None:
-        await self._do(lambda: self.r.delete(self._down_key(backend)))
+        await self._do(lambda: self.r.execute("DEL", self._down_key(backend)))
 
     async def backends_down(self, names: Sequence[str]) -> dict[str, tuple[float, str, str]]:
         if not names:
             return {}
-        values = await self._do(lambda: self.r.mget([self._down_key(n) for n in names]))
+        values = await self._do(lambda: self.r.execute("MGET", *map(self._down_key, names)))
         now = time.time()
         out: dict[str, tuple[float, str, str]] = {}
         for name, v in zip(names, values, strict=True):
@@ -586,15 +566,15 @@ class RedisStore:
         key = f"{self.prefix}{{health}}:drained"
         if drained:
             doc = orjson.dumps({"by": by, "reason": reason, "since": time.time()}).decode()
-            await self._do(lambda: self.r.hset(key, backend, doc))
+            await self._do(lambda: self.r.execute("HSET", key, backend, doc))
         else:
-            await self._do(lambda: self.r.hdel(key, backend))
+            await self._do(lambda: self.r.execute("HDEL", key, backend))
 
     async def backends_drained(self, names: Sequence[str]) -> dict[str, tuple[str, str, float]]:
         if not names:
             return {}
-        values = await self._do(lambda: self.r.hmget(f"{self.prefix}{{health}}:drained",
-                                                      list(names)))
+        values = await self._do(lambda: self.r.execute(
+            "HMGET", f"{self.prefix}{{health}}:drained", *names))
         out: dict[str, tuple[str, str, float]] = {}
         for name, v in zip(names, values, strict=True):
             if v:

@@ -291,3 +291,39 @@ def test_redis_restart_mid_load(mode: str, own_redis: RedisServer,
     assert sum(1 for _, status, _ in rows if status == 200) == ok
     assert len({rid for rid, _, _ in rows}) == len(rows)
     assert sum(c for _, status, c in rows if status == 200) == pytest.approx(ok * cost)
+
+
+def test_a_client_reads_its_own_spend_through_any_replica(
+        own_redis: RedisServer, replicas: Callable[..., Replicas]) -> None:
+    """Read-your-own-spend: every request whose response has arrived is in the spend that
+    any replica reports next. 16 clients send requests through one replica and, after each
+    answer, read the team's spend through another; each read must count at least every
+    request answered before it began (a settlement still in flight to Redis when its
+    response went out would be missed by a read on another connection)."""
+    reps = replicas(own_redis.url)
+    cost = _unit_cost(reps)
+    _team(reps, budget_usd=1000.0, period="day")
+    key = str(reps.admin("POST", "/admin/keys", json={"team": "acme", "name": "reader"})["key"])
+    answered = 0
+    short: list[tuple[float, int]] = []
+
+    async def client(i: int, session: aiohttp.ClientSession) -> None:
+        nonlocal answered
+        for n in range(20):
+            status, _, _ = await _one(session, reps.urls[(i + n) % 3], key)
+            assert status == 200
+            answered += 1
+            seen = answered  # answered before the read below begins
+            async with session.get(reps.urls[(i + n + 1) % 3] + "/admin/teams/acme/spend",
+                                   headers={"authorization": f"Bearer {ADMIN}"}) as r:
+                spent = float((await r.json())["spent_usd"])
+            if spent < seen * cost - 1e-9:
+                short.append((spent, seen))
+
+    async def run() -> None:
+        conn = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(60)) as s:
+            await asyncio.gather(*(client(i, s) for i in range(16)))
+
+    asyncio.run(run())
+    assert answered == 320 and short == [], short[:5]

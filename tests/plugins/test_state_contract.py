@@ -91,8 +91,8 @@ async def test_reservations_never_exceed_the_budget_under_concurrency(store: Sta
 
 
 async def test_a_burst_wider_than_the_connection_pool_waits_its_turn(store: StateStore) -> None:
-    """250 calls at once: more than redis-py's own pool cap (100), whose refusal read as an
-    outage and failed requests closed."""
+    """250 calls at once: more than a connection pool holds (redis-py's cap of 100 once
+    refused the rest, which read as an outage and failed requests closed)."""
     await store.create_team(team(budget_usd=1e-6))
     results = await asyncio.gather(*(
         store.reserve("acme", "p1", f"r{i}", 10, 60, KEEP) for i in range(250)))
@@ -404,8 +404,8 @@ def _kill_clients(redis_url: str, name: str) -> int:
 
 @pytest.fixture
 async def named_redis(redis_url: str, redis_prefix: str) -> AsyncIterator[tuple[RedisStore, str]]:
-    """A Redis store whose connections carry a name of this test's own, and 16 of them open
-    in its pool."""
+    """A Redis store whose connections carry a name of this test's own, open (16 calls
+    made at once)."""
     name = "switchyard-test-" + redis_prefix.split(":")[1]
     s = RedisStore(f"{redis_url}?client_name={name}", redis_prefix)
     await s.create_team(team())
@@ -416,11 +416,11 @@ async def named_redis(redis_url: str, redis_prefix: str) -> AsyncIterator[tuple[
 
 async def test_pooled_connections_redis_closed_are_replaced_before_use(
         named_redis: tuple[RedisStore, str], redis_url: str) -> None:
-    """After a Redis restart every pooled connection is dead. None may fail a call (each
-    failure reads as an outage: the gateway fails closed for a reconcile interval), not even
-    a rate-limit hit, which is never retried."""
+    """After a Redis restart every connection is dead. None may fail a call (each failure
+    reads as an outage: the gateway fails closed for a reconcile interval), not even a
+    rate-limit hit, which is never retried."""
     store, name = named_redis
-    assert _kill_clients(redis_url, name) >= 16
+    assert _kill_clients(redis_url, name) >= 1
     await asyncio.sleep(0.05)  # the loop reads the closed sockets (a restart takes far longer)
     limits = [Limit("team:rpm", 10**6, 1)]
     waits = await asyncio.gather(*(store.hit("acme", limits) for _ in range(16)))
@@ -433,7 +433,7 @@ async def test_an_idempotent_call_on_a_connection_dead_mid_command_is_retried(
     reservation (held once under its id) and a settlement are sent again on a fresh
     connection, and each holds or bills once."""
     store, name = named_redis
-    assert _kill_clients(redis_url, name) >= 16
+    assert _kill_clients(redis_url, name) >= 1
     held = await asyncio.gather(*(store.reserve("acme", "p1", f"r{i}", 10, 60, KEEP)
                                   for i in range(16)))
     assert all(r.ok for r in held)
@@ -442,3 +442,63 @@ async def test_an_idempotent_call_on_a_connection_dead_mid_command_is_retried(
     s = await store.spend("acme", "p1")
     assert (s.spent, s.reserved) == (16 * 7, 16 * 1)  # the 16 warm-up holds are still held
 
+
+
+async def test_a_redis_that_lost_its_scripts_still_holds_and_settles_once(
+        named_redis: tuple[RedisStore, str], redis_url: str) -> None:
+    """A restarted Redis has no scripts cached: the store's scripts, sent by their SHA-1,
+    come back NOSCRIPT and are sent whole, without failing a call or running twice."""
+    import redis
+
+    store, _ = named_redis
+    with redis.Redis.from_url(redis_url) as raw:
+        raw.script_flush()
+    rpm = [Limit("team:rpm", 10**6, 1)]
+    held = await asyncio.gather(*(store.reserve_within("acme", rpm, "p2", f"r{i}", 10, 60, KEEP)
+                                  for i in range(8)))
+    assert all(r.ok for r in held)
+    with redis.Redis.from_url(redis_url) as raw:
+        raw.script_flush()
+    settled = await asyncio.gather(*(store.settle("acme", "p2", f"r{i}", 7) for i in range(8)))
+    assert all(s.applied for s in settled)
+    assert await store.spend("acme", "p2") == Spend(8 * 7, 0, False)
+
+
+async def test_a_burst_shares_a_few_connections(named_redis: tuple[RedisStore, str],
+                                                redis_url: str) -> None:
+    """250 calls at once, after Redis closed every connection: they wait for one new
+    connection (a restart does not bring a connection per request in flight), and the
+    store never holds more than two."""
+    store, name = named_redis
+    assert 1 <= _kill_clients(redis_url, name) <= 2
+    await asyncio.sleep(0.05)
+    held = await asyncio.gather(*(store.reserve("acme", "p1", f"b{i}", 1, 60, KEEP)
+                                  for i in range(250)))
+    assert all(r.ok for r in held)
+    assert 1 <= _kill_clients(redis_url, name) <= 2
+
+
+async def test_a_redis_that_does_not_answer_is_an_outage_within_the_timeout() -> None:
+    """A server that accepts and never answers (a Redis stopped with SIGSTOP, a network that
+    drops replies): the call fails as an outage after ``timeout_s``, and is not sent again
+    (a slow server gets no second load)."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await reader.read(1 << 16)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", "switchyard-test-silent:", timeout_s=0.3)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(StateUnavailable):
+            await store.spend("acme", "p1")
+        assert 0.25 <= time.monotonic() - t0 < 1.5
+        assert len(accepted) == 1, "a timed-out call is not retried"
+    finally:
+        await store.close()
+        for w in accepted:
+            w.close()
+        server.close()
