@@ -5,6 +5,7 @@ relays, at 1 and 32 concurrent streams, with the chunks sent in one burst and wi
 
     python bench/streaming.py [--seconds 8] [--spacing-ms 5] [--portkey DIR] [--json out.json]
         [--tree DIR ...] [--rounds N] [--cells burst,spaced] [--conns 1,32] [--calls N]
+        [--chunks 256] [--nice -15] [--rt] [--first-byte N]
 
 The relays, each one process pinned to CPU 0 (the upstream and the load generator share
 CPU 1):
@@ -30,12 +31,26 @@ time from a request to its first token (``/proc/PID/schedstat``, p50: what it ad
 time to first token on an idle core, the load aside). A stream that ends without ``[DONE]`` or
 with fewer events than the answer has is an error and makes the script exit 1.
 ``--rounds N`` measures every cell N times, the relays in turn each time (alternating).
+``--nice -15`` (root) runs everything at that niceness, and this session's autogroup (as
+``workers.py``), so that on a machine other sessions load the cells get their cores;
+``--rt`` runs the relays, the upstream and the client under SCHED_FIFO, so that at one
+stream the time to first token is the processes' own, not the scheduler's (as
+``overhead.py --rt``). ``--chunks`` shortens the answer: more streams per cell at one
+stream with spacing, for the time to first token.
 
 ``--calls N`` measures instead the Python function calls per chunk of each Switchyard
 tree and of the raw relay: each under cProfile relays N and then 3N bursts (8 at a time),
 and the difference over 2N streams' chunks is the relay's own, start-up and shutdown left
 out.
 Unlike streams/s or CPU time the count does not move with the machine's load.
+
+``--first-byte N`` measures the path to the first byte instead: each tree's gateway with a
+probe (``--probe-serve``: uvicorn's request start and its first body write, patched), N
+streams one at a time; the Python and C calls from a request's head to its first byte
+(``sys.setprofile``, the other tasks that ran in that window included) and, in a second
+run without the profiler, the main thread's CPU and wall time over it (p50). In the
+burst cell (``--cells burst``) that is the time to first token's whole path; with
+spacing, the part before the upstream's first token is sent overlaps the wait for it.
 """
 
 from __future__ import annotations
@@ -46,6 +61,7 @@ import json
 import os
 import pstats
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,8 +74,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from overhead import cpu_s, free_port, gateway_config, pin, stop, wait_port
 from provenance import header
+from workers import set_autogroup_nice
 
 PY = sys.executable
+RT: list[str] = []  # --rt: every process of the benchmark under SCHED_FIFO
+
+
+def place(cpu: int) -> list[str]:
+    """The command prefix that runs a process on ``cpu`` (and under SCHED_FIFO with --rt)."""
+    return [*RT, *pin(cpu)]
 CHUNKS = 256
 EVENTS = CHUNKS + 4  # role, content x 256, finish, usage, [DONE]
 BODY = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "Say hello"}],
@@ -102,6 +125,84 @@ def raw_relay(port: int, up_port: int) -> None:
                     lifespan=lifespan)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", loop="uvloop",
                 http="httptools")
+
+
+# ---- the gateway's path to its first byte (a subprocess: --probe-serve) ---------------------
+
+def probe_serve(out: str, mode: str, argv: list[str]) -> None:
+    """``switchyard serve ARGV`` with a probe on each request, from the first byte of its head
+    (uvicorn's ``on_message_begin``) to the first byte of body it sends: the main thread's
+    CPU and wall time (``mode`` "time"), or every Python and C call made in that window,
+    other tasks' included ("calls", ``sys.setprofile``). Written to ``out`` at exit."""
+    import atexit
+
+    import uvicorn.protocols.http.httptools_impl as h
+
+    from gateway.cli import main as cli
+
+    times: list[tuple[float, float]] = []
+    calls = [0, 0]  # calls, requests
+    at = [0.0, 0.0, 0.0]  # on: 1.0 while a request is in its window; wall, CPU at its start
+
+    def count(frame: Any, event: str, arg: Any) -> None:
+        if event in ("call", "c_call"):
+            calls[0] += 1
+
+    begin, send = h.HttpToolsProtocol.on_message_begin, h.RequestResponseCycle.send
+
+    def on_message_begin(self: Any) -> None:
+        at[:] = [1.0, time.perf_counter(), time.thread_time()]
+        if mode == "calls":
+            calls[1] += 1
+            sys.setprofile(count)
+        begin(self)
+
+    async def first_send(self: Any, message: Any) -> None:
+        if at[0] and message["type"] == "http.response.body" and message.get("body"):
+            sys.setprofile(None)
+            times.append((time.perf_counter() - at[1], time.thread_time() - at[2]))
+            at[0] = 0.0
+        await send(self, message)
+
+    h.HttpToolsProtocol.on_message_begin = on_message_begin  # type: ignore[method-assign]
+    h.RequestResponseCycle.send = first_send  # type: ignore[method-assign]
+    atexit.register(lambda: Path(out).write_text(json.dumps({"times": times, "calls": calls})))
+    sys.exit(cli(argv))
+
+
+def first_byte(trees: list[Path], n: int, spacing_ms: float) -> None:
+    """Each tree's gateway under ``probe_serve``, ``n`` streams one at a time (after 50 to
+    warm up): the calls and the CPU (p50) from a request's head to its first byte."""
+    tmp = Path(tempfile.mkdtemp())
+    for i, tree in enumerate(trees):
+        got = {}
+        for mode in ("calls", "time"):
+            up_port, port = free_port(), free_port()
+            cfg, out = tmp / f"fb{i}{mode}.yaml", tmp / f"fb{i}{mode}.json"
+            cfg.write_text(gateway_config(up_port, "sqlite", tmp / f"fb{i}{mode}.sqlite3"))
+            env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONPATH": str(tree)}
+            procs = [upstream(up_port, spacing_ms)]
+            try:
+                procs.append(subprocess.Popen(
+                    [*place(0), PY, str(Path(__file__).resolve()), "--probe-serve", str(out),
+                     mode, "serve", "--config", str(cfg), "--port", str(port)],
+                    cwd=tree, env=env))
+                wait_port(up_port)
+                wait_port(port)
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                for streams in (50, n):
+                    r = load(url, 1, 600, None, limit=streams)
+                    if r["errors"] or r["streams"] != streams:
+                        raise SystemExit(f"{tree}: {r['errors']} errors, first: {r['first_error']}")
+            finally:
+                stop(procs)
+            got[mode] = json.loads(out.read_text())
+        (made, requests), times = got["calls"]["calls"], got["time"]["times"][50:]
+        print(f"{tree}: {made / requests:.0f} Python and C calls from a request's head to its "
+              f"first byte; main thread CPU p50 {statistics.median(c for _, c in times) * 1e6:.0f} "
+              f"us, wall p50 {statistics.median(w for w, _ in times) * 1e6:.0f} us ({n} streams "
+              f"one at a time, {spacing_ms:g} ms apart, load {os.getloadavg()[0]:.1f})")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---- the load generator (a subprocess on CPU 1) --------------------------------------------
@@ -158,7 +259,7 @@ def load(url: str, conns: int, seconds: float, pid: int | None,
          headers: dict[str, str] | None = None, limit: int = 0) -> dict[str, Any]:
     c0 = cpu_s(pid) if pid else 0.0
     out = subprocess.run(
-        [*pin(1), PY, "-c", CLIENT, url, str(conns), str(seconds),
+        [*place(1), PY, "-c", CLIENT, url, str(conns), str(seconds),
          json.dumps({"content-type": "application/json", "authorization": "Bearer sk-bench",
                      **(headers or {})}), BODY.decode(), str(EVENTS), str(limit),
          str(pid if pid and conns == 1 else 0)],
@@ -176,7 +277,7 @@ def gateway(tree: Path, cfg: Path, port: int, prefix: tuple[str, ...] = ()
     """``switchyard serve`` of ``tree`` (its own code first on the path) on CPU 0."""
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHONPATH": os.pathsep.join(
         x for x in (str(tree), os.environ.get("PYTHONPATH", "")) if x)}
-    return subprocess.Popen([*pin(0), PY, *prefix, "-m", "gateway.cli", "serve", "--config",
+    return subprocess.Popen([*place(0), PY, *prefix, "-m", "gateway.cli", "serve", "--config",
                              str(cfg), "--port", str(port)], cwd=tree, env=env)
 
 
@@ -200,13 +301,13 @@ def start_relays(up_port: int, tmp: Path, portkey: str | None, trees: list[Path]
         relays[name] = (p, f"http://127.0.0.1:{port}/v1/chat/completions", {})
     port = free_port()
     relays["raw"] = (subprocess.Popen(
-        [*pin(0), PY, str(Path(__file__).resolve()), "--raw-relay", str(port), str(up_port)]),
+        [*place(0), PY, str(Path(__file__).resolve()), "--raw-relay", str(port), str(up_port)]),
         f"http://127.0.0.1:{port}/v1/chat/completions", {})
     if portkey:
         port = free_port()
         main = Path(portkey) / "node_modules/@portkey-ai/gateway/build/start-server.js"
         relays["portkey"] = (subprocess.Popen(
-            [*pin(0), "node", str(main), f"--port={port}", "--headless"],
+            [*place(0), "node", str(main), f"--port={port}", "--headless"],
             env={**env, "NODE_ENV": "production"}, stdout=subprocess.DEVNULL),
             f"http://127.0.0.1:{port}/v1/chat/completions",
             {"x-portkey-provider": "openai",
@@ -219,7 +320,7 @@ def start_relays(up_port: int, tmp: Path, portkey: str | None, trees: list[Path]
 
 
 def upstream(port: int, spacing_ms: float) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([*pin(1), PY, str(HERE / "upstream.py"), str(port),
+    return subprocess.Popen([*place(1), PY, str(HERE / "upstream.py"), str(port),
                              "--stream-chunks", str(CHUNKS), "--stream-interval-ms",
                              str(spacing_ms)])
 
@@ -300,9 +401,33 @@ def calls(trees: list[Path], n: int) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def summary(rows: list[dict[str, Any]]) -> None:
+    """Per cell and relay, the medians over the rounds: TTFT p50, what it adds (p50 against
+    direct, each round against that round's direct), the event loop's CPU to the first
+    token, CPU per chunk."""
+    print("\nmedians over the rounds")
+    print(f"{'spacing':>8} {'conns':>5} {'via':>14} {'TTFT p50':>9} {'TTFT added':>11} "
+          f"{'1st CPU':>9} {'CPU/chunk':>10} {'streams/s':>10}")
+    groups: dict[tuple[float, int, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["spacing_ms"], r["conns"], r["via"]), []).append(r)
+
+    def med(rs: list[dict[str, Any]], key: str, fmt: str) -> str:
+        vals = [r[key] for r in rs if key in r]
+        return format(statistics.median(vals), fmt) if vals else "-"
+
+    for (spacing, conns, via), rs in groups.items():
+        print(f"{spacing:>6g}ms {conns:>5} {via:>14} {med(rs, 'ttft_p50_ms', '.2f'):>6} ms "
+              f"{med(rs, 'ttft_added_ms', '.2f'):>8} ms {med(rs, 'first_token_cpu_us', '.0f'):>6} us "
+              f"{med(rs, 'cpu_us_per_chunk', '.1f'):>7} us {med(rs, 'streams_s', '.1f'):>10}")
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--raw-relay":
         raw_relay(int(sys.argv[2]), int(sys.argv[3]))
+        return
+    if len(sys.argv) > 3 and sys.argv[1] == "--probe-serve":
+        probe_serve(sys.argv[2], sys.argv[3], sys.argv[4:])
         return
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -317,13 +442,38 @@ def main() -> None:
     ap.add_argument("--conns", default="1,32", help="concurrent streams per cell")
     ap.add_argument("--calls", type=int, metavar="N",
                     help="count Python calls per chunk instead (N and 3N streams)")
+    ap.add_argument("--first-byte", type=int, metavar="N",
+                    help="measure instead each tree's path from a request's head to its first "
+                    "byte: calls and CPU, N streams one at a time (--spacing-ms apart, or "
+                    "0 with --cells burst)")
+    ap.add_argument("--chunks", type=int, default=256,
+                    help="content chunks per stream (fewer: more streams a cell at one "
+                    "stream with spacing, for the time to first token)")
+    ap.add_argument("--rt", action="store_true",
+                    help="run the relays, the upstream and the client under SCHED_FIFO (chrt -f "
+                    "1; root): what a relay adds without the machine's other work in the way "
+                    "(for the 1-stream cells: at 32 streams they would take the cores)")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="run everything at this niceness, and this session's autogroup")
     ap.add_argument("--json")
     args = ap.parse_args()
+    global CHUNKS, EVENTS
+    CHUNKS, EVENTS = args.chunks, args.chunks + 4
     args.tree = [t.resolve() for t in args.tree or [HERE.parent]]
     args.conns = [int(c) for c in args.conns.split(",")]
+    if args.nice:
+        os.nice(args.nice)  # every process started below inherits it
+        set_autogroup_nice(args.nice)
+    if args.rt:
+        RT[:] = ["chrt", "-f", "1"]
     print(header())
+    print(f"niceness {os.nice(0)}{', SCHED_FIFO' if args.rt else ''}, load average "
+          f"{os.getloadavg()[0]:.1f}")
     if args.calls:
         calls(args.tree, args.calls)
+        return
+    if args.first_byte:
+        first_byte(args.tree, args.first_byte, 0.0 if args.cells == "burst" else args.spacing_ms)
         return
     kinds = args.cells.split(",")
     rows = ((cells(args, 0.0) if "burst" in kinds else [])
@@ -342,12 +492,16 @@ def main() -> None:
               f"{r['chunks_s']:>10.0f} {r['ttft_p50_ms']:>6.2f} ms {r['ttft_p99_ms']:>5.1f} ms "
               f"{added:>11} {added_min:>10} {cpu:>10} {first:>9} {r['errors']:>7} "
               f"{r['load']:>5.1f}")
+    if args.rounds > 1:
+        summary(rows)
     for r in rows:
         if r["errors"]:
             print(f"FAIL: {r['via']} at {r['conns']} streams, spacing {r['spacing_ms']:g} ms: "
                   f"{r['errors']} errors, first: {r['first_error']}", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
+    if args.nice:
+        set_autogroup_nice(0)
     sys.exit(1 if any(r["errors"] for r in rows) else 0)
 
 

@@ -104,11 +104,12 @@ class Upstream(asyncio.Protocol):
 
     async def _stream(self) -> None:
         self.t.write(STREAM_HEAD)
-        for ev in self.events:
+        for i, ev in enumerate(self.events):
+            if i:  # between events only: a request kept alive behind the stream is not held
+                await asyncio.sleep(self.interval_s)
             if self.closed:
                 return
             self.t.write(ev)
-            await asyncio.sleep(self.interval_s)
         self.streaming = False
         self._serve()  # a request that came in behind the stream (keep-alive)
 

@@ -35,7 +35,6 @@ from overhead import free_port, gateway_config, make_team_key, run_wrk, stop, wa
 from provenance import header
 
 HERE = Path(__file__).resolve().parent
-overhead.pin = lambda cpu: []  # type: ignore[assignment]  # the load generator shares the cores
 
 
 def tree_cpu_s(pid: int) -> list[float]:
@@ -81,6 +80,7 @@ def main() -> None:
                     "on a machine others load")
     ap.add_argument("--json")
     args = ap.parse_args()
+    overhead.pin = lambda cpu: []  # the load generator shares the cores
     if args.nice:
         os.nice(args.nice)  # every process started below inherits it
         set_autogroup_nice(args.nice)

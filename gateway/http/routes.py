@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from gateway.errors import (
     ClientDisconnected,
@@ -20,6 +20,7 @@ from gateway.errors import (
     SwitchyardError,
 )
 from gateway.http.server import TIMED_OUT
+from gateway.http.streaming import EventStream
 from gateway.interfaces import Endpoint
 from gateway.pipeline.context import RequestContext
 from gateway.pipeline.health import backend_health, can_take_traffic
@@ -113,8 +114,7 @@ async def inference(request: Request, endpoint: Endpoint) -> Response:
                 headers.update(rec.compress_headers())
             if rec.decision is not None and "cascade" in rec.decision:
                 headers["x-switchyard-cascade"] = rec.cascade_header()
-            return StreamingResponse(it, media_type="text/event-stream",
-                                     headers=headers)
+            return EventStream(it, headers)
         out, rec = await gw.complete(endpoint, body, ctx, req)
         return json_response(out, headers=rec.headers())
     except SwitchyardError as e:
