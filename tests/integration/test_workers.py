@@ -351,3 +351,21 @@ def test_a_worker_that_cannot_start_stops_the_server(workers: int, die: list[int
     assert all(line in log for line in said), log
     assert (tmp_path / "starts").read_text() == "x" * starts
     assert "Traceback" not in log, log
+
+
+def test_a_stop_while_a_worker_waits_to_start_again_stops_at_once(tmp_path: Path) -> None:
+    """SIGTERM during the back-off: no worker is started again, the parent exits 0."""
+    cfg = config(tmp_path, log_level="info", **dying_config(tmp_path, die=list(range(2, 100))))
+    log = tmp_path / "serve.log"
+    proc = serve(cfg, "--port", str(free_port()), "--workers", "2", log=log)
+    try:
+        wait_until(lambda: "starting another in 1.0 s" in log.read_text(), timeout=120,
+                   what="a second failed start")
+        starts = (tmp_path / "starts").read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (tmp_path / "starts").read_text() == starts  # none started after the signal
+    assert "Traceback" not in log.read_text()
