@@ -88,7 +88,8 @@ class _Connection(asyncio.Protocol):
                 fut = waiting.popleft()[0]
                 if not fut.done():  # a caller cancelled waits no more; its reply is skipped
                     fut.set_result(reply)
-        except (hiredis.ProtocolError, IndexError) as e:  # a reply nobody asked for
+        # a reply hiredis cannot read, or one nobody asked for (IndexError)
+        except (hiredis.ProtocolError, UnicodeDecodeError, IndexError) as e:
             self.fail(RedisConnectionError(f"Protocol error from Redis ({type(e).__name__})"))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -112,7 +113,8 @@ class _Connection(asyncio.Protocol):
             raise _NotSent("Connection closed by server.") from e
         now = self.loop.time()
         futs = [self.loop.create_future() for _ in range(commands)]
-        self.waiting.extend((f, now) for f in futs)
+        for f in futs:
+            self.waiting.append((f, now))
         if self._timer is None:
             self._timer = self.loop.call_at(now + self.timeout_s, self._check)
         return futs
@@ -202,6 +204,9 @@ class RespClient:
         """The live connection with the fewest replies outstanding; a new one while there
         are fewer than ``size`` and all are busy. Callers that find none wait on one
         opening, not one each (a burst after a restart opens one connection)."""
+        conns = self._conns
+        if conns and not conns[0].waiting and conns[0].usable():  # the usual case when idle
+            return conns[0]
         for _ in range(3):
             live = [c for c in self._conns if c.usable()]
             if len(live) != len(self._conns):
