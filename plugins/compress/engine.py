@@ -91,10 +91,12 @@ class _Plan:
 
 @dataclass(slots=True)
 class _Cosines:
-    """MiniLM's cosines to the question: each probed unit's probe, the shortlist's whole text."""
+    """MiniLM's cosines to the question: each probed unit's probe, the shortlist's whole text,
+    and the sentences of the first units where the probe was unsure."""
     ranked: list[int] = field(default_factory=list)
     probe: dict[int, float] = field(default_factory=dict)
     whole: dict[int, float] = field(default_factory=dict)
+    sentence: dict[int, list[float]] = field(default_factory=dict)
 
 
 class Compressor:
@@ -144,8 +146,10 @@ class Compressor:
                                           before, t0)
 
     async def _cosines(self, embedder: MiniLM, plan: _Plan) -> _Cosines:
-        """Two batches through ``MiniLM.embed``: the question and every probe, then, unless the
-        probes are clear enough, the shortlist's whole units (those longer than their probe)."""
+        """Batches through ``MiniLM.embed``: the question and every probe; then, unless the
+        probes are clear enough, the shortlist's whole units (those longer than their probe),
+        and the sentences of the ``sentences`` first units in that order (title + sentence),
+        which choose what a cut unit keeps."""
         w = self.weights
         units = {i: plan.unit(i) for i in plan.probe}
         probes = [units[i].probe_text(w.probe_words) for i in plan.probe]
@@ -159,6 +163,16 @@ class Compressor:
         whole = await asyncio.gather(*(embedder.embed(units[i].embed_text()) for i in longer))
         out.whole = {i: out.probe[i] for i in short}
         out.whole.update({i: float(v @ q) for i, v in zip(longer, whole, strict=True)})
+        if short and w.sentences > 0:
+            order, _ = rank.fuse(plan.lexical, out.ranked, out.probe, out.whole, w)
+            first = order[: w.sentences]
+            texts = {i: units[i].sentence_texts() for i in first}
+            vecs = await asyncio.gather(*(embedder.embed(t) for i in first for t in texts[i]))
+            at = 0
+            for i in first:
+                n = len(texts[i])
+                out.sentence[i] = [float(v @ q) for v in vecs[at:at + n]]
+                at += n
         return out
 
     def _unchanged(self, messages: list[dict[str, Any]], before: int, t0: float) -> Compressed:
@@ -194,7 +208,7 @@ class Compressor:
         if self.lean:
             bodies = [[rank.lean(x) for x in b] for b in bodies]
         kept = dict(rank.select(plan.question, units, bodies, order, plan.budget, self.weights,
-                                lead))
+                                lead, cos.sentence))
         new_text = {id(s): _rewrite(s, bodies[i], kept[i]) if i in kept else ""
                     for i, s in enumerate(plan.units)}
         out = [dict(m) for m in messages]

@@ -136,8 +136,10 @@ class Weights:
     cosine: float = 1.0        # shortlist rank: whole unit's cosine (title + text)...
     probe: float = 0.0         # ...+ this x the probe's cosine...
     lexical: float = 0.0       # ...+ this x lexical score
-    hedge_lead: float = 0.04   # the first unit leads the second by less than this (fused score):
+    hedge_lead: float = 0.08   # the first unit leads the second by less than this (fused score):
     hedge_share: float = 0.8   # ...it keeps at most this share of the budget
+    sentences: int = 3         # where the probe is unsure, the first units whose sentences are
+                               # embedded (title + sentence) to choose the sentences of a cut
     kind: float = 0.1          # a sentence holds what the question asks for (year, number, name)
     position: float = 0.05     # earlier sentences of a unit first
 
@@ -150,6 +152,11 @@ class Unit:
 
     def embed_text(self) -> str:
         return f"{self.title}\n{self.text}" if self.title else self.text
+
+    def sentence_texts(self) -> list[str]:
+        """Each of ``sentences(text)`` as embedded: after the title, which names its subject."""
+        return [f"{self.title}\n{x.strip()}" if self.title else x.strip()
+                for x in sentences(self.text)]
 
     def probe_text(self, n_words: int) -> str:
         """The title and the first ``n_words`` words: the whole ``embed_text`` when that is all."""
@@ -230,13 +237,14 @@ def fuse(lex: np.ndarray, ranked: Sequence[int], probe_cos: Mapping[int, float],
 
 
 def best_sentences(question: str, sents: Sequence[str], budget: int, weights: Weights,
-                   at_least_one: bool = True) -> list[int]:
-    """The indices of ``sents`` to keep within ``budget`` words, best first by BM25 against the
-    question (plus the kind of token it asks for, and position); at least one if
-    ``at_least_one`` (the budget may then be overrun by it)."""
-    q = terms(question)
+                   at_least_one: bool = True, cosines: Sequence[float] | None = None) -> list[int]:
+    """The indices of ``sents`` to keep within ``budget`` words, best first by their MiniLM
+    cosine to the question where ``cosines`` are given, else by BM25 against it (plus the kind
+    of token it asks for, and position); at least one if ``at_least_one`` (the budget may then
+    be overrun by it)."""
     kind = asks_for(question)
-    s = _scaled(bm25(q, [terms(x) for x in sents]))
+    s = (np.asarray(cosines, dtype=np.float64) if cosines is not None
+         else _scaled(bm25(terms(question), [terms(x) for x in sents])))
     score = [float(s[j]) + weights.kind * fits(kind, x) + weights.position / (1 + j)
              for j, x in enumerate(sents)]
     kept: list[int] = []
@@ -251,14 +259,16 @@ def best_sentences(question: str, sents: Sequence[str], budget: int, weights: We
 
 
 def select(question: str, units: Sequence[Unit], bodies: Sequence[Sequence[str]],
-           order: Sequence[int], budget: int, weights: Weights,
-           lead: float = math.inf) -> list[tuple[int, list[int] | None]]:
+           order: Sequence[int], budget: int, weights: Weights, lead: float = math.inf,
+           sentence_cos: Mapping[int, Sequence[float]] | None = None,
+           ) -> list[tuple[int, list[int] | None]]:
     """What to keep, as (unit, None) for a whole unit or (unit, sentence indices): whole units in
     ``order`` while ``budget`` holds, then the next one cut to its best sentences. ``bodies``
     are the units' sentences as they would be sent (``lean`` or not): the budget counts them.
     When the first unit leads the second by less than ``weights.hedge_lead`` (``lead``), it
     keeps at most ``weights.hedge_share`` of the budget (its best sentences), so that the
-    second's best sentences are sent too: a hedge where the ranker is unsure."""
+    second's best sentences are sent too: a hedge where the ranker is unsure. A unit cut to its
+    best sentences is cut by their cosines to the question where ``sentence_cos`` has them."""
     out: list[tuple[int, list[int] | None]] = []
     used = 0
     cap = budget
@@ -273,7 +283,8 @@ def select(question: str, units: Sequence[Unit], bodies: Sequence[Sequence[str]]
         else:
             left = cap - used - head
             kept = best_sentences(question, bodies[i], max(left, 1), weights,
-                                  at_least_one=not out) if left >= 8 or not out else []
+                                  at_least_one=not out,
+                                  cosines=(sentence_cos or {}).get(i)) if left >= 8 or not out else []
             if kept:
                 out.append((i, kept))
                 used += head + sum(words(bodies[i][j]) for j in kept)
