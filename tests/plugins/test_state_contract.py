@@ -475,6 +475,7 @@ async def test_a_burst_shares_a_few_connections(named_redis: tuple[RedisStore, s
     held = await asyncio.gather(*(store.reserve("acme", "p1", f"b{i}", 1, 60, KEEP)
                                   for i in range(250)))
     assert all(r.ok for r in held)
+    await asyncio.sleep(0.05)  # Redis has dropped any connection the store closed as extra
     assert 1 <= _kill_clients(redis_url, name) <= 2
 
 
