@@ -7,11 +7,12 @@ its tokens-per-minute correction another (``settle_adding``). The settlement's r
 awaited before the response goes out: a client that reads its team's spend next, through
 any replica, reads it after Redis applied the settlement (a settlement written and not
 awaited could still sit in a socket buffer when another replica's read arrives). Commands go
-through ``plugins.redis_resp``, a small client on hiredis' packer and parser (redis-py costs
-about 460 Python calls a command, that client about a tenth). Scripts read the clock with Redis'
-``TIME``, so replicas with skewed clocks still share one window. Every key of a team carries
-the hash tag ``{team}``, so a team's scripts touch a single slot and Redis Cluster accepts
-them. Money is in integer nano-dollars (``HINCRBY``: no float drift).
+through ``plugins.redis_resp``, a small client on hiredis' packer and parser (redis-py cost
+about 460 Python calls a command; this store and that client together about 30). Scripts
+read the clock with Redis' ``TIME``, so replicas with skewed clocks still share one window.
+Every key of a team carries the hash tag ``{team}``, so a team's scripts touch a single
+slot and Redis Cluster accepts them. Money is in integer nano-dollars (``HINCRBY``: no float
+drift).
 
 Numbers never pass from Lua arithmetic back into a Redis command: Redis formats a Lua number
 with ``%.17g``, so a negated zero reaches ``HINCRBY`` as ``-0`` and 10**17 as ``1e+17``, and
