@@ -1,7 +1,7 @@
 """How the compressor's ranking weights were chosen: on the TRAIN half of the NQ items only.
 
-Every unit's MiniLM vectors (its probe, ``Unit.probe_text``, at each ``--probe-words``, and its
-whole ``embed_text``) are computed once (kept in ``--cache``, a text -> vector table), then
+Every unit's MiniLM vectors (its probe, ``Unit.probe_text``, at each ``--probe-words``, its
+whole ``embed_text`` and its ``sentence_texts``) are computed once (kept in ``--cache``, a text -> vector table), then
 each combination of the weights below is run through the engine's own ``rank.fuse`` and
 ``rank.select`` (with ``rank.lean`` or without) at the shipped ratio, and scored as
 ``switchyard eval compress`` scores: does the kept text still hold a gold answer. Printed:
@@ -30,8 +30,8 @@ from plugins.compress.answers import contains_answer
 from plugins.compress.engine import DEFAULT_RATIO, count_words, eval_messages
 from plugins.compress.units import split_content
 
-GRID = {"shortlist": (3, 4, 5), "confident": (0.2, 0.3, 0.4, 0.5), "lexical": (0.0, 0.25),
-        "hedge_lead": (0.0, 0.02, 0.04), "hedge_share": (0.8,)}
+GRID = {"shortlist": (8,), "confident": (0.3, 0.35), "lexical": (0.0,),
+        "hedge_lead": (0.04, 0.06, 0.08), "hedge_share": (0.7, 0.8), "sentences": (0, 2, 3)}
 
 
 def key(text: str) -> str:
@@ -78,12 +78,14 @@ def prepare(path: Path, probe_words: list[int], vectors: Vectors,
                      "plain": [rank.sentences(u.text) for u in units]})
     texts = [r["q"] for r in rows] + [u.embed_text() for r in rows for u in r["units"]]
     texts += [u.probe_text(n) for n in probe_words for r in rows for u in r["units"]]
+    texts += [t for r in rows for u in r["units"] for t in u.sentence_texts()]
     vectors.fill(texts)
     for r in rows:
         r["lean"] = [[rank.lean(x) for x in b] for b in r["plain"]]
         r["whole"] = np.array([vectors.cos(r["q"], u.embed_text()) for u in r["units"]])
         r["probe"] = {n: np.array([vectors.cos(r["q"], u.probe_text(n)) for u in r["units"]])
                       for n in probe_words}
+        r["sentence"] = [[vectors.cos(r["q"], t) for t in u.sentence_texts()] for u in r["units"]]
     return rows
 
 
@@ -97,15 +99,17 @@ def kept(row: dict[str, Any], w: rank.Weights, lean: bool) -> bool:
     whole = {i: float(row["whole"][i]) for i in short}
     order, lead = rank.fuse(lex, ranked, {i: float(probe_cos[i]) for i in probe}, whole, w)
     bodies = row["lean" if lean else "plain"]
-    sel = rank.select(row["q"], units, bodies, order, row["budget"], w, lead)
+    sentence_cos = {i: row["sentence"][i] for i in order[: w.sentences]} if short else {}
+    sel = rank.select(row["q"], units, bodies, order, row["budget"], w, lead, sentence_cos)
     text = " ".join(units[i].header + "".join(bodies[i] if js is None else
                                               [bodies[i][j] for j in js]) for i, js in sel)
     return contains_answer(text, row["answers"])
 
 
 def tokens(rows: list[dict[str, Any]], w: rank.Weights) -> tuple[float, float]:
-    """MiniLM tokens per item (p50, mean over 200 items): the probes in one padded batch, then
-    the shortlist's whole units in another, where the probes were not clear enough."""
+    """MiniLM tokens per item (p50, mean over 200 items): the probes in one padded batch, then,
+    where the probes were not clear enough, the shortlist's whole units in another and the
+    first units' sentences in a third."""
     from plugins.minilm import MiniLM
 
     tok = MiniLM.shared()._load().tokenizer  # pads a batch to its longest text, as encode does
@@ -118,9 +122,14 @@ def tokens(rows: list[dict[str, Any]], w: rank.Weights) -> tuple[float, float]:
         units, lex = row["units"], row["lex"]
         probe = rank.probed(lex, w)
         probe_cos = row["probe"][w.probe_words]
-        _, short = rank.shortlist(lex, probe, [probe_cos[i] for i in probe], w)
+        ranked, short = rank.shortlist(lex, probe, [probe_cos[i] for i in probe], w)
+        sents: list[str] = []
+        if short and w.sentences:
+            whole = {i: float(row["whole"][i]) for i in short}
+            order, _ = rank.fuse(lex, ranked, {i: float(probe_cos[i]) for i in probe}, whole, w)
+            sents = [t for i in order[: w.sentences] for t in units[i].sentence_texts()]
         per.append(batch([row["q"], *(units[i].probe_text(w.probe_words) for i in probe)])
-                   + batch([units[i].embed_text() for i in short]))
+                   + batch([units[i].embed_text() for i in short]) + batch(sents))
     return statistics.median(per), statistics.mean(per)
 
 

@@ -15,11 +15,14 @@ going to the units that may be kept:
 3. ``shortlist``: where the probe rank is unsure (its first leads its second by less than
    ``confident``), the ``shortlist`` best of those embedded whole; their cosine puts them
    first, in that order. Where it is sure (about half the NQ items), no second pass.
+4. ``sentences``: where the probe was unsure, every sentence of the first ``sentences`` units
+   in that order embedded after its unit's title (``Unit.sentence_texts``), a third batch.
 
 ``select`` then keeps units whole in that order while the word budget holds (the first one at
 most ``hedge_share`` of it when it leads the second by less than ``hedge_lead``) and cuts the
-first one that does not fit to its best sentences (BM25 against the question, a bonus for what the
-question asks for, earlier sentences first on ties) within what is left. Kept text goes back
+first one that does not fit to its best sentences (their cosine to the question where pass 4
+ran, else BM25 against it; a bonus for what the question asks for, earlier sentences first on
+ties) within what is left. Kept text goes back
 in its original order. ``lean`` (the fine stage) drops function words from each sentence
 first: articles, forms of *be* and *have*, pronouns such as *it*, *this*, *that*, *which*,
 the words a reader restores without noticing and that hardly ever are an answer; the budget

@@ -198,3 +198,17 @@ async def test_shortlist_zero_is_lexical_only() -> None:
     out = await comp.compress(eval_messages("who designed the eiffel tower",
                                             documents([*FILLER, GOLD])), ratio=4.0)
     assert "Gustave Eiffel" in out.messages[0]["content"]
+
+
+def test_a_cut_unit_keeps_the_sentence_nearest_in_meaning_where_sentences_were_embedded() -> None:
+    """Where the probe was unsure the engine embeds the first units' sentences: a unit cut to
+    fit then keeps the sentence MiniLM puts nearest the question, not the one that merely
+    shares its words (BM25 decides only where nothing was embedded)."""
+    from plugins.compress import rank
+
+    sents = ["The tower was painted red by the town council in 1950. ",
+             "Gustave Eiffel's company drew up its plans and put it up for the exhibition. "]
+    question = "who designed the tower the town council painted"
+    w = rank.Weights()
+    assert rank.best_sentences(question, sents, 12, w) == [0]
+    assert rank.best_sentences(question, sents, 12, w, cosines=[0.21, 0.58]) == [1]
