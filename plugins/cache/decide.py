@@ -294,11 +294,17 @@ def _question_word(norms: tuple[str, ...]) -> str | None:
     return next((w for w in norms if w in _QUESTION_WORDS), None)
 
 
+def overlap(a: Parsed, b: Parsed) -> float:
+    """The Jaccard overlap of the two prompts' content words (1 when neither has any)."""
+    ca, cb = set(a.content), set(b.content)
+    union = ca | cb
+    return len(ca & cb) / len(union) if union else 1.0
+
+
 def features(a: Parsed, b: Parsed, cosine: float) -> np.ndarray:
     """The verifier's inputs, in the order of ``FEATURES``."""
     ca, cb = set(a.content), set(b.content)
-    union = ca | cb
-    jac = len(ca & cb) / len(union) if union else 1.0
+    jac = overlap(a, b)
     only_a, only_b = len(ca - cb), len(cb - ca)
     ent = len((a.entities - set(b.norms)) | (b.entities - set(a.norms)))
     length = abs(math.log((len(a.norms) + 1) / (len(b.norms) + 1)))
