@@ -46,16 +46,19 @@ def _kind(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=["auto", "knn", "logreg", "mf"], default="auto",
                    help="the predictor (auto: chosen by 5-fold cross-validation on the training data)")
     p.add_argument("--embedder", choices=list(EMBEDDERS), default="minilm",
-                   help="prompt vectors: MiniLM sentence embeddings; or, with no forward pass "
-                   "on the request path, a bag of its input token embeddings (static) or of "
-                   "its distilled static table (distilled)")
+                   help="prompt vectors: MiniLM sentence embeddings (one forward pass per new "
+                   "prompt, 10-50 ms); or, with no forward pass on the request path (about 1 ms), "
+                   "a bag of its distilled static table fitted to its sentence vectors "
+                   "(distilled) or of its input token embeddings (static)")
 
 
 def _params(kind: str, examples: int) -> tuple[str | None, dict[str, Any] | None]:
     """The defaults of ``--model KIND`` (cross-validation's choices on MMLU); kNN's k at
     most a fifth of the training examples (else every prompt gets the same neighbours)."""
+    cap = max(1, examples // 5)
     defaults: dict[str, dict[str, Any]] = {
-        "knn": {"k": max(1, min(100, examples // 5))}, "logreg": {"l2": 30.0}, "mf": {"rank": 16}}
+        "knn": {"ks": sorted({min(k, cap) for k in (100, 150, 200)})}, "logreg": {"l2": 30.0},
+        "mf": {"rank": 16}}
     return (None, None) if kind == "auto" else (kind, defaults[kind])
 
 

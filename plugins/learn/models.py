@@ -6,7 +6,9 @@ quality of model ``j`` on example ``i`` (in [0, 1]); ``predict(X)`` the expected
 - ``knn``: the mean quality of the ``k`` most similar training examples (cosine, after
   centring the vectors on the training mean, which removes the direction every MiniLM
   embedding shares), the kNN router RouterBench and "a well-tuned kNN matches most
-  learned routers" describe.
+  learned routers" describe; with ``ks`` (several neighbour counts), the mean of their
+  ``k``-nearest means: the nearest neighbours weigh more, the farthest less (5-fold CV on
+  MMLU's train half: CPT(50 %) 0.273 for ``ks`` 100/150/200 against 0.284 for ``k`` 100).
 - ``mf``: matrix factorisation as RouteLLM's ``mf`` router: a shared projection of the
   features to ``rank`` dimensions and a vector per model, ``sigmoid(v_m . (P x) + b_m)``,
   fitted with Adam on the cross-entropy.
@@ -17,6 +19,7 @@ which ``plugins.learn.files`` writes into one versioned ``.npz``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -89,8 +92,11 @@ class LogReg:
 class KNN:
     kind = "knn"
 
-    def __init__(self, k: int = 40) -> None:
-        self.k = k
+    def __init__(self, k: int = 40, ks: Sequence[int] | None = None) -> None:
+        self.ks = sorted({int(x) for x in ks}) if ks else [int(k)]
+        if self.ks[0] < 1:
+            raise ValueError(f"knn: neighbour counts must be >= 1, not {self.ks}")
+        self.k = self.ks[-1]
         self.X: NDArray[np.float32] = np.zeros((0, 0), dtype=np.float32)
         self.Y: Arr = np.zeros((0, 0))
         self.center: NDArray[np.float32] = np.zeros(0, dtype=np.float32)
@@ -109,7 +115,12 @@ class KNN:
 
     def predict(self, X: NDArray[Any]) -> Arr:
         Q = self._unit(X)
-        k = min(self.k, len(self.X))
+        ks = sorted({min(k, len(self.X)) for k in self.ks})
+        k = ks[-1]
+        # the mean of the k-nearest means over ks: a weight per neighbour rank
+        weight = np.zeros(k)
+        for kk in ks:
+            weight[:kk] += 1.0 / (kk * len(ks))
         out = np.empty((len(Q), self.Y.shape[1]))
         for start in range(0, len(Q), 1024):
             block = Q[start:start + 1024]
@@ -118,15 +129,21 @@ class KNN:
             # rows on two loaded cores); a batch: BLAS
             sims = np.einsum("ij,kj->ik", block, self.X) if len(block) <= 4 else block @ self.X.T
             idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-            out[start:start + 1024] = self.Y[idx].mean(axis=1)
+            if len(ks) > 1:  # rank the k nearest: the nearer ones weigh more
+                order = np.argsort(-np.take_along_axis(sims, idx, axis=1), axis=1)
+                idx = np.take_along_axis(idx, order, axis=1)
+            out[start:start + 1024] = np.einsum("k,ikm->im", weight, self.Y[idx])
         return out
 
     def state(self) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
-        return {"X": self.X, "Y": self.Y, "center": self.center}, {"k": self.k}
+        params: dict[str, Any] = {"k": self.k}
+        if len(self.ks) > 1:
+            params["ks"] = self.ks
+        return {"X": self.X, "Y": self.Y, "center": self.center}, params
 
     @classmethod
     def restore(cls, arrays: dict[str, NDArray[Any]], params: dict[str, Any]) -> KNN:
-        m = cls(int(params["k"]))
+        m = cls(int(params["k"]), params.get("ks"))
         m.X, m.Y = arrays["X"].astype(np.float32), arrays["Y"]
         m.center = arrays["center"].astype(np.float32)
         return m

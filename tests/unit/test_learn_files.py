@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from plugins.learn import files
+from plugins.learn import files, models
 from plugins.learn.features import answer_features, arithmetic
 from plugins.learn.judge import AnswerScorer
 from plugins.learn.router import RouterModel, cheapest_meeting
@@ -26,8 +26,8 @@ def _data(n: int = 200, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndar
     return X, Y, C
 
 
-@pytest.mark.parametrize("kind,params", [("knn", {"k": 9}), ("logreg", {"l2": 1.0}),
-                                         ("mf", {"rank": 4, "epochs": 50})])
+@pytest.mark.parametrize("kind,params", [("knn", {"k": 9}), ("knn", {"ks": [5, 9, 15]}),
+                                         ("logreg", {"l2": 1.0}), ("mf", {"rank": 4, "epochs": 50})])
 def test_a_router_model_round_trips(tmp_path: Path, kind: str, params: dict) -> None:
     X, Y, C = _data()
     model = RouterModel.fit(X, Y, C, ["cheap", "strong"], kind, params, folds=3)
@@ -40,6 +40,15 @@ def test_a_router_model_round_trips(tmp_path: Path, kind: str, params: dict) -> 
     meta = json.loads(str(np.load(path, allow_pickle=False)["__meta__"]))
     assert (meta["format"], meta["version"], meta["kind"]) == ("switchyard.learn", 1, "router")
     assert meta["model"]["kind"] == kind
+
+
+def test_a_knn_over_several_counts_weighs_the_nearest_neighbours_most() -> None:
+    """``ks`` [1, 3]: the nearest neighbour counts for 1/2 + 1/6, the next two for 1/6 each."""
+    X = np.array([[1.0, 0.0], [0.9, 0.1], [0.8, 0.2], [-1.0, 0.0]], dtype=np.float32)
+    Y = np.array([[1.0], [0.0], [0.0], [0.0]])
+    m = models.make("knn", ks=[3, 1]).fit(X, Y)
+    assert m.predict(np.array([[1.0, -0.05]]))[0, 0] == pytest.approx(2 / 3)
+    assert models.make("knn", k=3).fit(X, Y).predict(np.array([[1.0, -0.05]]))[0, 0] == pytest.approx(1 / 3)
 
 
 def test_the_model_learns_where_the_cheap_model_is_good_enough() -> None:
