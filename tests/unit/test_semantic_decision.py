@@ -103,3 +103,13 @@ async def test_a_large_group_is_searched_through_its_graph_with_the_same_answers
     index.remove("pw")
     m = await index.lookup("g", "I forgot my password, how can I reset it?")
     assert m is not None and m.entry_id != "pw" and not m.hit
+
+
+def test_a_rewording_whose_words_cross_a_to_by_chance_is_no_reversed_direction() -> None:
+    # the direction check reads prompts that are otherwise the same words; two rewordings of
+    # one sentence, four content words apart, cross "to" by chance and still ask one thing
+    saved = parse("The report can be saved to disk using export()")
+    reworded = parse("export() can be used to store the report on disk")
+    assert "direction" not in vetoes(saved, reworded)
+    assert "direction" in vetoes(parse("How do I convert Celsius to Fahrenheit?"),
+                                 parse("How do I convert Fahrenheit to Celsius?"))
