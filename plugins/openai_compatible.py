@@ -8,6 +8,7 @@ Streams are relayed as they arrive, never buffered: as blocks of whole events
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -34,6 +35,11 @@ from gateway import (
     sse_chunks,
 )
 
+# What follows ``[DONE]`` (normally only the end of the chunked body) is read, within these
+# bounds, so that the connection goes back to the pool: aiohttp closes a connection whose
+# body was not read to its end, and the next request then pays for a new connect.
+DRAIN_S = 0.25
+DRAIN_BYTES = 65536
 _PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
 
@@ -77,6 +83,20 @@ def transport_error(name: str, e: BaseException) -> Exception:
     if isinstance(e, aiohttp.ConnectionTimeoutError) or not isinstance(e, TimeoutError):
         return BackendUnavailable(f"Backend '{name}' is unreachable: {type(e).__name__}.")
     return BackendTimeout(f"Backend '{name}' did not answer in time.")
+
+
+async def _drain(content: aiohttp.StreamReader) -> None:
+    """Read the body to its end after ``[DONE]`` (``DRAIN_S``, ``DRAIN_BYTES``), so the
+    connection is kept; an upstream that sends more, or never ends its body, is cut."""
+    if content.at_eof():
+        return
+    left = DRAIN_BYTES
+    try:
+        async with asyncio.timeout(DRAIN_S):
+            while left > 0 and (data := await content.readany()):
+                left -= len(data)
+    except TimeoutError:
+        pass
 
 
 class OpenAICompatibleBackend(BaseBackend):
@@ -162,7 +182,10 @@ class OpenAICompatibleBackend(BaseBackend):
                     block = frames.feed(read)
                     if block:
                         yield block
-                    if frames.done or frames.error is not None:
+                    if frames.done:
+                        await _drain(resp.content)
+                        break
+                    if frames.error is not None:
                         break
                 else:
                     block = frames.close()

@@ -61,10 +61,12 @@ class Scripted:
         self.writes: list[bytes] = []
         self.pause_s = 0.0
         self.bodies: list[dict[str, Any]] = []
+        self.peers: list[int] = []  # each request's client port: which connection it came on
         self.app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
 
     async def _chat(self, request: Request) -> StreamingResponse:
         self.bodies.append(orjson.loads(await request.body()))
+        self.peers.append(request.client.port if request.client else -1)
         writes, pause = list(self.writes), self.pause_s
 
         async def body() -> Any:
@@ -117,6 +119,21 @@ def test_events_reach_the_client_as_the_upstream_wrote_them(gw: Any, up: Scripte
     assert (row["prompt_tokens"], row["completion_tokens"]) == (11, 5)
     assert row["bytes_received"] == sum(map(len, up.writes))
     assert 0 < row["ttft_ms"] <= row["latency_ms"]
+
+
+def test_a_finished_stream_leaves_its_upstream_connection_open(gw: Any, up: Scripted) -> None:
+    """A server ends its chunked body after ``[DONE]`` in a write of its own (uvicorn, as
+    here, and llama.cpp's and vLLM's servers): the gateway reads that end, so the next request
+    reuses the connection instead of paying for a new connect. Before, each stream's
+    connection was closed."""
+    up.writes = [ev(ROLE), ev(delta("Hi")), ev(FINISH), b"data: [DONE]\n\n"]
+    up.pause_s = 0.002  # each write its own TCP segment
+    start = len(up.peers)
+    for _ in range(5):
+        assert stream_raw(gw, request_id()).endswith(b"data: [DONE]\n\n")
+    ports = up.peers[start:]
+    assert len(ports) == 5
+    assert len(set(ports)) == 1, ports
 
 
 def test_usage_the_client_did_not_ask_for_is_left_out(gw: Any, up: Scripted) -> None:
