@@ -79,9 +79,10 @@ local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
 """
 
 # Integer strings, handled as text (see the module docstring): ``neg`` negates one,
-# ``over(budget, a, b, c)`` says whether a + b + c > budget, exactly, by adding 9-digit
-# halves (each sum stays far below 2**53). ``int`` formats a small Lua integer for a
-# command (string.format('%d') never writes "-0").
+# ``over(budget, a, b, c)`` says whether a + b + c > budget, exactly: in plain arithmetic
+# when each has at most 15 characters (below 10**15, so the sum stays below 2**53), else by
+# adding 9-digit halves (each sum stays far below 2**53). ``int`` formats a small Lua
+# integer for a command (string.format('%d') never writes "-0").
 _NUM = """
 local function neg(s)
   if string.sub(s, 1, 1) == '-' then return string.sub(s, 2) end
@@ -95,9 +96,13 @@ local function halves(s)
   if n <= 9 then return 0, sign * tonumber(s) end
   return sign * tonumber(string.sub(s, 1, n - 9)), sign * tonumber(string.sub(s, n - 8))
 end
-local function over(budget, ...)
+local function over(budget, a, b, c)
+  b, c = b or '0', c or '0'
+  if #budget < 16 and #a < 16 and #b < 16 and #c < 16 then
+    return tonumber(a) + tonumber(b) + tonumber(c) > tonumber(budget)
+  end
   local hi, lo = 0, 0
-  for _, s in ipairs({...}) do
+  for _, s in ipairs({a, b, c}) do
     local h, l = halves(s)
     hi, lo = hi + h, lo + l
   end
@@ -126,26 +131,28 @@ local function purge(b, bx, now)
 end
 """
 
-# ``held``: the reply for a hold already made under ``id`` (a retry), else nil.
+# ``look``: in one read, whether a hold was already made under ``id`` (a retry whose reply
+# was lost), the spend and what holds keep (nil: the period's hash has no holds yet).
 # ``try_hold``: hold ``amount`` under ``id`` if it fits the budget (expired holds purged).
+# Expiries: the period's hash lives to the period's end (plus the keep), a fixed time, so it
+# is set once, when the first hold makes the hash; the expiry zset is set whenever it may be
+# new: when nothing is held (a hold in flight is in it, so it exists while reserved > 0).
 _HOLD = """
-local function held(b, id, budget)
-  if redis.call('HEXISTS', b, 'r:' .. id) == 0 then return nil end
-  return {1, redis.call('HGET', b, 'spent') or '0', redis.call('HGET', b, 'reserved') or '0',
-          budget}
+local function look(b, id)
+  local v = redis.call('HMGET', b, 'r:' .. id, 'spent', 'reserved')
+  return v[1], v[2] or '0', v[3]
 end
-local function try_hold(b, bx, budget, id, amount, ttl_ms, keep_s, now)
-  local spent = redis.call('HGET', b, 'spent') or '0'
-  local reserved = redis.call('HGET', b, 'reserved') or '0'
-  if string.sub(budget, 1, 1) ~= '-' and over(budget, spent, reserved, amount) then
-    return {0, spent, reserved, budget}
+local function try_hold(b, bx, budget, spent, reserved, id, amount, ttl_ms, keep_s, now)
+  local r0 = reserved or '0'
+  if string.sub(budget, 1, 1) ~= '-' and over(budget, spent, r0, amount) then
+    return {0, spent, r0, budget}
   end
   redis.call('HINCRBY', b, 'reserved', amount)
   redis.call('HSET', b, 'r:' .. id, amount)
   redis.call('ZADD', bx, int(now + tonumber(ttl_ms)), id)
   if tonumber(keep_s) > 0 then
-    redis.call('EXPIRE', b, keep_s)
-    redis.call('EXPIRE', bx, keep_s)
+    if not reserved then redis.call('EXPIRE', b, keep_s) end
+    if r0 == '0' then redis.call('EXPIRE', bx, keep_s) end
   end
   return {1, spent, redis.call('HGET', b, 'reserved'), budget}
 end
@@ -177,7 +184,8 @@ end
 # Sliding windows. The limits' keys start after KEYS[ko] (the sequence counter, then a
 # (zset, sum) pair per limit), their arguments after ARGV[ao] (their count, then a
 # (limit, cost, window_ms) triple per limit): a script that also holds a budget puts its
-# own keys and arguments first.
+# own keys and arguments first. An entry is "<uid>:<cost>": ``uid`` is unique per entry,
+# the hold's id where there is one (no counter to bump), else the next sequence number.
 _WINDOW = """
 local function entry_cost(m) return tonumber(string.match(m, ':(%-?%d+)$')) end
 local function prune(z, s, cutoff)
@@ -218,9 +226,12 @@ local function prune_all(ko, ao, now)
     prune(KEYS[ko + 2*i], KEYS[ko + 2*i + 1], now - tonumber(ARGV[ao + 3*i + 1]))
   end
 end
-local function record(ko, ao, now)
-  local seq = redis.call('INCR', KEYS[ko + 1])
-  redis.call('PEXPIRE', KEYS[ko + 1], 86400000)
+local function record(ko, ao, now, uid)
+  local seq = uid
+  if not seq then
+    seq = redis.call('INCR', KEYS[ko + 1])
+    redis.call('PEXPIRE', KEYS[ko + 1], 86400000)
+  end
   for i = 1, tonumber(ARGV[ao + 1]) do
     local z, s = KEYS[ko + 2*i], KEYS[ko + 2*i + 1]
     local cost, win = ARGV[ao + 3*i], tonumber(ARGV[ao + 3*i + 1])
@@ -239,8 +250,10 @@ RESERVE = Script(_NOW + _NUM + _PURGE + _HOLD + """
 local budget = redis.call('HGET', KEYS[1], 'budget')
 if not budget then return {-1, 0, 0, -1} end
 purge(KEYS[2], KEYS[3], now)
-return held(KEYS[2], ARGV[1], budget)
-  or try_hold(KEYS[2], KEYS[3], budget, ARGV[1], ARGV[2], ARGV[3], ARGV[4], now)
+local mine, spent, reserved = look(KEYS[2], ARGV[1])
+if mine then return {1, spent, reserved or '0', budget} end
+return try_hold(KEYS[2], KEYS[3], budget, spent, reserved, ARGV[1], ARGV[2], ARGV[3],
+                ARGV[4], now)
 """)
 
 # RESERVE and HIT in one step: KEYS: team, b, bx, then HIT's   ARGV: RESERVE's, then HIT's.
@@ -251,12 +264,13 @@ RESERVE_WITHIN = Script(_NOW + _NUM + _PURGE + _HOLD + _WINDOW + """
 local budget = redis.call('HGET', KEYS[1], 'budget')
 if not budget then return {-1, 0, 0, -1} end
 purge(KEYS[2], KEYS[3], now)
-local h = held(KEYS[2], ARGV[1], budget)
-if h then return h end
+local mine, spent, reserved = look(KEYS[2], ARGV[1])
+if mine then return {1, spent, reserved or '0', budget} end
 local wait = wait_ms(3, 4, now)
 if wait > 0 then return {0, 0, 0, budget, wait} end
-local r = try_hold(KEYS[2], KEYS[3], budget, ARGV[1], ARGV[2], ARGV[3], ARGV[4], now)
-if r[1] == 1 then record(3, 4, now) end
+local r = try_hold(KEYS[2], KEYS[3], budget, spent, reserved, ARGV[1], ARGV[2], ARGV[3],
+                   ARGV[4], now)
+if r[1] == 1 then record(3, 4, now, ARGV[1]) end
 return r
 """)
 
@@ -271,7 +285,7 @@ SETTLE_ADD = Script(_NOW + _NUM + _SETTLE + _WINDOW + """
 local r = settle(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
 if r[1] == 1 then
   prune_all(3, 2, now)
-  record(3, 2, now)
+  record(3, 2, now, ARGV[1] .. '+')
 end
 return r
 """)
@@ -325,6 +339,10 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """)
 
+# A lone command's reply is awaited by reading the socket for up to this long before the
+# loop takes over (``RespClient._spin``): replies here take 40-150 µs.
+SPIN_US = 250.0
+
 _GLOB = re.compile(r"([*?\[\]\\])")
 _CONN_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -339,7 +357,8 @@ class RedisStore:
     kind = "redis"
 
     def __init__(self, url: str, prefix: str = "switchyard:", *, connect_timeout_s: float = 2.0,
-                 timeout_s: float = 2.0, connections: int = 2) -> None:
+                 timeout_s: float = 2.0, connections: int = 2,
+                 spin_us: float = SPIN_US) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("state.prefix must not contain '{' or '}' (Redis hash tags)")
         self.prefix = prefix
@@ -347,7 +366,20 @@ class RedisStore:
         # lost its reply too (see _do). A burst never waits for a free connection: every
         # connection carries any number of commands at once.
         self.r = RespClient(url, connect_timeout_s=connect_timeout_s, timeout_s=timeout_s,
-                            size=connections)
+                            size=connections, spin_us=spin_us, quiet=self._quiet)
+        # holds granted and not settled yet, by id: with none but the caller's own (a lone
+        # request), the client spins for a reply instead of sleeping (RespClient._spin)
+        self._held: set[str] = set()
+
+    def _quiet(self) -> bool:
+        return not self._held  # a settlement's own hold is dropped before it is sent
+
+    def _holding(self, res_id: str, r: Reserved) -> Reserved:
+        if r.ok:
+            if len(self._held) >= 100_000:  # holds never settled (their replica's task died)
+                self._held.clear()
+            self._held.add(res_id)
+        return r
 
     # ---- key names ---------------------------------------------------------------------
 
@@ -467,9 +499,9 @@ class RedisStore:
 
     async def reserve(self, team: str, period: str, res_id: str, amount: int, ttl_s: float,
                       keep_s: int) -> Reserved:
-        return self._reserved(await self._do(lambda: self.r.evalsha(
+        return self._holding(res_id, self._reserved(await self._do(lambda: self.r.evalsha(
             RESERVE, self._budget_keys(team, period),
-            [res_id, amount, int(ttl_s * 1000), keep_s])))
+            [res_id, amount, int(ttl_s * 1000), keep_s]))))
 
     async def reserve_within(self, team: str, limits: Sequence[Limit], period: str,
                              res_id: str, amount: int, ttl_s: float, keep_s: int) -> Reserved:
@@ -477,7 +509,7 @@ class RedisStore:
         reply = await self._do(lambda: self.r.evalsha(
             RESERVE_WITHIN, self._budget_keys(team, period) + wkeys,
             [res_id, amount, int(ttl_s * 1000), keep_s, *wargs]))
-        return self._reserved(reply)
+        return self._holding(res_id, self._reserved(reply))
 
     @staticmethod
     def _reserved(reply: list[Any]) -> Reserved:
@@ -488,12 +520,14 @@ class RedisStore:
         return Reserved(ok == 1, int(spent), int(reserved), int(budget), wait_s=wait_s)
 
     async def settle(self, team: str, period: str, res_id: str, actual: int) -> Settled:
+        self._held.discard(res_id)
         applied, spent, alert = await self._do(lambda: self.r.evalsha(
             SETTLE, self._budget_keys(team, period), [res_id, actual]))
         return Settled(applied == 1, int(spent), alert == 1)
 
     async def settle_adding(self, team: str, period: str, res_id: str, actual: int,
                             limits: Sequence[Limit]) -> Settled:
+        self._held.discard(res_id)
         wkeys, wargs = self._window_args(team, limits)
         applied, spent, alert = await self._do(lambda: self.r.evalsha(
             SETTLE_ADD, self._budget_keys(team, period) + wkeys, [res_id, actual, *wargs]))

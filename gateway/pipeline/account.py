@@ -28,16 +28,23 @@ class Accounts:
         self._observe = registry.has_observers("switchyard_request_recorded")
         self.tasks: set[asyncio.Future[Any]] = set()  # observers still running
 
+    @staticmethod
+    def price(rec: UsageRecord, backend: Backend, usage: Usage, busy_s: float) -> float:
+        """What the call costs, set on ``rec`` (first: the settlement needs it and is sent
+        before the rest of the accounting)."""
+        rec.cost_usd = backend.cost_usd(usage, busy_s)
+        return rec.cost_usd
+
     def success(
         self, rec: UsageRecord, backend: Backend, usage: Usage, meter: Meter,
         ctx: RequestContext, *, busy_s: float, ttft_s: float | None, emit: bool = True,
     ) -> None:
-        """Fill ``rec`` from a call that answered (a stream that broke off included)."""
+        """Fill ``rec`` from a call that answered (a stream that broke off included); its
+        cost is ``price``'s."""
         now = time.perf_counter()
         rec.backend, rec.model = backend.name, meter.upstream_model or backend.model
         rec.prompt_tokens, rec.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         rec.cached_tokens = usage.cached_tokens
-        rec.cost_usd = backend.cost_usd(usage, busy_s)
         prof = backend.config.energy
         rec.energy_j, rec.energy_source = energy_joules(
             prof, busy_s=busy_s, tokens=usage.prompt_tokens + usage.completion_tokens,

@@ -28,9 +28,9 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from gateway.auth import Identity
 from gateway.budgets import (
@@ -60,6 +60,59 @@ from gateway.state import Limit, Reserved, Settled, StateStore, StateUnavailable
 log = logging.getLogger("switchyard.budgets")
 
 AlertFn = Callable[[str, float, float, float], None]
+T = TypeVar("T")
+
+
+class Started(Coroutine[Any, Any, T]):
+    """``coro``, run at once up to its first wait (what it writes to a socket before then
+    is written when this returns); the rest runs when this is awaited or made a task.
+
+    Python 3.11 has no eager tasks: a task's first step waits for the loop's next turn,
+    so a settlement made a task is sent only after whatever the caller does next. Started
+    first, its round trip to the state store overlaps that work. An exception of the first
+    step is raised where this is awaited, like the coroutine's own."""
+
+    __slots__ = ("_coro", "_first", "_state")
+
+    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
+        self._coro = coro
+        self._first: Any = None
+        try:
+            self._first = coro.send(None)
+            self._state = 0  # suspended: its first yield still to hand to the task
+        except StopIteration as e:  # done without waiting
+            self._first, self._state = e.value, 1
+        except BaseException as e:  # noqa: BLE001 - raised where it is awaited
+            self._first, self._state = e, 2
+
+    def send(self, value: Any) -> Any:
+        state, self._state = self._state, 3
+        if state == 0:
+            return self._first
+        if state == 1:
+            raise StopIteration(self._first)
+        if state == 2:
+            raise self._first
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        if self._state in (1, 2):  # already finished: nothing to throw into
+            self._state = 3
+            raise typ if val is None else val
+        self._state = 3
+        return self._coro.throw(typ if val is None else val)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self  # send/throw/close: the protocol of a generator
+
+    def __iter__(self) -> Started[T]:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
 
 
 class Admission(Protocol):
@@ -423,7 +476,8 @@ class BudgetAdmission:
         stream) cannot cancel the settlement of what was produced."""
         if not isinstance(reservation, Hold):
             return
-        task = asyncio.ensure_future(self._settle(ctx, reservation, cost_usd, tokens))
+        # started at once: the settlement is on its way to the store when this first waits
+        task = asyncio.ensure_future(Started(self._settle(ctx, reservation, cost_usd, tokens)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         try:

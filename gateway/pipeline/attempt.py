@@ -39,7 +39,7 @@ from gateway.interfaces import (
 )
 from gateway.metrics import Metrics
 from gateway.pipeline.account import Accounts
-from gateway.pipeline.admission import Admission
+from gateway.pipeline.admission import Admission, Started
 from gateway.pipeline.exchange import Exchange
 from gateway.pipeline.retry import Attempts
 from gateway.telemetry import Tracker
@@ -121,17 +121,24 @@ class Attempt:
 
     async def succeeded(self, usage: Usage, *, ttft_s: float | None, status: int = 200,
                         code: str | None = None, emit: bool = True) -> None:
-        """Account and settle what the call used (a stream cut short included)."""
+        """Account and settle what the call used (a stream cut short included). The
+        settlement is sent first, as soon as the cost is known, and awaited last: its round
+        trip to the state store overlaps the accounting (the breaker's figures, the record,
+        the metrics, the ledger)."""
         busy = self.stop()
-        if status == 200:
-            self._tracker.observe_success(usage.prompt_tokens, ttft_s, busy,
-                                          usage.completion_tokens)
         rec = self.record
         rec.status, rec.error_code = status, code
-        self.ex.accounts.success(rec, self.backend, usage, self.meter, self.x.ctx,
-                                 busy_s=busy, ttft_s=ttft_s, emit=emit)
-        await self.ex.admission.settle(self.x.ctx, self.reservation, rec.cost_usd,
-                                       usage.prompt_tokens + usage.completion_tokens)
+        settling = Started(self.ex.admission.settle(
+            self.x.ctx, self.reservation, self.ex.accounts.price(rec, self.backend, usage, busy),
+            usage.prompt_tokens + usage.completion_tokens))
+        try:
+            if status == 200:
+                self._tracker.observe_success(usage.prompt_tokens, ttft_s, busy,
+                                              usage.completion_tokens)
+            self.ex.accounts.success(rec, self.backend, usage, self.meter, self.x.ctx,
+                                     busy_s=busy, ttft_s=ttft_s, emit=emit)
+        finally:
+            await settling
 
 
 Open = Callable[[Attempt], Awaitable[R]]
