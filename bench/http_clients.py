@@ -8,6 +8,10 @@ client, after a short warm-up:
   concurrency)
 * httpx.AsyncClient over httpx_aiohttp's AiohttpTransport (httpx's API, aiohttp's pool)
 * aiohttp.ClientSession
+* ``plugins.http11.Pool``, the lean HTTP/1.1 client ``openai_compatible`` uses for
+  ``http://`` upstreams
+
+Each row also gives the client process' CPU per request (user + system).
 
 Run: ``python bench/http_clients.py [--seconds 3] [--concurrency 32]``. Timing goals live
 here, never in tests. Figures depend on the machine; report them with its core count.
@@ -61,8 +65,12 @@ def start_upstream(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("upstream did not start")
 
 
+CPU_PER_REQUEST: list[float] = []
+
+
 async def drive(send: Callable[[], Awaitable[None]], seconds: float, concurrency: int) -> float:
-    """Requests/s over ``seconds`` after a 0.5 s warm-up."""
+    """Requests/s over ``seconds`` after a 0.5 s warm-up; the process' CPU per request over
+    the same window goes to ``CPU_PER_REQUEST``."""
     count = 0
     counting = False
     stop = False
@@ -77,10 +85,11 @@ async def drive(send: Callable[[], Awaitable[None]], seconds: float, concurrency
     tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
     await asyncio.sleep(0.5)
     counting = True
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     await asyncio.sleep(seconds)
     counting = False
     elapsed = time.perf_counter() - t0
+    CPU_PER_REQUEST.append((time.process_time() - c0) / max(count, 1))
     stop = True
     await asyncio.gather(*tasks)
     return count / elapsed
@@ -120,10 +129,35 @@ async def bench_aiohttp(url: str, seconds: float, c: int) -> float:
         return await drive(send, seconds, c)
 
 
+async def bench_http11(url: str, seconds: float, c: int) -> float:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from urllib.parse import urlsplit
+
+    from plugins.http11 import Pool, request_head
+
+    u = urlsplit(url)
+    assert u.hostname and u.port
+    pool = Pool(u.hostname, u.port, limit=c)
+    head = request_head("POST", u.path, u.netloc, {"content-type": "application/json"})
+    loop = asyncio.get_running_loop()
+
+    async def send() -> None:
+        r = await pool.request(head, BODY, connect_s=5.0, read_s=30.0, deadline=loop.time() + 30)
+        async with r:
+            if r.status >= 400:
+                raise RuntimeError(r.status)
+            await r.read()
+    try:
+        return await drive(send, seconds, c)
+    finally:
+        pool.close()
+
+
 CLIENTS = {
     "httpx.AsyncClient (default transport)": bench_httpx,
     "httpx + httpx_aiohttp.AiohttpTransport": bench_httpx_aiohttp,
     "aiohttp.ClientSession": bench_aiohttp,
+    "plugins.http11.Pool": bench_http11,
 }
 
 
@@ -136,17 +170,19 @@ def main() -> None:
     proc = start_upstream(port)
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     try:
-        rows = [(name, asyncio.run(fn(url, args.seconds, args.concurrency)))
-                for name, fn in CLIENTS.items()]
+        rows = []
+        for name, fn in CLIENTS.items():
+            rps = asyncio.run(fn(url, args.seconds, args.concurrency))
+            rows.append((name, rps, CPU_PER_REQUEST[-1]))
     finally:
         proc.terminate()
         proc.wait(10)
     print(header())
     print(f"{args.concurrency} concurrent, {args.seconds:g} s each, {os.cpu_count()} cores, "
           "upstream aiohttp.web in its own process")
-    print(f"{'client':42} {'requests/s':>12}")
-    for name, rps in rows:
-        print(f"{name:42} {rps:12,.0f}")
+    print(f"{'client':42} {'requests/s':>12} {'CPU us/request':>15}")
+    for name, rps, cpu in rows:
+        print(f"{name:42} {rps:12,.0f} {cpu * 1e6:15.1f}")
 
 
 if __name__ == "__main__":

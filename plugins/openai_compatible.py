@@ -1,7 +1,10 @@
 """``openai_compatible``: any OpenAI-compatible HTTP server (llama.cpp, vLLM, TGI, Ollama...).
 
-The hot path uses aiohttp directly: at 32 concurrent requests a shared httpx.AsyncClient
-tops out far lower on this hardware (encode/httpx#3215; figures in bench/README.md).
+The hot path to a plain-HTTP server (``http://``: a server on this host or the LAN) goes
+through ``plugins.http11``, a lean HTTP/1.1 client with a keep-alive pool, about a quarter
+of aiohttp's CPU per call; an ``https://`` server through aiohttp (TLS, compression). At
+32 concurrent requests a shared httpx.AsyncClient tops out far lower on this hardware
+(encode/httpx#3215; figures in bench/README.md).
 Streams are relayed as they arrive, never buffered: as blocks of whole events
 (``stream_sse``, which the relay passes on untouched), or parsed (``stream``).
 """
@@ -10,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -34,10 +39,11 @@ from gateway import (
     hookimpl,
     sse_chunks,
 )
+from plugins.http11 import Pool, request_head
 
 # What follows ``[DONE]`` (normally only the end of the chunked body) is read, within these
-# bounds, so that the connection goes back to the pool: aiohttp closes a connection whose
-# body was not read to its end, and the next request then pays for a new connect.
+# bounds, so that the connection goes back to the pool: a connection whose body was not read
+# to its end is closed, and the next request then pays for a new connect.
 DRAIN_S = 0.25
 DRAIN_BYTES = 65536
 _PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
@@ -85,18 +91,43 @@ def transport_error(name: str, e: BaseException) -> Exception:
     return BackendTimeout(f"Backend '{name}' did not answer in time.")
 
 
-async def _drain(content: aiohttp.StreamReader) -> None:
-    """Read the body to its end after ``[DONE]`` (``DRAIN_S``, ``DRAIN_BYTES``), so the
-    connection is kept; an upstream that sends more, or never ends its body, is cut."""
-    if content.at_eof():
-        return
-    left = DRAIN_BYTES
-    try:
-        async with asyncio.timeout(DRAIN_S):
-            while left > 0 and (data := await content.readany()):
-                left -= len(data)
-    except TimeoutError:
-        pass
+class _Response(Protocol):
+    """What the backend reads of a response, from either client."""
+
+    status: int
+
+    @property
+    def headers(self) -> Any: ...
+
+    async def read(self) -> bytes: ...
+
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+
+    async def drain(self, timeout_s: float, max_bytes: int) -> None: ...
+
+
+class _Aio:
+    """An aiohttp response as ``_Response``."""
+
+    def __init__(self, r: aiohttp.ClientResponse) -> None:
+        self.r, self.status, self.headers = r, r.status, r.headers
+
+    async def read(self) -> bytes:
+        return await self.r.read()
+
+    def iter_any(self) -> AsyncIterator[bytes]:
+        return self.r.content.iter_any()
+
+    async def drain(self, timeout_s: float, max_bytes: int) -> None:
+        content = self.r.content
+        if content.at_eof():
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                while max_bytes > 0 and (data := await content.readany()):
+                    max_bytes -= len(data)
+        except TimeoutError:
+            pass
 
 
 class OpenAICompatibleBackend(BaseBackend):
@@ -128,16 +159,44 @@ class OpenAICompatibleBackend(BaseBackend):
             self._stream_sse if own or type(self)._stream_sse is not OpenAICompatibleBackend._stream_sse
             else None)
 
+        self._pool: Pool | None = None
+        u = urlsplit(self.base_url)
+        if u.scheme == "http" and u.hostname:
+            port = u.port or 80
+            host = f"[{u.hostname}]" if ":" in u.hostname else u.hostname
+            if u.port:
+                host += f":{port}"
+            self._pool = Pool(u.hostname, port, self.context.connector_limit)
+            self._heads = {ep: request_head("POST", u.path + p, host, h)
+                           for ep, p in _PATHS.items()}
+
     def _url(self, call: BackendCall) -> str:
         return self.base_url + _PATHS[call.endpoint]
+
+    @asynccontextmanager
+    async def _post(self, call: BackendCall, data: bytes,
+                    stream: bool) -> AsyncIterator[_Response]:
+        """POST ``data`` for ``call``; the response, released on leaving."""
+        if self._pool is None:
+            async with self.context.http().post(
+                self._url(call), data=data, headers=self._headers,
+                timeout=self._stream_timeout if stream else self._timeout,
+            ) as r:
+                yield _Aio(r)
+            return
+        t = self.config.timeouts
+        resp = await self._pool.request(
+            self._heads[call.endpoint], data, connect_s=t.connect_s,
+            read_s=t.first_token_s if stream else t.total_s,
+            deadline=asyncio.get_running_loop().time() + t.total_s)
+        async with resp:
+            yield resp
 
     async def call(self, call: BackendCall, meter: Meter) -> BackendResult:
         data = orjson.dumps(call.body)
         meter.bytes_sent += len(data)
         try:
-            async with self.context.http().post(
-                self._url(call), data=data, headers=self._headers, timeout=self._timeout
-            ) as resp:
+            async with self._post(call, data, False) as resp:
                 raw = await resp.read()
                 meter.bytes_received += len(raw)
                 if resp.status >= 400:
@@ -169,21 +228,18 @@ class OpenAICompatibleBackend(BaseBackend):
         meter.bytes_sent += len(data)
         frames = SSEFrames()
         try:
-            async with self.context.http().post(
-                self._url(call), data=data, headers=self._headers, timeout=self._stream_timeout
-            ) as resp:
+            async with self._post(call, data, True) as resp:
                 if resp.status >= 400:
                     raw = await resp.read()
                     meter.bytes_received += len(raw)
                     raise upstream_error(resp.status, raw, self.name, resp.headers, self._secrets)
-                reads = resp.content.iter_any()
-                async for read in reads:
+                async for read in resp.iter_any():
                     meter.bytes_received += len(read)
                     block = frames.feed(read)
                     if block:
                         yield block
                     if frames.done:
-                        await _drain(resp.content)
+                        await resp.drain(DRAIN_S, DRAIN_BYTES)
                         break
                     if frames.error is not None:
                         break
@@ -201,6 +257,11 @@ class OpenAICompatibleBackend(BaseBackend):
             raise BackendError(f"Backend '{self.name}' sent a malformed event.") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as e:
             raise transport_error(self.name, e) from None
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+        await super().close()
 
     async def probe(self) -> None:
         async with self.context.http().get(
