@@ -29,8 +29,10 @@ class BackendContext:
     def http(self) -> aiohttp.ClientSession:
         if self.http_session is None or self.http_session.closed:
             connector = aiohttp.TCPConnector(limit=self.connector_limit, ttl_dns_cache=300)
+            # no cookie jar: one tenant's call must not carry a cookie another's answer set
             self.http_session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",),
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
             self._owned = True
         return self.http_session
