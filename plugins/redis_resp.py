@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import ssl
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -38,13 +36,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 Arg = str | bytes | int | float
 # hiredis' C packer (its stub types the tuple as one element)
 _pack = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
-# A client that sent a command while another was in flight is busy for this long: it waits
-# for replies on the loop, as usual (see RespClient._spin).
-_BUSY_S = 0.05
-# Waits that outlast the spin _SLOW_RUN times in a row (a Redis far away, or one that shares
-# this CPU) turn spinning off for _SLOW_S.
-_SLOW_RUN = 3
-_SLOW_S = 1.0
 
 
 class Script:
@@ -75,9 +66,7 @@ def _error(e: ResponseError) -> Exception:
 class _Connection(asyncio.Protocol):
     """One connection: commands written as they come, replies matched to them in order."""
 
-    def __init__(self, timeout_s: float, raw: bool) -> None:
-        self.raw = raw  # its socket carries the protocol itself (not TLS): spin may read it
-        self.fd = -1
+    def __init__(self, timeout_s: float) -> None:
         self.loop = asyncio.get_running_loop()
         self.timeout_s = timeout_s
         self.reader = hiredis.Reader(replyError=ResponseError, encoding="utf-8")
@@ -90,9 +79,6 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        sock = transport.get_extra_info("socket")
-        if self.raw and sock is not None:
-            self.fd = sock.fileno()
 
     def data_received(self, data: bytes) -> None:
         reader, waiting = self.reader, self.waiting
@@ -133,33 +119,6 @@ class _Connection(asyncio.Protocol):
             self._timer = self.loop.call_at(now + self.timeout_s, self._check)
         return futs
 
-    def spin(self, fut: asyncio.Future[Any], limit_s: float) -> bool:
-        """Read the socket here, for at most ``limit_s``, until ``fut`` has its reply: the
-        caller then goes on without a trip through the loop (no sleep in ``epoll_wait``, no
-        wake-up). Whether it could: False when the reply is still to come. The loop's own
-        read of the socket then finds nothing and waits as usual (uvloop and asyncio both
-        treat EAGAIN as no data)."""
-        fd, read, clock = self.fd, os.read, time.perf_counter
-        if fd < 0 or self.closed:
-            return True
-        end = clock() + limit_s
-        while True:
-            try:
-                data = read(fd, 65536)
-            except BlockingIOError:
-                if clock() > end:
-                    return False
-                continue
-            except OSError as e:
-                self.fail(RedisConnectionError(f"Error reading from Redis ({type(e).__name__})"))
-                return True
-            if not data:
-                self.fail(RedisConnectionError("Connection closed by server."))
-                return True
-            self.data_received(data)
-            if fut.done():
-                return True
-
     def _check(self) -> None:
         """Every command gets ``timeout_s`` for its reply; one timer per connection, set
         for the oldest command still waiting (cheaper than a timer per command)."""
@@ -193,17 +152,12 @@ class RespClient:
     ``size`` of them; a command goes to the one with the fewest replies outstanding."""
 
     def __init__(self, url: str, *, connect_timeout_s: float = 2.0, timeout_s: float = 2.0,
-                 size: int = 2, spin_us: float = 0.0,
-                 quiet: Callable[[], bool] | None = None) -> None:
+                 size: int = 2) -> None:
         self.options: dict[str, Any] = dict(parse_url(url))
         self.tls = url.startswith("rediss://")
         self.connect_timeout_s = connect_timeout_s
         self.timeout_s = timeout_s
         self.size = size
-        self.spin_s = 0.0 if self.tls or quiet is None else spin_us / 1e6
-        self.quiet = quiet  # whether the caller's process has little else to do now
-        self._quiet_at = 0.0  # loop time from which a lone command may spin
-        self._slow = 0  # spins in a row that ended before their reply
         self.commands = 0  # sent, for bench/budgets.py's round-trip count
         self._conns: list[_Connection] = []
         self._opening: asyncio.Task[_Connection] | None = None
@@ -212,7 +166,7 @@ class RespClient:
         o, loop = self.options, asyncio.get_running_loop()
 
         def protocol() -> _Connection:
-            return _Connection(self.timeout_s, not self.tls)
+            return _Connection(self.timeout_s)
 
         conn: _Connection | None = None
         try:
@@ -284,37 +238,12 @@ class RespClient:
 
     async def _send(self, payload: bytes, commands: int) -> list[asyncio.Future[Any]]:
         self.commands += commands
-        tries = 3
-        while True:
-            conn = await self._connection()
+        for _ in range(2):
             try:
-                futs = conn.send(payload, commands)
-                break
+                return (await self._connection()).send(payload, commands)
             except _NotSent:  # that connection is gone now: the next is a fresh one
-                tries -= 1
-                if not tries:
-                    raise
-        if self.spin_s:
-            self._spin(conn, futs)
-        return futs
-
-    def _spin(self, conn: _Connection, futs: list[asyncio.Future[Any]]) -> None:
-        """When the caller is quiet (``quiet()``: say, one request in flight) and so is this
-        client (no other command in flight now, nor in the last ``_BUSY_S``), wait for the
-        reply by reading the socket rather than going back to the loop, for at most
-        ``spin_s``: a lone request then skips the loop's sleep and wake-up, some 15-45 µs a
-        round trip on a VM, for that much CPU. A busy process never spins: its loop has
-        other work for that time (and a spin would keep its commands from overlapping)."""
-        now = conn.loop.time()
-        if len(conn.waiting) > len(futs) or any(c.waiting for c in self._conns if c is not conn):
-            self._quiet_at = now + _BUSY_S
-        elif now >= self._quiet_at and self.quiet is not None and self.quiet():
-            if conn.spin(futs[-1], self.spin_s):
-                self._slow = 0
-            else:
-                self._slow += 1
-                if self._slow >= _SLOW_RUN:
-                    self._slow, self._quiet_at = 0, now + _SLOW_S
+                pass
+        return (await self._connection()).send(payload, commands)
 
     async def execute(self, *args: Arg) -> Any:
         """One command; its reply (bulk strings decoded as UTF-8), or its error raised."""

@@ -339,10 +339,6 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """)
 
-# A lone command's reply is awaited by reading the socket for up to this long before the
-# loop takes over (``RespClient._spin``): replies here take 40-150 µs.
-SPIN_US = 250.0
-
 _GLOB = re.compile(r"([*?\[\]\\])")
 _CONN_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -357,8 +353,7 @@ class RedisStore:
     kind = "redis"
 
     def __init__(self, url: str, prefix: str = "switchyard:", *, connect_timeout_s: float = 2.0,
-                 timeout_s: float = 2.0, connections: int = 2,
-                 spin_us: float = SPIN_US) -> None:
+                 timeout_s: float = 2.0, connections: int = 2) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("state.prefix must not contain '{' or '}' (Redis hash tags)")
         self.prefix = prefix
@@ -366,20 +361,7 @@ class RedisStore:
         # lost its reply too (see _do). A burst never waits for a free connection: every
         # connection carries any number of commands at once.
         self.r = RespClient(url, connect_timeout_s=connect_timeout_s, timeout_s=timeout_s,
-                            size=connections, spin_us=spin_us, quiet=self._quiet)
-        # holds granted and not settled yet, by id: with none but the caller's own (a lone
-        # request), the client spins for a reply instead of sleeping (RespClient._spin)
-        self._held: set[str] = set()
-
-    def _quiet(self) -> bool:
-        return not self._held  # a settlement's own hold is dropped before it is sent
-
-    def _holding(self, res_id: str, r: Reserved) -> Reserved:
-        if r.ok:
-            if len(self._held) >= 100_000:  # holds never settled (their replica's task died)
-                self._held.clear()
-            self._held.add(res_id)
-        return r
+                            size=connections)
 
     # ---- key names ---------------------------------------------------------------------
 
@@ -499,9 +481,9 @@ class RedisStore:
 
     async def reserve(self, team: str, period: str, res_id: str, amount: int, ttl_s: float,
                       keep_s: int) -> Reserved:
-        return self._holding(res_id, self._reserved(await self._do(lambda: self.r.evalsha(
+        return self._reserved(await self._do(lambda: self.r.evalsha(
             RESERVE, self._budget_keys(team, period),
-            [res_id, amount, int(ttl_s * 1000), keep_s]))))
+            [res_id, amount, int(ttl_s * 1000), keep_s])))
 
     async def reserve_within(self, team: str, limits: Sequence[Limit], period: str,
                              res_id: str, amount: int, ttl_s: float, keep_s: int) -> Reserved:
@@ -509,7 +491,7 @@ class RedisStore:
         reply = await self._do(lambda: self.r.evalsha(
             RESERVE_WITHIN, self._budget_keys(team, period) + wkeys,
             [res_id, amount, int(ttl_s * 1000), keep_s, *wargs]))
-        return self._holding(res_id, self._reserved(reply))
+        return self._reserved(reply)
 
     @staticmethod
     def _reserved(reply: list[Any]) -> Reserved:
@@ -520,14 +502,12 @@ class RedisStore:
         return Reserved(ok == 1, int(spent), int(reserved), int(budget), wait_s=wait_s)
 
     async def settle(self, team: str, period: str, res_id: str, actual: int) -> Settled:
-        self._held.discard(res_id)
         applied, spent, alert = await self._do(lambda: self.r.evalsha(
             SETTLE, self._budget_keys(team, period), [res_id, actual]))
         return Settled(applied == 1, int(spent), alert == 1)
 
     async def settle_adding(self, team: str, period: str, res_id: str, actual: int,
                             limits: Sequence[Limit]) -> Settled:
-        self._held.discard(res_id)
         wkeys, wargs = self._window_args(team, limits)
         applied, spent, alert = await self._do(lambda: self.r.evalsha(
             SETTLE_ADD, self._budget_keys(team, period) + wkeys, [res_id, actual, *wargs]))

@@ -1,20 +1,16 @@
-"""The Redis store's hot path: the scripts of a request (``reserve_within``, ``settle_adding``)
-with fewer commands, and a sequential caller's replies read without a trip through the loop
-(``RespClient._spin``). What must not change: every key still expires, a retried hold still
-counts once, and a reply that does not come in the spin's time still arrives (or fails as
-an outage) through the loop."""
+"""The scripts of a request (``reserve_within``, ``settle_adding``) with fewer commands: one
+read for the hold, no sequence counter for a request's window entries, the period hash's
+expiry set once. What must not change: every key still expires, and a retried hold or
+settlement still counts once."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import redis
 
-from gateway import Limit, StateUnavailable, Team
-from plugins import redis_resp
+from gateway import Limit, Team
 from plugins.state_redis import RedisStore
 
 KEEP = 3600
@@ -75,75 +71,3 @@ async def test_a_settlement_retried_adds_its_tokens_once(store: RedisStore) -> N
     # 90 tokens counted: 10 more fit, 11 do not
     assert await store.hit("acme", [Limit("team:tpm", 100, 11)]) > 0
     assert await store.hit("acme", [Limit("team:tpm", 100, 10)]) == 0
-
-
-def _count_spins(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    seen = {"replied": 0, "late": 0}
-    spin = redis_resp._Connection.spin
-
-    def counted(self: Any, fut: Any, limit_s: float) -> bool:
-        ok = spin(self, fut, limit_s)
-        seen["replied" if ok else "late"] += 1
-        return ok
-
-    monkeypatch.setattr(redis_resp._Connection, "spin", counted)
-    return seen
-
-
-async def test_a_sequential_caller_reads_its_replies_without_the_loop(
-        store: RedisStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One request at a time: each hold and its settlement find nothing else held."""
-    seen = _count_spins(monkeypatch)
-    for i in range(20):
-        assert (await store.reserve("acme", "p1", f"s{i}", 1, 60, KEEP)).ok
-        assert (await store.settle("acme", "p1", f"s{i}", 1)).applied
-    assert seen["replied"] >= 30  # the odd reply may come late on a busy machine
-
-
-async def test_a_busy_client_never_spins(store: RedisStore,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Requests in flight at once (holds not settled yet): the loop has other work, so
-    replies are awaited on it. Only the first of a burst finds nothing held."""
-    seen = _count_spins(monkeypatch)
-    held = await asyncio.gather(*(store.reserve("acme", "p1", f"c{i}", 1, 60, KEEP)
-                                  for i in range(20)))
-    assert all(r.ok for r in held)
-    assert (await store.reserve("acme", "p1", "after", 1, 60, KEEP)).ok
-    assert seen["replied"] + seen["late"] == 1, seen
-    for i in range(20):
-        await store.settle("acme", "p1", f"c{i}", 1)
-    await asyncio.sleep(redis_resp._BUSY_S)  # the burst's commands overlapped: busy until
-    await store.settle("acme", "p1", "after", 1)
-    assert seen["replied"] + seen["late"] == 2, seen  # the last settlement is alone again
-
-
-async def test_a_connection_closed_while_spinning_is_a_connection_failure() -> None:
-    """A server that reads a command and closes: the spin reads the end of the stream, the
-    connection fails like one the loop saw close, and the call (sent once more on a fresh
-    connection, which closes too) is an outage."""
-    accepted: list[int] = []
-
-    async def closing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(1)
-        await reader.read(1 << 16)
-        writer.close()
-
-    server = await asyncio.start_server(closing, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    store = RedisStore(f"redis://127.0.0.1:{port}/0", "switchyard-test-closing:",
-                       timeout_s=5, spin_us=200_000)
-    try:
-        with pytest.raises(StateUnavailable):
-            await asyncio.wait_for(store.spend("acme", "p1"), 3)
-        assert len(accepted) == 2
-    finally:
-        await store.close()
-        server.close()
-        await server.wait_closed()
-
-
-async def test_no_spin_over_tls() -> None:
-    """A TLS socket carries records, not the protocol: only the loop's transport reads it."""
-    assert RedisStore("rediss://127.0.0.1:1/0").r.spin_s == 0
-    assert RedisStore("redis://127.0.0.1:1/0").r.spin_s > 0
-    assert RedisStore("redis://127.0.0.1:1/0", spin_us=0).r.spin_s == 0
