@@ -82,7 +82,9 @@ local now = tonumber(_t[1]) * 1000 + math.floor(tonumber(_t[2]) / 1000)
 # ``over(budget, a, b, c)`` says whether a + b + c > budget, exactly: in plain arithmetic
 # when each has at most 15 characters (below 10**15, so the sum stays below 2**53), else by
 # adding 9-digit halves (each sum stays far below 2**53). ``int`` formats a small Lua
-# integer for a command (string.format('%d') never writes "-0").
+# integer for a command (string.format('%d') never writes "-0"). ``incr`` is HINCRBY that
+# returns the new value as the string Redis holds (its reply reaches Lua as a double: exact
+# below 2**53, else read back).
 _NUM = """
 local function neg(s)
   if string.sub(s, 1, 1) == '-' then return string.sub(s, 2) end
@@ -112,6 +114,11 @@ local function over(budget, a, b, c)
   return hi > bh or (hi == bh and lo > bl)
 end
 local function int(x) return string.format('%d', x) end
+local function incr(h, f, by)
+  local n = redis.call('HINCRBY', h, f, by)
+  if n > -2^53 and n < 2^53 then return int(n) end
+  return redis.call('HGET', h, f)
+end
 """
 
 # Release holds whose replica never settled them (it died): tombstone 'x' so a late
@@ -147,21 +154,20 @@ local function try_hold(b, bx, budget, spent, reserved, id, amount, ttl_ms, keep
   if string.sub(budget, 1, 1) ~= '-' and over(budget, spent, r0, amount) then
     return {0, spent, r0, budget}
   end
-  redis.call('HINCRBY', b, 'reserved', amount)
+  local now_reserved = incr(b, 'reserved', amount)
   redis.call('HSET', b, 'r:' .. id, amount)
   redis.call('ZADD', bx, int(now + tonumber(ttl_ms)), id)
   if tonumber(keep_s) > 0 then
     if not reserved then redis.call('EXPIRE', b, keep_s) end
     if r0 == '0' then redis.call('EXPIRE', bx, keep_s) end
   end
-  return {1, spent, redis.call('HGET', b, 'reserved'), budget}
+  return {1, spent, now_reserved, budget}
 end
 """
 
 _SETTLE = """
 local function add_spend(team, b, amount)
-  redis.call('HINCRBY', b, 'spent', amount)
-  local spent = redis.call('HGET', b, 'spent')
+  local spent = incr(b, 'spent', amount)
   local soft = redis.call('HGET', team, 'soft') or '-1'
   local alert = 0
   if string.sub(soft, 1, 1) ~= '-' and not over(spent, soft)
@@ -279,14 +285,12 @@ SETTLE = Script(_NUM + _SETTLE + """
 return settle(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
 """)
 
-# SETTLE, then ADD when the settlement applied (so a retry adds nothing twice):
-# KEYS: SETTLE's, then ADD's   ARGV: SETTLE's, then ADD's.
+# SETTLE, then ADD's entries when the settlement applied (so a retry adds nothing twice);
+# not ADD's pruning: every check of a window prunes it first. KEYS: SETTLE's, then ADD's
+# ARGV: SETTLE's, then ADD's.
 SETTLE_ADD = Script(_NOW + _NUM + _SETTLE + _WINDOW + """
 local r = settle(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2])
-if r[1] == 1 then
-  prune_all(3, 2, now)
-  record(3, 2, now, ARGV[1] .. '+')
-end
+if r[1] == 1 then record(3, 2, now, ARGV[1] .. '+') end
 return r
 """)
 
