@@ -55,33 +55,57 @@ def count(pairs: list[tuple[str, str]], answered: list[str | None]) -> dict[str,
     repeats some paraphrases word for word under different origins (`The main version of
     the documentation can be accessed by clicking on the link.` under three): such an
     entry stands for each of them."""
-    origins: dict[str, set[str]] = {}
-    for o, s in pairs:
-        origins.setdefault(o, set()).add(o)
-        origins.setdefault(s, set()).add(o)
-    right = sum(1 for (o, _), a in zip(pairs, answered, strict=True)
-                if a is not None and o in origins.get(a, ()))
+    right = sum(1 for v in verdicts(pairs, answered) if v == "right")
     misses = sum(1 for a in answered if a is None)
     return {"pairs": len(pairs), "right_hits": right,
             "wrong_hits": len(pairs) - right - misses, "misses": misses}
 
 
+def verdicts(pairs: list[tuple[str, str]], answered: list[str | None]) -> list[str]:
+    """Per paraphrase: "right", "wrong" or "miss", as ``count`` counts them."""
+    origins: dict[str, set[str]] = {}
+    for o, s in pairs:
+        origins.setdefault(o, set()).add(o)
+        origins.setdefault(s, set()).add(o)
+    return ["miss" if a is None else "right" if o in origins.get(a, ()) else "wrong"
+            for (o, _), a in zip(pairs, answered, strict=True)]
+
+
+def write_pairs(path: Path | None, pairs: list[tuple[str, str]], answered: list[str | None],
+                extra: list[dict[str, Any]]) -> None:
+    """One JSON line per paraphrase: its origin, the text whose entry answered, the verdict
+    and what the decision saw (for reading the wrong hits and the misses)."""
+    if path is None:
+        return
+    with path.open("w") as f:
+        for (o, s), a, v, e in zip(pairs, answered, verdicts(pairs, answered), extra,
+                                   strict=True):
+            f.write(json.dumps({"verdict": v, "origin": o, "similar": s, "answered": a, **e})
+                    + "\n")
+
+
 async def direct(pairs: list[tuple[str, str]], threshold: float | None,
-                 plain_cosine: float | None = None) -> dict[str, Any]:
+                 plain_cosine: float | None = None,
+                 pairs_out: Path | None = None, cache_dir: Path | None = None) -> dict[str, Any]:
+    from plugins.cache.evaluate import vectors
     from plugins.cache.semantic import SemanticIndex
     from plugins.minilm import MiniLM
 
     model = MiniLM.shared()
-    texts = sorted({t for p in pairs for t in p})
-    vecs = dict(zip(texts, model.encode(texts), strict=True))
+    vecs = vectors(sorted({t for p in pairs for t in p}), cache_dir)
     index = SemanticIndex(model)
     for i, (origin, _) in enumerate(pairs):
         index.add("bench", str(i), origin, vecs[origin])
     answered: list[str | None] = []
+    extra: list[dict[str, Any]] = []
     for _, similar in pairs:
         m = await index.lookup("bench", similar, vecs[similar], threshold)
         hit = m is not None and (m.hit if plain_cosine is None else m.similarity >= plain_cosine)
         answered.append(pairs[int(m.entry_id)][0] if m is not None and hit else None)
+        extra.append({} if m is None else {
+            "nearest": pairs[int(m.entry_id)][0], "similarity": round(m.similarity, 4),
+            "score": round(m.score, 4)})
+    write_pairs(pairs_out, pairs, answered, extra)
     if plain_cosine is not None:
         return {"way": f"plain cosine >= {plain_cosine} (the same index's nearest entry)",
                 **count(pairs, answered)}
@@ -113,7 +137,8 @@ def _echo_upstream(port: int) -> Any:
     return server
 
 
-def http(pairs: list[tuple[str, str]], threshold: float | None) -> dict[str, Any]:
+def http(pairs: list[tuple[str, str]], threshold: float | None,
+         pairs_out: Path | None = None) -> dict[str, Any]:
     import httpx
 
     up, gw = free_port(), free_port()
@@ -149,6 +174,7 @@ log_level: warning
             for origin, _ in pairs:
                 ask(origin, {"cache-control": "no-cache"})
             answered: list[str | None] = []
+            extra: list[dict[str, Any]] = []
             tiers: dict[str, int] = {}
             for _, similar in pairs:
                 r = ask(similar, {})
@@ -156,10 +182,13 @@ log_level: warning
                 tiers[tier] = tiers.get(tier, 0) + 1
                 content = r.json()["choices"][0]["message"]["content"]
                 answered.append(content if tier.startswith("hit") else None)
+                extra.append({"tier": tier, "similarity":
+                              r.headers.get("x-switchyard-cache-similarity")})
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         server.should_exit = True
+    write_pairs(pairs_out, pairs, answered, extra)
     return {"way": "HTTP API (switchyard serve, cache: {enabled: true})",
             "threshold": threshold, "x-switchyard-cache": tiers, **count(pairs, answered)}
 
@@ -172,13 +201,19 @@ def main() -> int:
     p.add_argument("--limit", type=int, help="the first N pairs only")
     p.add_argument("--plain-cosine", type=float, metavar="T",
                    help="with --direct: hit when the nearest entry's cosine >= T (baseline)")
+    p.add_argument("--cache-dir", type=Path,
+                   help="with --direct: keep the MiniLM vectors here and reuse them")
+    p.add_argument("--pairs-out", type=Path,
+                   help="write one JSON line per paraphrase here: its verdict (right, wrong, "
+                        "miss), origin, the text that answered, similarity (and score)")
     args = p.parse_args()
     pairs = load(args.data)[: args.limit]
     t0 = time.perf_counter()
     if args.direct:
-        out = asyncio.run(direct(pairs, args.threshold, args.plain_cosine))
+        out = asyncio.run(direct(pairs, args.threshold, args.plain_cosine, args.pairs_out,
+                                 args.cache_dir))
     else:
-        out = http(pairs, args.threshold)
+        out = http(pairs, args.threshold, args.pairs_out)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     out["gptcache_reported_at_0.9"] = {"right_hits": 804, "wrong_hits": 77, "misses": 118}
     print(json.dumps(out, indent=2))

@@ -82,13 +82,15 @@ def gptcache_task(path: Path) -> tuple[list[str], list[str], list[set[int]],
 
 
 async def run(stored: list[str], queries: list[str], right: list[set[int]],
-              vec: dict[str, np.ndarray], margins: list[float]) -> list[dict[str, float]]:
+              vec: dict[str, np.ndarray], margins: list[float],
+              ambiguity: list[float]) -> list[dict[str, float]]:
     index = SemanticIndex(MiniLM.shared(), max_entries=len(stored) + 1)
     for i, t in enumerate(stored):
         index.add("g", str(i), t, vec[t])
     out = []
-    for m in margins:
+    for m, a in [(m, a) for m in margins for a in ambiguity]:
         semantic.TIE_MARGIN = m
+        semantic.AMBIGUITY_MARGIN = a
         r = w = 0
         t0 = time.perf_counter()
         for q, ok in zip(queries, right, strict=True):
@@ -98,7 +100,7 @@ async def run(stored: list[str], queries: list[str], right: list[set[int]],
                     r += 1
                 else:
                     w += 1
-        out.append({"margin": m, "right": r, "wrong": w, "misses": len(queries) - r - w,
+        out.append({"margin": m, "ambiguity": a, "right": r, "wrong": w, "misses": len(queries) - r - w,
                     "right_minus_2_wrong": r - 2 * w, "precision": round(r / max(r + w, 1), 4),
                     "seconds": round(time.perf_counter() - t0, 1)})
         print(json.dumps(out[-1]), file=sys.stderr)
@@ -110,6 +112,8 @@ def main() -> int:
     p.add_argument("--data", type=Path, default=DEFAULT, help="similiar_qqp_full.json")
     p.add_argument("--gptcache", type=Path, help="GPTCache's mock_data.json instead (report only)")
     p.add_argument("--margin", type=float, nargs="+", default=[0.0])
+    p.add_argument("--ambiguity", type=float, nargs="+", default=[0.0],
+                   help="values of semantic.AMBIGUITY_MARGIN (each with each --margin)")
     p.add_argument("--candidates", type=int, default=semantic.CANDIDATES)
     p.add_argument("--cache-dir", type=Path, default=Path("/tmp/switchyard-embeddings"))
     args = p.parse_args()
@@ -119,7 +123,7 @@ def main() -> int:
     out = {"data": "GPTCache mock_data.json" if args.gptcache else "QQP train half",
            "stored": len(stored), "queries": len(queries), "candidates": args.candidates,
            "threshold": SemanticIndex(MiniLM.shared()).threshold,
-           "by_margin": asyncio.run(run(*task, args.margin))}
+           "by_margin": asyncio.run(run(*task, args.margin, args.ambiguity))}
     print(json.dumps(out, indent=2))
     return 0
 

@@ -28,6 +28,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,12 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from qqp_pairs import DEFAULT, pairs
 
 from plugins.cache.decide import (
+    BASE_FEATURES,
     FEATURES,
     VERIFIER_FILE,
     features,
     pair_features,
     parse,
     vetoes,
+    word_vectors,
 )
 from plugins.cache.evaluate import vectors
 
@@ -114,7 +117,43 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, hidden: int = 64, epochs: int = 15,
 def mlp_probability(net: dict[str, object], x: np.ndarray) -> np.ndarray:
     mean, scale, w1, b1, w2 = (np.asarray(net[k]) for k in ("mean", "scale", "w1", "b1", "w2"))
     h = np.maximum((x - mean) / scale @ w1 + b1, 0)
-    return 1 / (1 + np.exp(-np.clip(h @ w2 + float(net["b2"]), -40, 40)))  # type: ignore[arg-type]
+    return 1 / (1 + np.exp(-np.clip(h @ w2 + float(net["b2"]), -40, 40)))  # type: ignore[arg-type,no-any-return]
+
+
+def fit_trees(x: np.ndarray, y: np.ndarray, iters: int = 200, depth: int = 6,
+              seed: int = 0) -> Any:
+    """scikit-learn's histogram gradient boosting over the scalar features."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(max_iter=iters, learning_rate=0.05, max_depth=depth,
+                                          max_leaf_nodes=31, l2_regularization=1.0,
+                                          early_stopping=False, random_state=seed).fit(x, y)
+
+
+def export_trees(model: Any) -> dict[str, object]:
+    """The fitted trees as ``plugins.cache.decide.Trees`` reads them (a leaf points at
+    itself; shorter trees are padded with unreachable leaves)."""
+    preds = [p[0] for p in model._predictors]
+    width = max(len(p.nodes) for p in preds)
+    shape = (len(preds), width)
+    feature, left, right = (np.zeros(shape, dtype=np.int64) for _ in range(3))
+    threshold, value = np.zeros(shape), np.zeros(shape)
+    depth = 0
+    for t, pred in enumerate(preds):
+        nodes = pred.nodes
+        m = len(nodes)
+        leaf = nodes["is_leaf"].astype(bool)
+        idx = np.arange(m)
+        feature[t, :m] = np.where(leaf, 0, nodes["feature_idx"])
+        threshold[t, :m] = np.where(leaf, 0.0, nodes["num_threshold"])
+        left[t, :m] = np.where(leaf, idx, nodes["left"])
+        right[t, :m] = np.where(leaf, idx, nodes["right"])
+        value[t, :m] = np.where(leaf, nodes["value"], 0.0)
+        left[t, m:] = right[t, m:] = np.arange(m, width)
+        depth = max(depth, int(nodes["depth"].max()))
+    return {"baseline": float(np.ravel(model._baseline_prediction)[0]), "depth": depth,
+            "feature": feature.tolist(), "threshold": rounded(threshold, 9),
+            "left": left.tolist(), "right": right.tolist(), "value": rounded(value, 7)}
 
 
 def threshold_for(scores: np.ndarray, y: np.ndarray, precision: float) -> float:
@@ -137,6 +176,7 @@ def design(rows: list[dict[str, object]], vec: dict[str, np.ndarray]
     A vetoed pair is a miss whatever the verifier says: it is left out of the fit and
     scored 0."""
     xs, ps, ys, keep = [], [], [], []
+    words = word_vectors()
     vetoed = {k: [0, 0] for k in ("numbers", "negation", "opposite", "direction", "roles")}
     for r in rows:
         a, b, dup = str(r["a"]), str(r["b"]), bool(r["duplicate"])
@@ -144,7 +184,7 @@ def design(rows: list[dict[str, object]], vec: dict[str, np.ndarray]
         v = vetoes(pa, pb)
         for name in v:
             vetoed[name][0 if dup else 1] += 1
-        xs.append(features(pa, pb, float(vec[a] @ vec[b])))
+        xs.append(features(pa, pb, float(vec[a] @ vec[b]), words))
         ps.append(pair_features(vec[a], vec[b]))
         ys.append(float(dup))
         keep.append(not v)
@@ -166,7 +206,9 @@ def main() -> int:
     p.add_argument("--precision", type=float,
                    help="instead: the lowest threshold whose out-of-fold precision on the "
                         "train half reaches this")
-    p.add_argument("--model", choices=("logistic", "mlp"), default="logistic")
+    p.add_argument("--model", choices=("logistic", "mlp", "trees"), default="logistic")
+    p.add_argument("--trees", type=int, default=200, help="trees: how many")
+    p.add_argument("--depth", type=int, default=6, help="trees: the deepest")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--folds", type=int, default=4)
@@ -174,15 +216,27 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=VERIFIER_FILE)
     p.add_argument("--limit", type=int, help="use the first N train pairs only")
     p.add_argument("--l2", type=float, default=1e-3, help="logistic: the L2 penalty")
+    p.add_argument("--features", choices=("all", "base"), default="all",
+                   help="all: FEATURES with the soft word alignment; base: without it")
+    p.add_argument("--no-pair", action="store_true",
+                   help="leave the two embeddings' product and difference out")
+    p.add_argument("--oof-out", type=Path, help="keep the out-of-fold scores here (.npy)")
     args = p.parse_args()
     train = list(pairs(args.data, "train"))[: args.limit]
     vec = embed_cached([t for r in train for t in (str(r["a"]), str(r["b"]))], args.cache_dir)
     x, pf, y, info = design(train, vec)
-    keep = np.array(info.pop("keep"))  # type: ignore[call-overload]
-    nf = len(FEATURES)
+    names = list(FEATURES) if args.features == "all" else [*BASE_FEATURES, "bias"]
+    x = x[:, [FEATURES.index(n) for n in names]]
+    if args.no_pair:
+        pf = pf[:, :0]
+    keep = np.array(info.pop("keep"))
+    nf = len(names)
     full = np.concatenate([x[:, :-1], pf], axis=1)  # the network's inputs (no bias column)
 
     def fit(idx: np.ndarray) -> tuple[dict[str, object], object]:
+        if args.model == "trees":
+            model = fit_trees(x[idx, :-1], y[idx], args.trees, args.depth)
+            return {"trees": model}, lambda rows: model.predict_proba(x[rows, :-1])[:, 1]
         if args.model == "mlp":
             net = fit_mlp(full[idx], y[idx], args.hidden, args.epochs)
             return net, lambda rows: mlp_probability(net, full[rows])
@@ -208,6 +262,13 @@ def main() -> int:
         t = args.wrong_hit_cost / (1 + args.wrong_hit_cost)
         rule = f"a wrong hit costs {args.wrong_hit_cost:g} misses: P(same) >= {t:.4f}"
     prec, rec = recall_at(oof, y, t)
+    order = np.argsort(-oof)
+    tp = np.cumsum(y[order])
+    prec_k, rec_k = tp / np.arange(1, len(y) + 1), tp / max(float(y.sum()), 1.0)
+    f1_k = 2 * prec_k * rec_k / np.maximum(prec_k + rec_k, 1e-12)
+    at90 = float(rec_k[prec_k >= 0.9].max()) if (prec_k >= 0.9).any() else 0.0
+    if args.oof_out:
+        np.save(args.oof_out, np.stack([oof, y]))
     sweep = {f"{u:.2f}": dict(zip(("precision", "recall"),
                                   (round(v, 4) for v in recall_at(oof, y, u)), strict=True))
              for u in (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)}
@@ -216,23 +277,29 @@ def main() -> int:
         "fitted_on": f"QQP train half, by bench/fit_cache_verifier.py --model {args.model}: "
                      f"{len(y)} pairs ({int(y.sum())} duplicates), {int(keep.sum())} not "
                      f"vetoed; threshold from {args.folds}-fold out-of-fold scores",
-        "features": list(FEATURES),
+        "features": names,
         "threshold": round(t, 4),
         "threshold_rule": rule,
         "out_of_fold_on_train": {"precision": round(prec, 4), "recall": round(rec, 4),
+                                 "best_f1": round(float(f1_k.max()), 4),
+                                 "recall_at_precision_0.90": round(at90, 4),
                                  "by_threshold": sweep},
         "vetoes_on_train": {k: {"duplicates_turned_away": d, "non_duplicates_stopped": n}
-                            for k, (d, n) in info.items()},  # type: ignore[misc]
+                            for k, (d, n) in info.items()},
     }
-    if args.model == "mlp":
+    if args.model == "trees":
+        report["weights"] = [0.0] * nf  # unused: the trees decide
+        report["trees"] = export_trees(model["trees"])
+    elif args.model == "mlp":
         net = model
         report["weights"] = [0.0] * nf  # unused: the hidden layer decides
         report["hidden"] = {k: (rounded(v) if k != "b2" else round(float(v), 5))  # type: ignore[arg-type]
                             for k, v in net.items()}
     else:
-        w = np.asarray(model["w"])  # type: ignore[index]
+        w = np.asarray(model["w"])
         report["weights"] = rounded(np.concatenate([w[: nf - 1], w[-1:]]))
-        report["pair_weights"] = rounded(w[nf - 1:-1])
+        if not args.no_pair:
+            report["pair_weights"] = rounded(w[nf - 1:-1])
         report["l2"] = args.l2
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: v for k, v in report.items()

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -296,8 +298,13 @@ def _inversions(a: tuple[str, ...], b: tuple[str, ...]) -> float:
     return inv / (n * (n - 1) / 2)
 
 
-FEATURES = ("cosine", "cosine_sq", "jaccard", "only_one_side", "substitution",
-            "entity_mismatch", "inversions", "length_ratio", "question_word", "bias")
+BASE_FEATURES = ("cosine", "cosine_sq", "jaccard", "only_one_side", "substitution",
+                 "entity_mismatch", "inversions", "length_ratio", "question_word")
+# soft word alignment (``alignment``): how well the words on one side only find a word of
+# like meaning on the other, under MiniLM's distilled static word vectors
+ALIGN_FEATURES = ("align_min", "align_mean", "align_low", "align_high", "coverage",
+                  "entity_unaligned")
+FEATURES = BASE_FEATURES + ALIGN_FEATURES + ("bias",)
 _QUESTION_WORDS = ("what", "why", "how", "when", "where", "who", "which", "whose")
 
 
@@ -312,8 +319,88 @@ def overlap(a: Parsed, b: Parsed) -> float:
     return len(ca & cb) / len(union) if union else 1.0
 
 
-def features(a: Parsed, b: Parsed, cosine: float) -> np.ndarray:
-    """The verifier's inputs, in the order of ``FEATURES``."""
+class WordVectors:
+    """MiniLM's distilled static table (``plugins.minilm_onnx.distilled``: each vocabulary
+    token run alone through the model), read per word: the mean of its word pieces' rows,
+    L2-normalised, kept once computed. Loading it the first time on a machine computes the
+    table (about 15 s of CPU, then cached on disk): ``SemanticIndex`` loads it off the event
+    loop before its first decision."""
+
+    def __init__(self, table: np.ndarray, tokenizer: Any) -> None:
+        self.table = table
+        self.tokenizer = tokenizer
+        self.dim = int(table.shape[1])
+        self._known: dict[str, np.ndarray] = {}
+
+    def vector(self, word: str) -> np.ndarray:
+        v = self._known.get(word)
+        if v is None:
+            ids = self.tokenizer.encode(word, add_special_tokens=False).ids
+            v = self.table[ids].mean(axis=0) if ids else np.zeros(self.dim, dtype=np.float32)
+            v = (v / max(float(np.linalg.norm(v)), 1e-9)).astype(np.float32)
+            if len(self._known) < 500_000:
+                self._known[word] = v
+        return v
+
+    def matrix(self, words: list[str]) -> np.ndarray:
+        return np.stack([self.vector(w) for w in words]) if words else np.zeros((0, self.dim))
+
+
+_words_lock = threading.Lock()
+_word_vectors: WordVectors | None = None
+
+
+def word_vectors() -> WordVectors:
+    """The process's static word vectors (loaded, or computed and cached, on first use)."""
+    global _word_vectors
+    with _words_lock:
+        if _word_vectors is None:
+            from tokenizers import Tokenizer
+
+            from plugins.embeddings import minilm_path
+            from plugins.minilm_onnx import distilled
+
+            path = minilm_path()
+            tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+            tokenizer.no_padding()  # the file pads every input to 128 pieces
+            tokenizer.no_truncation()
+            _word_vectors = WordVectors(distilled(path), tokenizer)
+        return _word_vectors
+
+
+def alignment(a: Parsed, b: Parsed, words: WordVectors | None = None) -> list[float]:
+    """``ALIGN_FEATURES``: for each content word on one side only, its best cosine to the
+    other side's content words (a word with no counterpart scores 0); then the worst of
+    them, their mean, how many align below 0.5 and at 0.7 or more (a swapped synonym, "fast"
+    / "quickly", against a swapped subject, "Python" / "Java"), the share of all content
+    words covered (a shared word counts 1), and the names on one side only left below 0.5."""
+    ca, cb = list(dict.fromkeys(a.content)), list(dict.fromkeys(b.content))
+    sa, sb = set(ca), set(cb)
+    only_a, only_b = [w for w in ca if w not in sb], [w for w in cb if w not in sa]
+    if not only_a and not only_b:
+        return list(_NO_ALIGNMENT)
+    wv = words or word_vectors()
+    ma, mb = wv.matrix(ca), wv.matrix(cb)
+    sims = ma @ mb.T if len(ca) and len(cb) else np.zeros((len(ca), len(cb)))
+    best_a = sims.max(axis=1) if len(cb) else np.zeros(len(ca))
+    best_b = sims.max(axis=0) if len(ca) else np.zeros(len(cb))
+    s = [float(best_a[i]) for i, w in enumerate(ca) if w not in sb]
+    s += [float(best_b[j]) for j, w in enumerate(cb) if w not in sa]
+    names = a.entities | b.entities
+    low_names = sum(1 for w, v in zip(only_a + only_b, s, strict=True) if w in names and v < 0.5)
+    covered = 2 * len(sa & sb) + sum(s)
+    return [min(s), sum(s) / len(s), min(sum(1 for v in s if v < 0.5), 4) / 4,
+            min(sum(1 for v in s if v >= 0.7), 4) / 4, covered / (len(ca) + len(cb)),
+            min(low_names, 2) / 2]
+
+
+_NO_ALIGNMENT = [1.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+
+
+def features(a: Parsed, b: Parsed, cosine: float, words: WordVectors | None = None,
+             align: bool = True) -> np.ndarray:
+    """The verifier's inputs, in the order of ``FEATURES`` (a verifier reads those it was
+    fitted on; ``align=False`` leaves the alignment out, for a verifier that reads none)."""
     ca, cb = set(a.content), set(b.content)
     jac = overlap(a, b)
     only_a, only_b = len(ca - cb), len(cb - ca)
@@ -323,7 +410,8 @@ def features(a: Parsed, b: Parsed, cosine: float) -> np.ndarray:
     return np.array([cosine, cosine * cosine, jac, min(only_a + only_b, 8) / 8,
                      float(only_a == 1 and only_b == 1), min(ent, 3) / 3,
                      _inversions(a.content, b.content), min(length, 2.0),
-                     float(qa is not None and qb is not None and qa != qb), 1.0],
+                     float(qa is not None and qb is not None and qa != qb),
+                     *(alignment(a, b, words) if align else _NO_ALIGNMENT), 1.0],
                     dtype=np.float64)
 
 
@@ -350,15 +438,53 @@ class Hidden:
 
 
 @dataclass(frozen=True, slots=True)
+class Trees:
+    """Gradient-boosted trees over the features (no pair features), as
+    ``bench/fit_cache_verifier.py --model trees`` exports scikit-learn's
+    ``HistGradientBoostingClassifier``: per tree and node (padded to the largest tree) the
+    feature read, the threshold (``x <= t`` goes left), the children and the leaf value; a
+    node that is its own left child is a leaf. All trees step down one level at a time."""
+
+    baseline: float
+    feature: np.ndarray  # trees x nodes, int
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    value: np.ndarray
+    depth: int
+
+    def logit(self, x: np.ndarray) -> float:
+        rows = np.arange(len(self.feature))
+        node = np.zeros(len(self.feature), dtype=np.intp)
+        for _ in range(self.depth):
+            f = self.feature[rows, node]
+            go_left = x[f] <= self.threshold[rows, node]
+            node = np.where(go_left, self.left[rows, node], self.right[rows, node])
+        return self.baseline + float(self.value[rows, node].sum())
+
+
+@dataclass(frozen=True, slots=True)
 class Verifier:
-    weights: np.ndarray  # over FEATURES
+    weights: np.ndarray  # over the features it reads (``columns``; all of FEATURES if None)
     threshold: float
     pair_weights: np.ndarray | None = None  # over pair_features, when fitted with them
     hidden: Hidden | None = None  # when fitted as a small network: it alone decides
+    columns: np.ndarray | None = None  # the indices in FEATURES it reads, "bias" last
+    trees: Trees | None = None  # when fitted as boosted trees: they alone decide
+
+    @property
+    def reads_alignment(self) -> bool:
+        first = len(BASE_FEATURES)
+        cols = range(len(FEATURES)) if self.columns is None else self.columns
+        return any(first <= int(c) < first + len(ALIGN_FEATURES) for c in cols)
 
     def probability(self, x: np.ndarray, va: np.ndarray | None = None,
                     vb: np.ndarray | None = None) -> float:
-        if self.hidden is not None:
+        if self.columns is not None:
+            x = x[self.columns]
+        if self.trees is not None:
+            z = self.trees.logit(x)
+        elif self.hidden is not None:
             if va is None or vb is None:
                 raise ValueError("this verifier reads the two embeddings: pass va and vb")
             z = self.hidden.logit(np.concatenate([x[:-1], pair_features(va, vb)]))
@@ -373,17 +499,32 @@ def _array(v: Any) -> np.ndarray:
     return np.array(v, dtype=np.float64)
 
 
+def load_verifier(path: Path | None = None) -> Verifier:
+    """The shipped verifier, or the file named by ``SWITCHYARD_CACHE_VERIFIER`` (one fitted
+    by ``bench/fit_cache_verifier.py --out``), or ``path``; each file is read once."""
+    return _load(path or Path(os.environ.get("SWITCHYARD_CACHE_VERIFIER") or VERIFIER_FILE))
+
+
 @cache
-def load_verifier(path: Path = VERIFIER_FILE) -> Verifier:
+def _load(path: Path) -> Verifier:
     data = json.loads(path.read_text())
-    if tuple(data["features"]) != FEATURES:
-        raise ValueError(f"{path}: fitted for features {data['features']}, not {FEATURES}")
+    names = list(data["features"])
+    if not set(names) <= set(FEATURES) or names[-1:] != ["bias"]:
+        raise ValueError(f"{path}: fitted for features {names}: not among {FEATURES} with "
+                         f"'bias' last")
     pair, net = data.get("pair_weights"), data.get("hidden")
     hidden = None if net is None else Hidden(
         _array(net["mean"]), _array(net["scale"]), _array(net["w1"]), _array(net["b1"]),
         _array(net["w2"]), float(net["b2"]))
+    forest = data.get("trees")
+    trees = None if forest is None else Trees(
+        float(forest["baseline"]), np.array(forest["feature"], dtype=np.intp),
+        _array(forest["threshold"]), np.array(forest["left"], dtype=np.intp),
+        np.array(forest["right"], dtype=np.intp), _array(forest["value"]),
+        int(forest["depth"]))
     return Verifier(_array(data["weights"]), float(data["threshold"]),
-                    None if pair is None else _array(pair), hidden)
+                    None if pair is None else _array(pair), hidden,
+                    np.array([FEATURES.index(n) for n in names], dtype=np.intp), trees)
 
 
 def score(a: Parsed, b: Parsed, cosine: float, verifier: Verifier | None = None,
@@ -391,5 +532,5 @@ def score(a: Parsed, b: Parsed, cosine: float, verifier: Verifier | None = None,
     """The decision's score in [0, 1]: the verifier's probability, cut by any veto.
     ``va``, ``vb``: the two embeddings (a verifier fitted on them needs them)."""
     v = verifier or load_verifier()
-    p = v.probability(features(a, b, cosine), va, vb)
+    p = v.probability(features(a, b, cosine, align=v.reads_alignment), va, vb)
     return p * VETO_FACTOR if vetoes(a, b) else p

@@ -14,6 +14,7 @@ half-precision copy and links."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from itertools import count
@@ -21,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from plugins.cache.decide import Parsed, Verifier, load_verifier, overlap, parse, score
+from plugins.cache.decide import (
+    Parsed,
+    Verifier,
+    load_verifier,
+    overlap,
+    parse,
+    score,
+    word_vectors,
+)
 from plugins.minilm import MiniLM
 
 log = logging.getLogger("switchyard.cache.semantic")
@@ -33,6 +42,10 @@ CANDIDATES = 4  # entries the graph returns, re-scored by exact cosine
 # Measured by bench/cache_retrieval.py and not shipped: chosen on the QQP train half it
 # would be 1.0, and GPTCache's benchmark then gets worse on both counts (README).
 TIE_MARGIN = 0.0
+# A request as near (within this cosine) to another stored prompt that also passes, and says
+# something else in other words, is ambiguous: a miss (0: off). For GPTCache's benchmark's
+# near-identical stored sentences; measured by bench/cache_retrieval.py --ambiguity (README).
+AMBIGUITY_MARGIN = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +145,7 @@ class SemanticIndex:
         self._entries: dict[str, _Entry] = {}  # insertion order: the oldest is evicted first
         self._groups: dict[str, _Group] = {}
         self._keys = count(1)
+        self._words_ready = not self.verifier.reads_alignment
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -175,6 +189,9 @@ class SemanticIndex:
             return None
         if vec is None:
             vec = await self.vector(text)
+        if not self._words_ready:  # the static word table, loaded (or computed) once
+            await asyncio.to_thread(word_vectors)
+            self._words_ready = True
         return self.decide(g, text, np.asarray(vec, dtype=np.float32).reshape(-1), threshold)
 
     def decide(self, g: _Group, text: str, vec: np.ndarray, threshold: float | None) -> Match:
@@ -191,5 +208,14 @@ class SemanticIndex:
             near = [c for c in found if c[1] >= sim - TIE_MARGIN]
             entry_id, sim, row = max(
                 near, key=lambda c: (overlap(self._entries[c[0]].parsed, query), c[1]))
-        s = score(self._entries[entry_id].parsed, query, sim, self.verifier, g.vecs[row], vec)
-        return Match(entry_id, sim, s, s >= (self.threshold if threshold is None else threshold))
+        t = self.threshold if threshold is None else threshold
+        chosen = self._entries[entry_id].parsed
+        s = score(chosen, query, sim, self.verifier, g.vecs[row], vec)
+        if s >= t and AMBIGUITY_MARGIN > 0:
+            for other, osim, orow in found:
+                parsed = self._entries[other].parsed
+                if (other != entry_id and osim >= sim - AMBIGUITY_MARGIN
+                        and parsed.norms != chosen.norms
+                        and score(parsed, query, osim, self.verifier, g.vecs[orow], vec) >= t):
+                    return Match(entry_id, sim, s, False)
+        return Match(entry_id, sim, s, s >= t)

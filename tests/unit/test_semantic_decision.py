@@ -113,3 +113,33 @@ def test_a_rewording_whose_words_cross_a_to_by_chance_is_no_reversed_direction()
     assert "direction" not in vetoes(saved, reworded)
     assert "direction" in vetoes(parse("How do I convert Celsius to Fahrenheit?"),
                                  parse("How do I convert Fahrenheit to Celsius?"))
+
+
+def test_boosted_trees_are_read_as_exported() -> None:
+    # two stumps and one two-level tree over three features; a leaf points at itself
+    from plugins.cache.decide import Trees
+
+    trees = Trees(baseline=-0.5,
+                  feature=np.array([[0, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0, 2, 0, 0, 0]]),
+                  threshold=np.array([[0.5, 0, 0, 0, 0], [0.2, 0, 0, 0, 0],
+                                      [0.9, 0.3, 0, 0, 0]]),
+                  left=np.array([[1, 1, 2, 3, 4], [1, 1, 2, 3, 4], [1, 3, 2, 3, 4]]),
+                  right=np.array([[2, 1, 2, 3, 4], [2, 1, 2, 3, 4], [2, 4, 2, 3, 4]]),
+                  value=np.array([[0, -1.0, 1.0, 0, 0], [0, 0.25, -0.25, 0, 0],
+                                  [0, 0, 2.0, 0.5, -0.5]]),
+                  depth=2)
+    assert trees.logit(np.array([0.4, 0.1, 0.1])) == -0.5 - 1.0 + 0.25 + 0.5
+    assert trees.logit(np.array([0.6, 0.3, 0.5])) == -0.5 + 1.0 - 0.25 - 0.5
+    assert trees.logit(np.array([0.95, 0.3, 0.0])) == -0.5 + 1.0 - 0.25 + 2.0
+
+
+def test_the_alignment_reads_only_the_words_on_one_side() -> None:
+    from plugins.cache.decide import alignment
+
+    same = alignment(parse("How do I learn Python quickly?"),
+                     parse("How can I learn Python quickly?"))
+    assert same == [1.0, 1.0, 0.0, 0.0, 1.0, 0.0]  # no content word on one side only
+    swapped = alignment(parse("How do I learn Python quickly?"),
+                        parse("How do I learn Java quickly?"))
+    assert 0.0 < swapped[0] < 1.0 and swapped[0] == swapped[1]  # min = mean of the two
+    assert swapped[5] == 1.0  # "Python", "Java": names on one side only, unaligned
