@@ -312,6 +312,8 @@ class BudgetAdmission:
         self._failed_at = 0.0  # monotonic time of the last outage error
         self._outage = False
         self._known: dict[tuple[str, str], int] = {}  # last spend + holds seen, per period
+        self._holds = 0  # holds made and not settled yet (a request cancelled between its
+        # hold and its call leaves one: this only decides when a settlement is sent eagerly)
         self._pending: list[_Pending] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.Task[None] | None = None
@@ -453,6 +455,7 @@ class BudgetAdmission:
         if limits:
             _taken(ctx, team.name, limits, 0.0, local, features.prompt_tokens)
         store = self._local() if local else self.store
+        self._holds += 1
         return Hold(team, period, res_id, amount, store, local, backend.name)
 
     async def _prepare_local(self, s: StateStore, team: Team, period: str, keep: int) -> None:
@@ -476,8 +479,12 @@ class BudgetAdmission:
         stream) cannot cancel the settlement of what was produced."""
         if not isinstance(reservation, Hold):
             return
-        # started at once: the settlement is on its way to the store when this first waits
-        task = asyncio.ensure_future(Started(self._settle(ctx, reservation, cost_usd, tokens)))
+        # The only hold in flight (one request at a time): started at once, so the settlement
+        # is on its way to the store while the caller does its accounting. With others in
+        # flight, as usual on the loop's next turn: sent eagerly one by one, concurrent
+        # settlements reach Redis in more, smaller writes (32 connections: -8 % requests/s).
+        coro = self._settle(ctx, reservation, cost_usd, tokens)
+        task = asyncio.ensure_future(Started(coro) if self._holds <= 1 else coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         try:
@@ -493,6 +500,7 @@ class BudgetAdmission:
         if r.settled:
             return
         r.settled = True
+        self._holds -= 1
         actual = self._capped(r, to_nano(cost_usd))
         keep = period_ttl_s(r.team.period, self._clock())
         if r.local:
