@@ -68,16 +68,15 @@ def qqp_task(path: Path, cache_dir: Path) -> tuple[list[str], list[str], list[se
     return stored, queries, right, vec
 
 
-def gptcache_task(path: Path) -> tuple[list[str], list[str], list[set[int]],
-                                       dict[str, np.ndarray]]:
+def gptcache_task(path: Path, cache_dir: Path) -> tuple[list[str], list[str], list[set[int]],
+                                                        dict[str, np.ndarray]]:
     rows = json.loads(path.read_text())
     stored = [str(r["origin"]) for r in rows]
     queries = [str(r["similar"]) for r in rows]
     where: dict[str, set[int]] = {}
     for i, o in enumerate(stored):
         where.setdefault(o, set()).add(i)
-    texts = sorted(set(stored) | set(queries))
-    vec = dict(zip(texts, MiniLM.shared().encode(texts), strict=True))
+    vec = vectors(sorted(set(stored) | set(queries)), cache_dir)
     return stored, queries, [where[o] for o in stored], vec
 
 
@@ -118,7 +117,7 @@ def main() -> int:
     p.add_argument("--cache-dir", type=Path, default=Path("/tmp/switchyard-embeddings"))
     args = p.parse_args()
     semantic.CANDIDATES = args.candidates
-    task = gptcache_task(args.gptcache) if args.gptcache else qqp_task(args.data, args.cache_dir)
+    task = gptcache_task(args.gptcache, args.cache_dir) if args.gptcache else qqp_task(args.data, args.cache_dir)
     stored, queries, _, _ = task
     out = {"data": "GPTCache mock_data.json" if args.gptcache else "QQP train half",
            "stored": len(stored), "queries": len(queries), "candidates": args.candidates,
