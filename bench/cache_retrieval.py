@@ -43,10 +43,11 @@ from plugins.cache.semantic import SemanticIndex
 from plugins.minilm import MiniLM
 
 
-def qqp_task(path: Path, cache_dir: Path) -> tuple[list[str], list[str], list[set[int]],
-                                                   dict[str, np.ndarray]]:
-    """(stored, queries, right entries per query, vectors) from the QQP train half."""
-    rows = list(pairs(path, "train"))
+def qqp_task(path: Path, cache_dir: Path, limit: int | None = None
+             ) -> tuple[list[str], list[str], list[set[int]], dict[str, np.ndarray]]:
+    """(stored, queries, right entries per query, vectors) from the QQP train half (its
+    first ``limit`` pairs)."""
+    rows = list(pairs(path, "train"))[:limit]
     vec = vectors([t for r in rows for t in (str(r["a"]), str(r["b"]))], cache_dir)
     parent: dict[str, str] = {}
 
@@ -115,9 +116,10 @@ def main() -> int:
                    help="values of semantic.AMBIGUITY_MARGIN (each with each --margin)")
     p.add_argument("--candidates", type=int, default=semantic.CANDIDATES)
     p.add_argument("--cache-dir", type=Path, default=Path("/tmp/switchyard-embeddings"))
+    p.add_argument("--limit", type=int, help="the first N QQP train pairs only")
     args = p.parse_args()
     semantic.CANDIDATES = args.candidates
-    task = gptcache_task(args.gptcache, args.cache_dir) if args.gptcache else qqp_task(args.data, args.cache_dir)
+    task = gptcache_task(args.gptcache, args.cache_dir) if args.gptcache else qqp_task(args.data, args.cache_dir, args.limit)
     stored, queries, _, _ = task
     out = {"data": "GPTCache mock_data.json" if args.gptcache else "QQP train half",
            "stored": len(stored), "queries": len(queries), "candidates": args.candidates,
