@@ -52,7 +52,7 @@ class Entry:
         return orjson.dumps(d)
 
     @classmethod
-    def loads(cls, raw: bytes) -> Entry:
+    def loads(cls, raw: bytes | str) -> Entry:
         d: dict[str, Any] = orjson.loads(raw)
         d["body"] = d["body"].encode()
         return cls(**d)
