@@ -18,7 +18,10 @@ from support import LiveServer
 
 from gateway import Backend, BackendCall, BackendContext, Meter
 
-KINDS = ["llamacpp", "openai_compatible", "vllm", "litellm"]
+KINDS = ["llamacpp", "openai_compatible", "openai_compatible_aiohttp", "vllm", "litellm"]
+# openai_compatible talks to an http:// server through plugins/http11.py; this kind makes the
+# same backend use its https:// client (aiohttp) instead, so both clients meet the contract
+AIOHTTP = "openai_compatible_aiohttp"
 VLLM_MODEL = "Qwen/Qwen2.5-1.5B-Instruct"
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Item .* is using the `ReadOnly` qualifier:UserWarning")
@@ -33,10 +36,12 @@ def servers() -> Iterator[dict[str, LiveServer]]:
 
 def config(kind: str, servers: dict[str, LiveServer]) -> dict[str, Any]:
     up, vllm = servers["upstream"].url + "/v1", servers["vllm"].url + "/v1"
+    compatible = {"base_url": up, "model": "gpt-4o-mini", "api_key": KEY,
+                  "pricing": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}
     return {
         "llamacpp": {"n_ctx": 512},
-        "openai_compatible": {"base_url": up, "model": "gpt-4o-mini", "api_key": KEY,
-                              "pricing": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}},
+        "openai_compatible": compatible,
+        AIOHTTP: compatible,
         "vllm": {"base_url": vllm, "model": VLLM_MODEL, "pricing": {"per_hour": 2.5}},
         "litellm": {"model": "openai/gpt-4o-mini", "api_base": up, "api_key": KEY},
     }[kind]
@@ -51,7 +56,7 @@ def prices(kind: str) -> tuple[float, float, float]:
         info = litellm.model_cost["gpt-4o-mini"]
         return float(info["input_cost_per_token"]), float(info["output_cost_per_token"]), 0.0
     return {"llamacpp": (0.0, 0.0, 0.0), "openai_compatible": (1e-6, 2e-6, 0.0),
-            "vllm": (0.0, 0.0, 2.5)}[kind]
+            AIOHTTP: (1e-6, 2e-6, 0.0), "vllm": (0.0, 0.0, 2.5)}[kind]
 
 
 def expected_cost(backend: Backend, usage: Any, busy_s: float) -> float:
@@ -66,11 +71,15 @@ async def backend(request: pytest.FixtureRequest,
     from gateway.config import load_settings
 
     kind = request.param
+    plugin = "openai_compatible" if kind == AIOHTTP else kind
     registry = build_registry_for(load_settings(None, embedded_default=False))
-    factory, model = registry.backends[kind].value
-    cfg = model.model_validate({"name": f"contract-{kind}", "plugin": kind,
+    factory, model = registry.backends[plugin].value
+    cfg = model.model_validate({"name": f"contract-{kind}", "plugin": plugin,
                                 **config(kind, servers)})
     b: Backend = factory(cfg, BackendContext())
+    if kind == AIOHTTP:
+        assert b._pool is not None  # type: ignore[attr-defined]
+        b._pool = None  # type: ignore[attr-defined]
     await b.start()
     try:
         yield b
