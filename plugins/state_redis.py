@@ -37,7 +37,9 @@ Keys (``P`` is ``state.prefix``)::
     P{team}:keys         set of the team's key ids
     P{team}:b:<period>   hash: spent, reserved, alerted, r:<id> (holds), c:<id> (charges)
     P{team}:bx:<period>  zset: reservation id -> expiry (ms)
-    P{team}:rl:<name>    zset: sliding-window entries "<seq>:<cost>" scored by ms; :sum
+    P{team}:rl:<name>    zset: sliding-window entries "<uid>:<cost>" scored by ms; :sum
+                         (uid: the hold's id, "<id>+" for its settlement's tokens, else
+                         the next number of P{team}:rl:seq)
     P{health}:down:<b>   "<until ms>|<replica>|<reason>": backend b is down; expires (PX) at until
     P{health}:drained    hash: backend -> {"by", "reason", "since"} (JSON); never expires
 
