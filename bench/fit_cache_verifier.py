@@ -152,7 +152,8 @@ def export_trees(model: Any) -> dict[str, object]:
         left[t, m:] = right[t, m:] = np.arange(m, width)
         depth = max(depth, int(nodes["depth"].max()))
     return {"baseline": float(np.ravel(model._baseline_prediction)[0]), "depth": depth,
-            "feature": feature.tolist(), "threshold": rounded(threshold, 9),
+            # thresholds in full: a split can sit exactly on a training value (x <= t)
+            "feature": feature.tolist(), "threshold": threshold.tolist(),
             "left": left.tolist(), "right": right.tolist(), "value": rounded(value, 7)}
 
 
