@@ -11,7 +11,11 @@ is installed; ``SWITCHYARD_MINILM_BACKEND=torch`` measures sentence-transformers
 for the ratio. Models come from ``switchyard train router``.
 
     python bench/learned_policy.py --model /tmp/cml/mmlu-minilm.npz --model /tmp/cml/mmlu-static.npz \\
-        --model /tmp/cml/mmlu-distilled.npz [--data /tmp/switchyard-eval/mmlu.test.jsonl] [--n 300]
+        --model /tmp/cml/mmlu-distilled.npz [--data /tmp/switchyard-eval/mmlu.test.jsonl] [--n 300] \\
+        [--rounds 2]
+
+(``--rounds N``: the files in turn N times, every other round in reverse order, for
+same-sitting ratios; the load average is printed before and after each run)
 
 (each file from ``switchyard train router --data mmlu.train.jsonl --model knn --embedder E``)
 """
@@ -20,9 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
+
+from provenance import header
 
 from gateway import Candidate, Constraints, RequestFeatures
 from plugins.learn.router import RouterModel
@@ -54,13 +61,18 @@ def main() -> None:
     ap.add_argument("--model", action="append", required=True, type=Path)
     ap.add_argument("--data", type=Path, default=Path("/tmp/switchyard-eval/mmlu.test.jsonl"))
     ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
     with args.data.open() as f:
         prompts = [json.loads(line)["prompt"] for line, _ in zip(f, range(args.n), strict=False)]
+    print(header())
     print(f"{len(prompts)} prompts from {args.data.name}, each routed once (no cache hit)")
-    print("| policy | embedder | load s | p50 ms | p90 ms | p99 ms | CPU p50 ms | strong first |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for path in args.model:
+    print("| policy | embedder | file | load s | p50 ms | p90 ms | p99 ms | CPU p50 ms | strong first | load avg |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---|")
+    order = [p for r in range(args.rounds) for p in (args.model if r % 2 == 0 else args.model[::-1])]
+    cands: list[Candidate] = []
+    for path in order:
+        before = os.getloadavg()[0]
         rm = RouterModel.load(path)
         names = [rm.models[j] for j in rm.mean_cost.argsort()]  # the cheap model first
         cands = [Candidate.make("weak", model=names[0], input_usd_per_token=6e-7,
@@ -78,14 +90,15 @@ def main() -> None:
             from plugins.minilm import MiniLM
 
             kind += f" ({MiniLM.shared().runtime})"
-        print(f"| learned | {kind} | {load_s:.2f} | {statistics.median(ms):.2f} | "
+        print(f"| learned | {kind} | {path.name} | {load_s:.2f} | {statistics.median(ms):.2f} | "
               f"{_pct(ms, 0.9):.2f} | {_pct(ms, 0.99):.2f} | {statistics.median(cpu) * 1000:.2f} | "
-              f"{firsts.count('strong') / len(firsts):.0%} |")
+              f"{firsts.count('strong') / len(firsts):.0%} | {before:.2f} to {os.getloadavg()[0]:.2f} |",
+              flush=True)
     weighted = Weighted("weighted", DEFAULT_WEIGHTS, {})
     times, cpu, _ = run(weighted, prompts, cands)
     ms = [t * 1000 for t in times]
-    print(f"| weighted | - | - | {statistics.median(ms):.3f} | {_pct(ms, 0.9):.3f} | {_pct(ms, 0.99):.3f} | "
-          f"{statistics.median(cpu) * 1000:.3f} | - |")
+    print(f"| weighted | - | - | - | {statistics.median(ms):.3f} | {_pct(ms, 0.9):.3f} | {_pct(ms, 0.99):.3f} | "
+          f"{statistics.median(cpu) * 1000:.3f} | - | {os.getloadavg()[0]:.2f} |")
 
 
 if __name__ == "__main__":

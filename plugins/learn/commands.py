@@ -19,7 +19,7 @@ from typing import Any
 
 from gateway import RegisterCommand, hookimpl
 from plugins.learn import data as datafile
-from plugins.learn.embed import EMBEDDERS
+from plugins.learn.embed import DEFAULT_EMBEDDER, EMBEDDERS
 from plugins.learn.files import ModelFileError
 
 
@@ -45,11 +45,16 @@ def _fail(e: Exception) -> int:
 def _kind(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=["auto", "knn", "logreg", "mf"], default="auto",
                    help="the predictor (auto: chosen by 5-fold cross-validation on the training data)")
-    p.add_argument("--embedder", choices=list(EMBEDDERS), default="minilm",
-                   help="prompt vectors: MiniLM sentence embeddings (one forward pass per new "
-                   "prompt, 10-50 ms); or, with no forward pass on the request path (about 1 ms), "
+    p.add_argument("--embedder", choices=list(EMBEDDERS), default=DEFAULT_EMBEDDER,
+                   help="prompt vectors: MiniLM sentence embeddings (minilm: one forward pass "
+                   "per new prompt, 10-50 ms; minilm-int8: the same model with int8 weights, "
+                   "about half the CPU); with no forward pass on the request path (about 1 ms), "
                    "a bag of its distilled static table fitted to its sentence vectors "
-                   "(distilled) or of its input token embeddings (static)")
+                   "(distilled) or of its input token embeddings (static); or distilled and "
+                   "minilm-int8 side by side (distilled+int8)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="minilm-int8: embed the first N tokens of what the router reads (a "
+                   "prompt's last 500 characters; default: all of them, at most the model's 256)")
 
 
 def _params(kind: str, examples: int) -> tuple[str | None, dict[str, Any] | None]:
@@ -74,7 +79,7 @@ def run_eval_router(args: argparse.Namespace) -> int:
         train, data = datafile.load(args.train), datafile.load(args.data)
         kind, params = _params(args.model, len(train))
         out = eval_router(train, data, kind=kind, params=params, embedder=args.embedder,
-                          cache=args.cache, log=_log(args.json))
+                          max_tokens=args.max_tokens, cache=args.cache, log=_log(args.json))
     except datafile.DataError as e:
         return _fail(e)
     return _report(out, args, "router", "strong-model calls (%)")
@@ -145,7 +150,7 @@ def run_train_router(args: argparse.Namespace) -> int:
     if args.dump:
         to_jsonl(table, args.dump)
     encoder = PromptEncoder.fit(args.embedder, table.prompts, disk_cache=True,
-                                cache=args.cache)
+                                cache=args.cache, max_tokens=args.max_tokens)
     X = encoder.encode(table.prompts, disk_cache=True, cache=args.cache)
     kind, params = _params(args.model, len(table))
     if kind is None:

@@ -2,6 +2,9 @@
 
 - ``minilm``: all-MiniLM-L6-v2 sentence embeddings (the shared ``plugins.minilm``): one
   transformer forward pass per prompt;
+- ``minilm-int8``: the same model with int8 weights (``plugins.minilm_onnx.quantized``, ONNX
+  Runtime's dynamic quantisation), its own instance, one intra-op thread: the same forward
+  pass in a fraction of the CPU time, vectors close to ``minilm``'s (README);
 - ``static``: a bag of MiniLM's own input token embeddings, IDF-weighted (the weights
   fitted on the training prompts and kept in the model file): the tokenizer and one table
   look-up, no forward pass (the idea of model2vec's static distillation, without its
@@ -33,16 +36,49 @@ from numpy.typing import NDArray
 from plugins.learn.features import MAX_TEXT_CHARS
 
 EMBEDDER = "all-MiniLM-L6-v2"
-EMBEDDERS = ("minilm", "static", "distilled")
+EMBEDDERS = ("minilm", "minilm-int8", "static", "distilled", "distilled+int8")
 STATIC = ("static", "distilled")  # a bag of table rows, IDF-weighted
+BLENDS = {"distilled+int8": ("distilled", "minilm-int8")}  # both vectors, side by side
+DEFAULT_EMBEDDER = "minilm"  # what `switchyard train router` and `eval router` use unasked
+
+
+def parts(kind: str) -> tuple[str | None, str | None]:
+    """(the bag of table rows, the forward pass) an embedder is made of, either may be None."""
+    if kind in BLENDS:
+        return BLENDS[kind]
+    return (kind, None) if kind in STATIC else (None, kind)
 F32 = NDArray[np.float32]
 
 
-def encode(texts: Sequence[str]) -> F32:
-    """MiniLM: L2-normalised float32 rows, one per text (its first ``MAX_TEXT_CHARS``)."""
+_int8_lock = threading.Lock()
+_int8_models: dict[int | None, Any] = {}
+
+
+def int8_model(max_tokens: int | None = None) -> Any:
+    """The process's int8 MiniLM (``plugins.minilm_onnx.OnnxMiniLM``, one thread; one per
+    token cap), loaded on first use; the shared fp32 ``MiniLM`` is not touched."""
+    with _int8_lock:
+        if max_tokens not in _int8_models:
+            from plugins.embeddings import minilm_path
+            from plugins.minilm_onnx import OnnxMiniLM
+
+            _int8_models[max_tokens] = OnnxMiniLM(minilm_path(), threads=1, int8=True,
+                                                  max_tokens=max_tokens)
+        return _int8_models[max_tokens]
+
+
+def encode(texts: Sequence[str], kind: str = "minilm", max_tokens: int | None = None) -> F32:
+    """MiniLM (``kind`` ``minilm`` or ``minilm-int8``): L2-normalised float32 rows, one per
+    text (its first ``MAX_TEXT_CHARS``; int8: its first ``max_tokens`` tokens, where set)."""
+    cut = [t[:MAX_TEXT_CHARS] for t in texts]
+    if kind == "minilm-int8":
+        vecs: F32 = np.ascontiguousarray(int8_model(max_tokens).encode(cut), dtype=np.float32)
+        return vecs
+    if kind != "minilm" or max_tokens is not None:
+        raise ValueError(f"encode: {kind!r} (max_tokens {max_tokens}) is not a MiniLM forward pass")
     from plugins.minilm import MiniLM
 
-    return MiniLM.shared().encode([t[:MAX_TEXT_CHARS] for t in texts])
+    return MiniLM.shared().encode(cut)
 
 
 class StaticTable:
@@ -111,15 +147,35 @@ class StaticTable:
         return unit
 
 
+UNSEEN = "max"  # the weight of a token no training prompt holds (weigh_unseen)
+
+
+def weigh_unseen(idf: F32, how: str = UNSEEN) -> F32:
+    """``idf`` (``StaticTable.idf`` of the training prompts) with the weight of the tokens none
+    of them holds (the largest weight, ``log(1 + n) + 1``) kept (``max``), set to 0 (``zero``:
+    left out of a prompt's bag) or to the median weight of the tokens seen (``median``).
+    Those tokens' distilled rows were never fitted."""
+    unseen = idf >= idf.max()
+    if how == "max" or unseen.all():
+        return idf
+    out = idf.copy()
+    out[unseen] = 0.0 if how == "zero" else float(np.median(idf[~unseen]))
+    return out
+
+
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "switchyard" / "embeddings"
 
 
-def encode_cached(texts: Sequence[str], cache: Path | None = None) -> F32:
-    """``encode`` (MiniLM), kept on disk under the hash of all the texts (evaluations
-    re-read the same files; the 14,037 MMLU prompts take minutes on two busy cores)."""
-    h = hashlib.sha256(EMBEDDER.encode())
+def encode_cached(texts: Sequence[str], cache: Path | None = None, kind: str = "minilm",
+                  max_tokens: int | None = None) -> F32:
+    """``encode``, kept on disk under the hash of all the texts (evaluations re-read the
+    same files; the 14,037 MMLU prompts take minutes on two busy cores)."""
+    from plugins.minilm_onnx import QUANT_VERSION
+
+    h = hashlib.sha256(EMBEDDER.encode() if kind == "minilm" else
+                       f"{EMBEDDER}/{kind}/{QUANT_VERSION}/{max_tokens}".encode())
     for t in texts:
         h.update(hashlib.sha256(t[:MAX_TEXT_CHARS].encode()).digest())
     path = (cache or cache_dir()) / f"{h.hexdigest()[:32]}.npy"
@@ -127,7 +183,7 @@ def encode_cached(texts: Sequence[str], cache: Path | None = None) -> F32:
         vecs: F32 = np.load(path, allow_pickle=False)
         if vecs.shape[0] == len(texts):
             return vecs
-    vecs = encode(texts)
+    vecs = encode(texts, kind, max_tokens)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npy")
     np.save(tmp, vecs)
@@ -175,37 +231,45 @@ class PromptEncoder:
 
     def __init__(self, kind: str = "minilm", idf: F32 | None = None,
                  rows: NDArray[np.int64] | None = None,
-                 fitted: NDArray[np.float16] | None = None) -> None:
+                 fitted: NDArray[np.float16] | None = None,
+                 max_tokens: int | None = None) -> None:
         if kind not in EMBEDDERS:
             raise ValueError(f"unknown embedder {kind!r} (known: {', '.join(EMBEDDERS)})")
-        if kind in STATIC and idf is None:
+        self.max_tokens = max_tokens
+        self.bag, self.forward = parts(kind)
+        if self.bag and idf is None:
             raise ValueError(f"the {kind} embedder needs its IDF weights")
-        if kind == "distilled" and (rows is None or fitted is None or len(rows) != len(fitted)):
-            raise ValueError("the distilled embedder needs its fitted rows")
+        if self.bag == "distilled" and (rows is None or fitted is None or len(rows) != len(fitted)):
+            raise ValueError(f"the {kind} embedder needs its fitted rows")
+        if max_tokens is not None and (self.forward != "minilm-int8" or max_tokens < 3):
+            raise ValueError(f"a token cap ({max_tokens}) is for int8 MiniLM, at least 3")
         self.kind, self.idf, self.rows, self.fitted = kind, idf, rows, fitted
         self._table: F32 | None = None
 
     @classmethod
     def fit(cls, kind: str, prompts: Sequence[str], *, disk_cache: bool = False,
-            cache: Path | None = None) -> PromptEncoder:
+            cache: Path | None = None, max_tokens: int | None = None) -> PromptEncoder:
         """``distilled`` embeds ``prompts`` with MiniLM to fit its rows (``disk_cache``,
-        ``cache``: as in ``encode``)."""
+        ``cache``: as in ``encode``); ``max_tokens``: int8 MiniLM's token cap."""
         from plugins.learn.features import route_text
 
-        if kind not in STATIC:
-            return cls(kind)
+        bag, _ = parts(kind)
+        if bag is None:
+            return cls(kind, max_tokens=max_tokens)
         static = StaticTable.shared()
         texts = [route_text(p) for p in prompts]
         idf = static.idf(texts)
-        if kind == "static":
-            return cls(kind, idf)
+        if bag == "distilled":
+            idf = weigh_unseen(idf)
+        if bag == "static":
+            return cls(kind, idf, max_tokens=max_tokens)
         rows, fitted = fit_rows(static.ids(texts), idf, static.distilled(),
                                 encode_cached(texts, cache) if disk_cache else encode(texts))
-        return cls(kind, idf, rows, fitted)
+        return cls(kind, idf, rows, fitted, max_tokens)
 
     def table(self) -> F32 | None:
         """The token table a static kind sums (None: MiniLM's input embeddings)."""
-        if self.kind != "distilled":
+        if self.bag != "distilled":
             return None
         if self._table is None:
             assert self.rows is not None and self.fitted is not None
@@ -219,14 +283,23 @@ class PromptEncoder:
 
     def encode(self, prompts: Sequence[str], *, disk_cache: bool = False,
                cache: Path | None = None) -> F32:
-        """``disk_cache``: keep MiniLM's vectors of these prompts on disk (bulk runs)."""
+        """``disk_cache``: keep MiniLM's vectors of these prompts on disk (bulk runs). A blend:
+        its parts' unit vectors side by side, each scaled by 1/sqrt(2) (a unit row whose dot
+        products are the mean of the parts' cosines)."""
         from plugins.learn.features import route_text
 
         texts = [route_text(p) for p in prompts]
-        if self.kind in STATIC:
+        out: list[F32] = []
+        if self.bag:
             assert self.idf is not None
-            return StaticTable.shared().encode(texts, self.idf, self.table())
-        return encode_cached(texts, cache) if disk_cache else encode(texts)
+            out.append(StaticTable.shared().encode(texts, self.idf, self.table()))
+        if self.forward:
+            out.append(encode_cached(texts, cache, self.forward, self.max_tokens) if disk_cache
+                       else encode(texts, self.forward, self.max_tokens))
+        if len(out) == 1:
+            return out[0]
+        both: F32 = (np.hstack(out) / np.float32(np.sqrt(len(out)))).astype(np.float32)
+        return both
 
     def warm(self) -> None:
         self.encode(["warm up"])

@@ -122,11 +122,12 @@ def references(t: Table, cascade: bool = False) -> dict[str, Any]:
 
 def eval_router(train: Table, data: Table, *, kind: str | None = None,
                 params: dict[str, Any] | None = None, embedder: str = "minilm",
-                cache: Path | None = None,
+                max_tokens: int | None = None, cache: Path | None = None,
                 log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     _same_models(train, data)
     log(f"embedding {len(train)} + {len(data)} prompts ({embedder})")
-    encoder = PromptEncoder.fit(embedder, train.prompts, disk_cache=True, cache=cache)
+    encoder = PromptEncoder.fit(embedder, train.prompts, disk_cache=True, cache=cache,
+                                max_tokens=max_tokens)
     X_tr = encoder.encode(train.prompts, disk_cache=True, cache=cache)
     X_te = encoder.encode(data.prompts, disk_cache=True, cache=cache)
     tried: list[dict[str, Any]] = []
@@ -140,6 +141,7 @@ def eval_router(train: Table, data: Table, *, kind: str | None = None,
         "apgr": res.get("apgr"), "cpt50": res.get("cpt50"), "cpt80": res.get("cpt80"),
         "aiq": _aiq(data, pts), "points": [asdict(p) for p in pts],
         "model": {"kind": kind, "params": params or {}, "embedder": embedder,
+                  "max_tokens": max_tokens,
                   "cross_validation": tried},
         "n": {"train": len(train), "data": len(data)}, "models": data.models,
         "single_models": {m: {"quality": float(data.quality[:, j].mean()),

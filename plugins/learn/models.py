@@ -100,6 +100,7 @@ class KNN:
         self.X: NDArray[np.float32] = np.zeros((0, 0), dtype=np.float32)
         self.Y: Arr = np.zeros((0, 0))
         self.center: NDArray[np.float32] = np.zeros(0, dtype=np.float32)
+        self._weights: tuple[int, list[int], Arr] | None = None
 
     def _unit(self, X: NDArray[Any]) -> NDArray[np.float32]:
         V = np.asarray(X, dtype=np.float32) - self.center
@@ -113,14 +114,22 @@ class KNN:
         self.Y = np.asarray(Y, dtype=np.float64).reshape(len(X), -1)
         return self
 
+    def _rank_weights(self) -> tuple[list[int], Arr]:
+        """The neighbour counts that fit the training set, and the weight of each neighbour
+        rank: the mean of the k-nearest means over ``ks`` (computed once per training set)."""
+        n = len(self.X)
+        if self._weights is None or self._weights[0] != n:
+            ks = sorted({min(k, n) for k in self.ks})
+            weight = np.zeros(ks[-1])
+            for kk in ks:
+                weight[:kk] += 1.0 / (kk * len(ks))
+            self._weights = (n, ks, weight)
+        return self._weights[1], self._weights[2]
+
     def predict(self, X: NDArray[Any]) -> Arr:
         Q = self._unit(X)
-        ks = sorted({min(k, len(self.X)) for k in self.ks})
+        ks, weight = self._rank_weights()
         k = ks[-1]
-        # the mean of the k-nearest means over ks: a weight per neighbour rank
-        weight = np.zeros(k)
-        for kk in ks:
-            weight[:kk] += 1.0 / (kk * len(ks))
         out = np.empty((len(Q), self.Y.shape[1]))
         for start in range(0, len(Q), 1024):
             block = Q[start:start + 1024]

@@ -124,7 +124,9 @@ class RouterModel:
                 arrays[f"embed.{name}"] = value
         meta = {**self.meta, "models": self.models, "mean_cost_usd": self.mean_cost.tolist(),
                 "model": {"kind": self.predictor.kind, "params": params},
-                "features": {"prompt": self.encoder.kind, "from": EMBEDDER}}
+                "features": {"prompt": self.encoder.kind, "from": EMBEDDER,
+                             **({"max_tokens": self.encoder.max_tokens}
+                                if self.encoder.max_tokens is not None else {})}}
         files.save(path, "router", meta, arrays)
 
     @classmethod
@@ -135,8 +137,10 @@ class RouterModel:
             own = {k: v for k, v in arrays.items() if "." not in k}
             predictor = models.restore(spec["kind"], own, spec["params"])
             oof = {k[4:]: v for k, v in arrays.items() if k.startswith("oof.")}
-            encoder = PromptEncoder(meta["features"]["prompt"], arrays.get("embed.idf"),
-                                    arrays.get("embed.rows"), arrays.get("embed.fitted"))
+            feats = meta["features"]
+            encoder = PromptEncoder(feats["prompt"], arrays.get("embed.idf"),
+                                    arrays.get("embed.rows"), arrays.get("embed.fitted"),
+                                    feats.get("max_tokens"))
             return cls(predictor, meta["models"], meta["mean_cost_usd"], meta, oof, encoder)
         except (KeyError, TypeError, ValueError) as e:
             raise files.ModelFileError(f"{path}: incomplete router model ({e})") from None

@@ -1,6 +1,7 @@
 """The ``learned`` policy routes as its model predicts: a kNN router trained (on real MiniLM
-embeddings, on the static bag of MiniLM's token embeddings, and on the bag of its distilled
-static table) where the small model fails arithmetic word problems and handles small talk."""
+embeddings, fp32 and int8, on the static bag of MiniLM's token embeddings, on the bag of its
+distilled static table, and on that bag beside int8 MiniLM) where the small model fails
+arithmetic word problems and handles small talk."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ CHAT = ["Hi there, how are you today?", "Say hello to my friend Ana.",
         "What a lovely weather, isn't it?", "Tell me something nice."]
 
 
-@pytest.fixture(scope="module", params=["minilm", "static", "distilled"])
+@pytest.fixture(scope="module", params=["minilm", "minilm-int8", "static", "distilled",
+                                        "distilled+int8"])
 def model_file(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     prompts = MATH + CHAT
     encoder = PromptEncoder.fit(request.param, prompts)
@@ -125,3 +127,32 @@ def test_a_distilled_file_whose_rows_do_not_fit_stops_start_up(tmp_path: Path) -
                     folds=3, encoder=bad).save(tmp_path / "r.npz")
     with pytest.raises(ValueError, match="fitted rows do not match"):
         Learned({"model": str(tmp_path / "r.npz")})
+
+
+def test_a_blend_is_its_parts_side_by_side(tmp_path: Path) -> None:
+    from plugins.learn.embed import encode
+
+    prompts = MATH + CHAT
+    encoder = PromptEncoder.fit("distilled+int8", prompts)
+    X = encoder.encode(prompts)
+    assert X.shape == (len(prompts), 768) and np.allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-5)
+    bag = PromptEncoder("distilled", encoder.idf, encoder.rows, encoder.fitted).encode(prompts)
+    assert np.allclose(X[:, :384] * np.sqrt(2), bag, atol=1e-5)
+    assert np.allclose(X[:, 384:] * np.sqrt(2), encode(prompts, "minilm-int8"), atol=1e-5)
+    RouterModel.fit(X, np.ones((len(prompts), 2)), np.tile([0.0001, 0.01], (len(prompts), 1)),
+                    ["a", "b"], "knn", {"k": 3}, folds=1, encoder=encoder).save(tmp_path / "r.npz")
+    loaded = RouterModel.load(tmp_path / "r.npz").encoder
+    assert loaded.kind == "distilled+int8" and np.allclose(loaded.encode(prompts), X, atol=1e-6)
+
+
+def test_an_int8_token_cap_travels_in_the_file(tmp_path: Path) -> None:
+    prompts = MATH + CHAT
+    encoder = PromptEncoder.fit("minilm-int8", prompts, max_tokens=8)
+    X = encoder.encode(prompts)
+    assert not np.allclose(X, PromptEncoder("minilm-int8").encode(prompts), atol=1e-3)
+    RouterModel.fit(X, np.ones((len(prompts), 2)), np.tile([0.0001, 0.01], (len(prompts), 1)),
+                    ["a", "b"], "knn", {"k": 3}, folds=1, encoder=encoder).save(tmp_path / "r.npz")
+    loaded = RouterModel.load(tmp_path / "r.npz").encoder
+    assert loaded.max_tokens == 8 and np.allclose(loaded.encode(prompts), X, atol=1e-6)
+    with pytest.raises(ValueError, match="token cap"):
+        PromptEncoder("minilm", max_tokens=8)
