@@ -140,7 +140,14 @@ def main() -> int:
     p.add_argument("--probe-words", type=int, nargs="+", default=[20, 24, 28])
     p.add_argument("--ratio", type=float, default=DEFAULT_RATIO)
     p.add_argument("--top", type=int, default=15)
+    p.add_argument("--int8", action="store_true", help="MiniLM's int8 export (plugins.minilm_onnx)")
     args = p.parse_args()
+    if args.int8:
+        from plugins.embeddings import minilm_path
+        from plugins.minilm import MiniLM
+        from plugins.minilm_onnx import OnnxMiniLM
+
+        MiniLM.shared()._model = OnnxMiniLM(minilm_path(), threads=1, int8=True)  # type: ignore[call-arg]
     base = rank.Weights()
     rows = prepare(args.data, sorted({base.probe_words, *args.probe_words}), Vectors(args.cache),
                    args.ratio)

@@ -4,7 +4,7 @@ compressor keeps of long-context items, with its shipped defaults.
 ``FILE`` holds one item a line, ``{"question", "context", "answers"}``. Each item becomes a chat
 request with ``eval_messages`` (the shape a RAG application sends) and goes through
 ``Compressor.compress`` exactly as the gateway's compress stage calls it: the shipped defaults,
-the process's shared MiniLM. ``--out`` gets one line per item, in input order,
+the compressor's MiniLM (``plugins.compress.embedder``: the int8 export). ``--out`` gets one line per item, in input order,
 ``{"compressed": ...}``: the whole prompt as it would be sent (every message's text, joined by
 blank lines). The report: ``ratio`` (words in over words out, all items together),
 ``retention`` (the share of items whose compressed prompt still holds a gold answer, by
@@ -57,10 +57,10 @@ def prompt_text(messages: list[dict[str, Any]]) -> str:
 async def run_items(items: list[dict[str, Any]], ratio: float | None = None,
                     compressor: Any = None) -> dict[str, Any]:
     """Every item through the compressor; the figures and the compressed prompts."""
+    from plugins.compress.embedder import embedder
     from plugins.compress.engine import Compressor, eval_messages
-    from plugins.minilm import MiniLM
 
-    comp = compressor or Compressor(MiniLM.shared())
+    comp = compressor or Compressor(embedder())
     await comp.compress(eval_messages(items[0]["question"], items[0]["context"]))  # load models
     words_in = words_out = kept = 0
     wall, cpu, texts = [], [], []

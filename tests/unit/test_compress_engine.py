@@ -212,3 +212,23 @@ def test_a_cut_unit_keeps_the_sentence_nearest_in_meaning_where_sentences_were_e
     w = rank.Weights()
     assert rank.best_sentences(question, sents, 12, w) == [0]
     assert rank.best_sentences(question, sents, 12, w, cosines=[0.21, 0.58]) == [1]
+
+
+def test_the_compressor_embeds_with_its_own_int8_minilm() -> None:
+    """The compressor's MiniLM is the int8 export, one instance of its own (the shared fp32
+    vectors, which the cache and routers were fitted on, are not touched); ``int8: false``
+    gives the shared one. Its vectors stay close to the fp32 ones."""
+    import numpy as np
+
+    from plugins.compress import make_compressor
+    from plugins.compress.embedder import Int8MiniLM, embedder
+    from plugins.minilm import MiniLM
+
+    assert embedder(False) is MiniLM.shared()
+    assert embedder() is embedder() and isinstance(embedder(), Int8MiniLM)
+    assert make_compressor({"int8": False}).embedder is MiniLM.shared()
+    assert make_compressor({}).embedder is embedder()
+    texts = ["who designed the eiffel tower", GOLD[1]]
+    fp32, int8 = MiniLM.shared().encode(texts), embedder().encode(texts)
+    assert (fp32 * int8).sum(axis=1).min() > 0.97
+    assert np.allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-4)
