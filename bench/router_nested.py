@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--train", type=Path, default=Path("/tmp/switchyard-eval/mmlu.train.jsonl"))
     ap.add_argument("--unseen", action="append", choices=["max", "zero", "median"], required=True)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     args = ap.parse_args()
     if ".test." in args.train.name:
         sys.exit("router_nested: that is a test file; cross-validate on training data only")
@@ -49,7 +50,7 @@ def main() -> None:
     for unseen in args.unseen:
         t0 = time.perf_counter()
         runs = []
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             idx = np.random.default_rng(seed).permutation(n)
             Q = np.zeros_like(train.quality)
             for f in range(5):

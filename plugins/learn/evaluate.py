@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 
 from plugins.learn import metrics
 from plugins.learn.data import DataError, Table
-from plugins.learn.embed import PromptEncoder, encode_cached
+from plugins.learn.embed import DEFAULT_EMBEDDER, PromptEncoder, encode_cached
 from plugins.learn.features import judge_text
 from plugins.learn.judge import AnswerScorer
 from plugins.learn.router import RouterModel, best_tradeoff, out_of_fold, realised
@@ -121,7 +121,7 @@ def references(t: Table, cascade: bool = False) -> dict[str, Any]:
 
 
 def eval_router(train: Table, data: Table, *, kind: str | None = None,
-                params: dict[str, Any] | None = None, embedder: str = "minilm",
+                params: dict[str, Any] | None = None, embedder: str = DEFAULT_EMBEDDER,
                 max_tokens: int | None = None, cache: Path | None = None,
                 log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     _same_models(train, data)

@@ -98,7 +98,7 @@ def test_train_router_writes_the_file_the_policy_loads(files: dict[str, Path], c
     assert code == 0
     model = RouterModel.load(path)
     assert model.models == [CHEAP, STRONG] and model.predictor.kind == "knn"
-    assert model.encoder.kind == "minilm" and model.predictor.state()[1]["k"] == 16  # a fifth of 80
+    assert model.encoder.kind == "distilled" and model.predictor.state()[1]["k"] == 16  # a fifth of 80
 
 
 def test_with_three_models_the_router_beats_the_zero_router(files: dict[str, Path],
