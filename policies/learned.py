@@ -22,10 +22,11 @@ constraint applies first (``gateway.evaluate``).
 The embedding: a policy's ``plan`` is synchronous and pure, so the prompt's vector is
 computed inside it, on the event loop, from the last ``ROUTE_CHARS`` characters of
 ``RequestFeatures.text`` (the last user turn), with the embedder the file was trained with:
-``minilm`` (one transformer forward pass, about 130 tokens at most), or ``static`` or
-``distilled`` (the tokenizer and a table look-up, no forward pass: under 1 ms; ``distilled``
-routes about as well as ``minilm``); an LRU of recent prompts makes a retried or repeated
-prompt free. ``bench/learned_policy.py`` measures the decision's cost.
+``distilled`` (the default of ``switchyard train router``) or ``static`` (the tokenizer and a
+table look-up, no forward pass: about 1 ms; ``distilled`` routes about as well as ``minilm``),
+``minilm`` or ``minilm-int8`` (one transformer forward pass, fp32 or int8 weights, about 130
+tokens at most), or ``distilled+int8`` (both vectors side by side); an LRU of recent prompts
+makes a retried or repeated prompt free. ``bench/learned_policy.py`` measures the decision's cost.
 """
 
 from __future__ import annotations
