@@ -8,8 +8,8 @@ probes, 2nd: the shortlist's whole units, 3rd: the first units' sentences).
     python bench/compress_profile.py /tmp/nq_train.jsonl --limit 200 \\
         --engine shipped= --engine nosent=sentences=0
 
-``--engine NAME=k=v,k=v``: ``rank.Weights`` fields and ``Compressor`` options (``lean``; ``int8=true``: MiniLM's
-int8 export);
+``--engine NAME=k=v,k=v``: ``rank.Weights`` fields and ``Compressor`` options (``lean``; ``int8=false``: the shared
+fp32 MiniLM, else its int8 export as shipped);
 an empty list is the shipped defaults. Printed per engine: retention, ratio, CPU per item
 (p50, p90, mean), the share of items with a second pass, and per pass the tokens fed (padded)
 and the CPU it took; the load average before and after."""
@@ -30,9 +30,9 @@ import numpy as np
 
 from plugins.compress import rank
 from plugins.compress.answers import contains_answer
+from plugins.compress.embedder import embedder
 from plugins.compress.engine import Compressor, eval_messages
 from plugins.compress.evaluate import prompt_text, read_items
-from plugins.minilm import MiniLM
 from plugins.minilm_onnx import OnnxMiniLM
 
 _calls: list[tuple[int, int, float]] = []  # (batch, padded length, CPU ms) of the current item
@@ -64,13 +64,8 @@ def engine(spec: str) -> tuple[str, Compressor]:
         else:
             options[k] = json.loads(v)
     w = dataclasses.replace(rank.Weights(), **weights)
-    embedder = MiniLM.shared()
-    if options.pop("int8", False):  # its own MiniLM, the int8 export (plugins.minilm_onnx)
-        from plugins.embeddings import minilm_path
-
-        embedder = MiniLM()
-        embedder._model = OnnxMiniLM(minilm_path(), threads=1, int8=True)  # type: ignore[call-arg]
-    return name, Compressor(embedder, weights=w, **options)
+    int8 = bool(options.pop("int8", True))  # as make_compressor: the int8 export by default
+    return name, Compressor(embedder(int8), weights=w, **options)
 
 
 def pct(xs: list[float], q: float) -> float:
