@@ -57,7 +57,7 @@ class Vectors:
             for k, v in zip(todo, MiniLM.shared().encode(todo), strict=True):
                 self.table[key(k)] = v
             if self.path is not None:
-                np.savez(self.path, **self.table)
+                np.savez(self.path, **self.table)  # type: ignore[arg-type]
 
     def cos(self, a: str, b: str) -> float:
         return float(self.table[key(a)] @ self.table[key(b)])
@@ -147,7 +147,7 @@ def main() -> int:
         from plugins.minilm import MiniLM
         from plugins.minilm_onnx import OnnxMiniLM
 
-        MiniLM.shared()._model = OnnxMiniLM(minilm_path(), threads=1, int8=True)  # type: ignore[call-arg]
+        MiniLM.shared()._model = OnnxMiniLM(minilm_path(), threads=1, int8=True)
     base = rank.Weights()
     rows = prepare(args.data, sorted({base.probe_words, *args.probe_words}), Vectors(args.cache),
                    args.ratio)
@@ -156,7 +156,7 @@ def main() -> int:
     results = []
     for n in args.probe_words:
         for values in itertools.product(*GRID.values()):
-            w = replace(base, probe_words=n, **dict(zip(GRID, values, strict=True)))
+            w = replace(base, probe_words=n, **dict(zip(GRID, values, strict=True)))  # type: ignore[arg-type]
             results.append((float(np.mean([kept(r, w, True) for r in rows])), w))
     results.sort(key=lambda x: -x[0])
     for score, w in results[: args.top]:
