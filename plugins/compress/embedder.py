@@ -13,36 +13,12 @@ the fp32 model serves (logged once)."""
 
 from __future__ import annotations
 
-import logging
 import threading
-from typing import Any
 
 from plugins.minilm import MiniLM
 
-log = logging.getLogger("switchyard.compress")
-
 _lock = threading.Lock()
 _int8: MiniLM | None = None
-_failure_logged = False
-
-
-class Int8MiniLM(MiniLM):
-    """``MiniLM`` whose ONNX model is the int8 export; fp32 (ONNX or torch) if that fails."""
-
-    def _load_onnx(self) -> Any:
-        global _failure_logged
-        from plugins.embeddings import minilm_path
-        from plugins.minilm_onnx import OnnxMiniLM
-
-        try:
-            return OnnxMiniLM(self.path or minilm_path(), threads=self.threads,
-                              batch_size=self.max_batch, int8=True)
-        except Exception as e:  # noqa: BLE001 - no quantiser, an old minilm_onnx: fp32 serves
-            if not _failure_logged:
-                _failure_logged = True
-                log.warning("int8 MiniLM unavailable for compression (%s: %s); using fp32",
-                            type(e).__name__, e)
-            return super()._load_onnx()
 
 
 def embedder(int8: bool = True) -> MiniLM:
@@ -53,5 +29,5 @@ def embedder(int8: bool = True) -> MiniLM:
         return MiniLM.shared()
     with _lock:
         if _int8 is None:
-            _int8 = Int8MiniLM()
+            _int8 = MiniLM(int8=True)
         return _int8
