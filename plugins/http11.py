@@ -1,10 +1,10 @@
 """A lean HTTP/1.1 client for calls to plain-HTTP upstreams (a vLLM or llama.cpp server on
 this host or the LAN, any OpenAI-compatible server behind ``http://``).
 
-aiohttp's client spends about 140 µs of CPU on one small POST and its answer on this
-project's machines, this one about 40 (``bench/http_clients.py``): at one connection that
-is a sixth of the gateway's CPU per request, and most of it sits on the path to the first
-token. What it leaves out is what such an upstream does not need: TLS, proxies, redirects,
+aiohttp's client spends about 150 µs of CPU on one small POST and its answer at one
+connection on this project's machines, this one about 70 (75 against 30 µs at 32
+concurrent; ``bench/http_clients.py``): at one connection the difference was a fifth of the
+gateway's CPU per request, and most of it sits on the path to the first token. What it leaves out is what such an upstream does not need: TLS, proxies, redirects,
 cookies (a gateway must not carry one tenant's cookies into another's calls anyway),
 compression (nothing is asked for: ``Accept-Encoding`` is not sent). ``https://`` upstreams
 keep aiohttp.
@@ -230,12 +230,8 @@ class Response:
         self._released = True
         conn = self._conn
         conn.resp = None
-        if (self.complete and not self._chunks and self._error is None and not conn.closed
-                and self._keep and not self._until_close):
-            self._pool._put(conn)
-        else:
-            conn.close()
-            self._pool._gone()
+        self._pool._back(conn, self.complete and not self._chunks and self._error is None
+                         and not conn.closed and self._keep and not self._until_close)
 
     async def __aenter__(self) -> Self:
         return self
@@ -250,20 +246,16 @@ class Pool:
     def __init__(self, host: str, port: int, limit: int = 0) -> None:
         self.host, self.port = host, port
         self._idle: list[_Conn] = []
-        self._limit = limit
         self._slots = asyncio.Semaphore(limit) if limit > 0 else None
         self._closed = False
 
-    def _put(self, conn: _Conn) -> None:
-        if self._closed:
+    def _back(self, conn: _Conn, reusable: bool) -> None:
+        """A released connection: kept for the next request when ``reusable`` (and the pool
+        is open), closed otherwise; its slot freed either way."""
+        if reusable and not self._closed:
+            self._idle.append(conn)
+        else:
             conn.close()
-            self._gone()
-            return
-        self._idle.append(conn)
-        if self._slots is not None:
-            self._slots.release()
-
-    def _gone(self) -> None:
         if self._slots is not None:
             self._slots.release()
 

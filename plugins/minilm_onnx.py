@@ -15,10 +15,11 @@ a table look-up. The default embeddings (``OnnxMiniLM.encode``) do not use it.
 
 ``quantized(path)``: the export with its weight matrices in int8 (ONNX Runtime's dynamic
 quantisation: int8 weights, each MatMul's input quantised to uint8 per call), kept beside the
-export as ``model.int8.onnx``; ``OnnxMiniLM(path, int8=True)`` runs it. Its vectors are close
-to the fp32 ones, not equal (and depend a little on the CPU's int8 kernels), so nothing that
-was fitted on the default vectors (the semantic cache's verifier) reads them: only a learned
-router trained with them (``switchyard train router --embedder minilm-int8``)."""
+export as ``model.int8-<QUANT_VERSION>.onnx``; ``OnnxMiniLM(path, int8=True)`` runs it. Its
+vectors are close to the fp32 ones, not equal (and depend a little on the CPU's int8
+kernels), so nothing that was fitted on the default vectors (the semantic cache's verifier)
+reads them: only a learned router trained with them (``switchyard train router --embedder
+minilm-int8``) and the prompt compressor (``plugins.compress.embedder``)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """``openai_compatible``: any OpenAI-compatible HTTP server (llama.cpp, vLLM, TGI, Ollama...).
 
 The hot path to a plain-HTTP server (``http://``: a server on this host or the LAN) goes
-through ``plugins.http11``, a lean HTTP/1.1 client with a keep-alive pool, about a quarter
-of aiohttp's CPU per call; an ``https://`` server through aiohttp (TLS, compression). At
+through ``plugins.http11``, a lean HTTP/1.1 client with a keep-alive pool, under half of
+aiohttp's CPU per call; an ``https://`` server through aiohttp (TLS, compression). At
 32 concurrent requests a shared httpx.AsyncClient tops out far lower on this hardware
 (encode/httpx#3215; figures in bench/README.md).
 Streams are relayed as they arrive, never buffered: as blocks of whole events
