@@ -12,6 +12,7 @@ Streams are relayed as they arrive, never buffered: as blocks of whole events
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from gateway import (
     BackendCall,
@@ -55,6 +56,20 @@ class OpenAICompatibleConfig(BackendConfig):
     api_key: SecretStr | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     embeddings: bool = False  # the server also serves /v1/embeddings
+    # ``https://`` only: True checks the server's certificate against the system's CAs; a
+    # path to a PEM bundle trusts that bundle instead (a private CA); False checks nothing
+    # (a test server: the traffic is encrypted but anyone on the path can read it)
+    ssl_verify: bool | str = True
+
+    @field_validator("ssl_verify")
+    @classmethod
+    def _bundle_exists(cls, v: bool | str) -> bool | str:
+        if isinstance(v, str):
+            try:
+                ssl.create_default_context(cafile=v)
+            except (OSError, ssl.SSLError) as e:
+                raise ValueError(f"ssl_verify: cannot read the CA bundle {v!r}: {e}") from None
+        return v
 
 
 def upstream_error(
@@ -86,6 +101,10 @@ def upstream_error(
 def transport_error(name: str, e: BaseException) -> Exception:
     """A failure below HTTP: a connect failure or timeout is 503 (unreachable), a read
     timeout 504, a dropped connection 503. TimeoutError is an OSError: test it first."""
+    if isinstance(e, aiohttp.ClientConnectorCertificateError):
+        why = getattr(e.certificate_error, "verify_message", "") or e.certificate_error
+        return BackendUnavailable(f"Backend '{name}' is unreachable: its TLS certificate is not "
+                                  f"trusted ({why}); set ssl_verify to the CA bundle that signed it.")
     if isinstance(e, aiohttp.ConnectionTimeoutError) or not isinstance(e, TimeoutError):
         return BackendUnavailable(f"Backend '{name}' is unreachable: {type(e).__name__}.")
     return BackendTimeout(f"Backend '{name}' did not answer in time.")
@@ -159,6 +178,9 @@ class OpenAICompatibleBackend(BaseBackend):
             self._stream_sse if own or type(self)._stream_sse is not OpenAICompatibleBackend._stream_sse
             else None)
 
+        self._ssl: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=config.ssl_verify)
+            if isinstance(config.ssl_verify, str) else config.ssl_verify)
         self._pool: Pool | None = None
         u = urlsplit(self.base_url)
         if u.scheme == "http" and u.hostname:
@@ -180,7 +202,7 @@ class OpenAICompatibleBackend(BaseBackend):
         if self._pool is None:
             async with self.context.http().post(
                 self._url(call), data=data, headers=self._headers,
-                timeout=self._stream_timeout if stream else self._timeout,
+                timeout=self._stream_timeout if stream else self._timeout, ssl=self._ssl,
             ) as r:
                 yield _Aio(r)
             return

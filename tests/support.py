@@ -42,7 +42,7 @@ class LiveServer:
     ``switchyard serve`` runs (``gateway.http.server``), with the app's ``server`` limits
     (a gateway app's settings, else the defaults)."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(self, app: Any, port: int | None = None, **options: Any) -> None:
         from gateway.config import ServerConfig
         from gateway.http.server import build_server
 
@@ -52,12 +52,13 @@ class LiveServer:
         limits = settings.server if isinstance(settings, Settings) else ServerConfig()
         self.server = build_server(app, limits, host="127.0.0.1", port=self.port,
                                    log_level="warning", loop="asyncio", lifespan="on",
-                                   timeout_graceful_shutdown=5)
+                                   timeout_graceful_shutdown=5, **options)
+        self.scheme = "https" if options.get("ssl_certfile") else "http"
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120) -> LiveServer:
         self.thread.start()
