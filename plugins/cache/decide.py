@@ -25,12 +25,15 @@ import math
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from plugins.cache import cross as cross_encoder
+from plugins.cache.cross import CrossEncoder
 
 VETO_FACTOR = 0.25
 VERIFIER_FILE = Path(__file__).with_name("verifier.json")
@@ -155,6 +158,7 @@ class Parsed:
     negated: bool
     entities: frozenset[str]         # capitalised inside the sentence, acronyms, alphanumerics
     directions: tuple[Direction, ...]  # (from words, to words, nearest from, nearest to)
+    text: str = ""                   # the prompt as written (the cross-encoder reads it)
 
 
 def _side(norms: list[str], start: int, step: int, window: int) -> frozenset[str]:
@@ -210,6 +214,7 @@ def parse(text: str) -> Parsed:
         negated=any(n in NEGATIONS for n in norms),
         entities=frozenset(entities),
         directions=_directions(norms),
+        text=text,
     )
 
 
@@ -471,6 +476,7 @@ class Verifier:
     hidden: Hidden | None = None  # when fitted as a small network: it alone decides
     columns: np.ndarray | None = None  # the indices in FEATURES it reads, "bias" last
     trees: Trees | None = None  # when fitted as boosted trees: they alone decide
+    cross: CrossEncoder | None = None  # when shipped: it judges pairs above its floor
 
     @property
     def reads_alignment(self) -> bool:
@@ -499,10 +505,19 @@ def _array(v: Any) -> np.ndarray:
     return np.array(v, dtype=np.float64)
 
 
-def load_verifier(path: Path | None = None) -> Verifier:
+def load_verifier(path: Path | None = None, cross: Path | None = None) -> Verifier:
     """The shipped verifier, or the file named by ``SWITCHYARD_CACHE_VERIFIER`` (one fitted
-    by ``bench/fit_cache_verifier.py --out``), or ``path``; each file is read once."""
-    return _load(path or Path(os.environ.get("SWITCHYARD_CACHE_VERIFIER") or VERIFIER_FILE))
+    by ``bench/fit_cache_verifier.py --out``), or ``path``; each file is read once. With it
+    the shipped cross-encoder (``plugins/cache/cross.npz``, or ``cross``, or the file named
+    by ``SWITCHYARD_CACHE_CROSS``; ``off`` there: none), whose threshold then applies."""
+    v = _load(path or Path(os.environ.get("SWITCHYARD_CACHE_VERIFIER") or VERIFIER_FILE))
+    named = os.environ.get("SWITCHYARD_CACHE_CROSS", "")
+    ce = cross_encoder.shared(cross or (Path(named) if named and named.lower() not in
+                                        _OFF else cross_encoder.CROSS_FILE))
+    return v if ce is None else replace(v, cross=ce, threshold=ce.threshold)
+
+
+_OFF = ("off", "0", "false", "no")
 
 
 @cache
@@ -530,7 +545,23 @@ def _load(path: Path) -> Verifier:
 def score(a: Parsed, b: Parsed, cosine: float, verifier: Verifier | None = None,
           va: np.ndarray | None = None, vb: np.ndarray | None = None) -> float:
     """The decision's score in [0, 1]: the verifier's probability, cut by any veto.
-    ``va``, ``vb``: the two embeddings (a verifier fitted on them needs them)."""
+    ``va``, ``vb``: the two embeddings (a verifier fitted on them needs them). With a
+    cross-encoder, a pair no veto rejects whose cosine reaches its floor gets the
+    cross-encoder's probability instead (it runs here: never call this on the event loop
+    then); a vetoed pair, or one below the floor, or any pair where it cannot run, the
+    vector verifier's."""
     v = verifier or load_verifier()
+    if v.cross is not None and cross_applies(a, b, cosine, v):
+        p = v.cross.probability(a.text, b.text)
+        if p is not None:
+            return p
     p = v.probability(features(a, b, cosine, align=v.reads_alignment), va, vb)
     return p * VETO_FACTOR if vetoes(a, b) else p
+
+
+def cross_applies(a: Parsed, b: Parsed, cosine: float, verifier: Verifier) -> bool:
+    """Whether the verifier's cross-encoder judges this pair: it has one, no veto rejects
+    the pair, and the cosine reaches the cross-encoder's floor."""
+    ce = verifier.cross
+    return (ce is not None and cosine >= ce.floor and bool(a.text) and bool(b.text)
+            and not vetoes(a, b))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import count
 from typing import Any
 
@@ -25,6 +25,7 @@ import numpy as np
 from plugins.cache.decide import (
     Parsed,
     Verifier,
+    cross_applies,
     load_verifier,
     overlap,
     parse,
@@ -146,6 +147,8 @@ class SemanticIndex:
         self._groups: dict[str, _Group] = {}
         self._keys = count(1)
         self._words_ready = not self.verifier.reads_alignment
+        # what ``decide`` runs on the event loop: the vector verifier and the vetoes
+        self._vectors = replace(self.verifier, cross=None)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -192,7 +195,20 @@ class SemanticIndex:
         if not self._words_ready:  # the static word table, loaded (or computed) once
             await asyncio.to_thread(word_vectors)
             self._words_ready = True
-        return self.decide(g, text, np.asarray(vec, dtype=np.float32).reshape(-1), threshold)
+        match = self.decide(g, text, np.asarray(vec, dtype=np.float32).reshape(-1), threshold)
+        ce = self.verifier.cross
+        if ce is None:
+            return match
+        # the cross-encoder judges the chosen entry (a forward pass: in a worker thread, on
+        # the two texts, so entries added or removed meanwhile change nothing)
+        stored, query = self._entries[match.entry_id].parsed, parse(text)
+        if not cross_applies(stored, query, match.similarity, self.verifier):
+            return match
+        p = await asyncio.to_thread(ce.probability, stored.text, query.text)
+        if p is None:  # it cannot run here: the vector verifier's decision stands
+            return match
+        t = self.threshold if threshold is None else threshold
+        return Match(match.entry_id, match.similarity, p, p >= t)
 
     def decide(self, g: _Group, text: str, vec: np.ndarray, threshold: float | None) -> Match:
         """Judge the nearest entry by cosine, and only it. Neither the candidate the verifier
@@ -210,12 +226,12 @@ class SemanticIndex:
                 near, key=lambda c: (overlap(self._entries[c[0]].parsed, query), c[1]))
         t = self.threshold if threshold is None else threshold
         chosen = self._entries[entry_id].parsed
-        s = score(chosen, query, sim, self.verifier, g.vecs[row], vec)
+        s = score(chosen, query, sim, self._vectors, g.vecs[row], vec)
         if s >= t and AMBIGUITY_MARGIN > 0:
             for other, osim, orow in found:
                 parsed = self._entries[other].parsed
                 if (other != entry_id and osim >= sim - AMBIGUITY_MARGIN
                         and parsed.norms != chosen.norms
-                        and score(parsed, query, osim, self.verifier, g.vecs[orow], vec) >= t):
+                        and score(parsed, query, osim, self._vectors, g.vecs[orow], vec) >= t):
                     return Match(entry_id, sim, s, False)
         return Match(entry_id, sim, s, s >= t)
