@@ -85,15 +85,16 @@ def write_pairs(path: Path | None, pairs: list[tuple[str, str]], answered: list[
 
 
 async def direct(pairs: list[tuple[str, str]], threshold: float | None,
-                 plain_cosine: float | None = None,
-                 pairs_out: Path | None = None, cache_dir: Path | None = None) -> dict[str, Any]:
+                 plain_cosine: float | None = None, pairs_out: Path | None = None,
+                 cache_dir: Path | None = None, options: dict[str, float] | None = None,
+                 ) -> dict[str, Any]:
     from plugins.cache.evaluate import vectors
     from plugins.cache.semantic import SemanticIndex
     from plugins.minilm import MiniLM
 
     model = MiniLM.shared()
     vecs = vectors(sorted({t for p in pairs for t in p}), cache_dir)
-    index = SemanticIndex(model)
+    index = SemanticIndex(model, **(options or {}))  # type: ignore[arg-type]
     for i, (origin, _) in enumerate(pairs):
         index.add("bench", str(i), origin, vecs[origin])
     answered: list[str | None] = []
@@ -110,6 +111,7 @@ async def direct(pairs: list[tuple[str, str]], threshold: float | None,
         return {"way": f"plain cosine >= {plain_cosine} (the same index's nearest entry)",
                 **count(pairs, answered)}
     return {"way": "direct (SemanticIndex)", "threshold": threshold or index.threshold,
+            "select_margin": index.select_margin, "ambiguity_margin": index.ambiguity_margin,
             **count(pairs, answered)}
 
 
@@ -201,6 +203,10 @@ def main() -> int:
     p.add_argument("--limit", type=int, help="the first N pairs only")
     p.add_argument("--plain-cosine", type=float, metavar="T",
                    help="with --direct: hit when the nearest entry's cosine >= T (baseline)")
+    p.add_argument("--select-margin", type=float,
+                   help="with --direct: SemanticIndex(select_margin=...) (default: the shipped one)")
+    p.add_argument("--ambiguity", type=float,
+                   help="with --direct: SemanticIndex(ambiguity_margin=...) (default: off)")
     p.add_argument("--cache-dir", type=Path,
                    help="with --direct: keep the MiniLM vectors here and reuse them")
     p.add_argument("--pairs-out", type=Path,
@@ -210,8 +216,10 @@ def main() -> int:
     pairs = load(args.data)[: args.limit]
     t0 = time.perf_counter()
     if args.direct:
+        options = {k: v for k, v in (("select_margin", args.select_margin),
+                                     ("ambiguity_margin", args.ambiguity)) if v is not None}
         out = asyncio.run(direct(pairs, args.threshold, args.plain_cosine, args.pairs_out,
-                                 args.cache_dir))
+                                 args.cache_dir, options))
     else:
         out = http(pairs, args.threshold, args.pairs_out)
     out["seconds"] = round(time.perf_counter() - t0, 1)

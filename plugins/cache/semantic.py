@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from dataclasses import dataclass, replace
 from itertools import count
 from typing import Any
@@ -27,7 +28,6 @@ from plugins.cache.decide import (
     Verifier,
     cross_applies,
     load_verifier,
-    overlap,
     parse,
     score,
     word_vectors,
@@ -38,15 +38,14 @@ log = logging.getLogger("switchyard.cache.semantic")
 
 ANN_MIN = 8192  # a group this large is searched through its HNSW graph
 CANDIDATES = 4  # entries the graph returns, re-scored by exact cosine
-# Among the candidates within this cosine of the nearest, the one sharing the most content
-# words with the request is judged (the nearer on a tie); 0, what ships: the nearest alone.
-# Measured by bench/cache_retrieval.py and not shipped: chosen on the QQP train half it
-# would be 1.0, and GPTCache's benchmark then gets worse on both counts (README).
-TIE_MARGIN = 0.0
-# A request as near (within this cosine) to another stored prompt that also passes, and says
-# something else in other words, is ambiguous: a miss (0: off). For GPTCache's benchmark's
-# near-identical stored sentences; measured by bench/cache_retrieval.py --ambiguity (README).
-AMBIGUITY_MARGIN = 0.0
+# When the nearest entry passes and other candidates pass too, the embedding and the wording
+# must agree: the passing candidate (within this cosine of the nearest; 1: any of the
+# ``CANDIDATES``) whose wording the request shares most (``SemanticIndex.evidence``) must be
+# the nearest, or the same words; otherwise the request is ambiguous between two stored
+# prompts worded differently, and a miss. Chosen on the QQP train half by
+# bench/cache_retrieval.py, as right - 2 x wrong (README).
+SELECT_MARGIN = 1.0
+GRAM = 4  # characters per n-gram of the wording evidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +54,28 @@ class Match:
     similarity: float  # cosine of the two embeddings
     score: float  # the decision's own score in [0, 1] (what the threshold applies to)
     hit: bool  # the shipped decision (threshold and near-miss checks)
+    # another passing candidate is worded otherwise than the nearest and the request's
+    # wording prefers it: a miss whatever a verifier says of the nearest
+    ambiguous: bool = False
 
 
 @dataclass(slots=True)
 class _Entry:
     group: str
     key: int  # the entry's key in its group's graph
-    parsed: Parsed
+    parsed: Parsed  # with the prompt as written (the wording evidence reads it)
+
+
+def grams(text: str, n: int = GRAM) -> Counter[str]:
+    """The text's character n-grams, case kept, runs of whitespace read as one space."""
+    s = " ".join(text.split())
+    return Counter(s[i:i + n] for i in range(len(s) - n + 1))
+
+
+def shared_wording(a: Counter[str], b: Counter[str]) -> float:
+    """The Dice overlap of two n-gram multisets: 1 for the same wording, 0 for none shared."""
+    total = a.total() + b.total()
+    return 2 * (a & b).total() / total if total else 1.0
 
 
 class _Group:
@@ -138,11 +152,24 @@ class SemanticIndex:
     """Stored prompts by group, and the decision whether one answers a new prompt."""
 
     def __init__(self, embedder: MiniLM, *, threshold: float | None = None,
-                 max_entries: int = 100_000, verifier: Verifier | None = None) -> None:
+                 max_entries: int = 100_000, verifier: Verifier | None = None,
+                 candidates: int = CANDIDATES, select_margin: float = SELECT_MARGIN,
+                 agreement: bool = True, ambiguity_margin: float = 0.0) -> None:
+        """``candidates``: the nearest entries judged per lookup; ``select_margin``: how far
+        in cosine below the nearest a passing candidate still competes on wording (0: the
+        nearest alone decides); ``agreement``: a miss when the candidate the wording picks
+        is worded otherwise than the nearest (False: that candidate serves instead);
+        ``ambiguity_margin``: a miss when another passing candidate this near the nearest
+        is worded otherwise than the one chosen (0: off). The last two were measured on
+        the QQP train half (README); what ships: agreement, no ambiguity margin."""
         self.embedder = embedder
         self.verifier = verifier or load_verifier()
         self.threshold = self.verifier.threshold if threshold is None else threshold
         self.max_entries = max_entries
+        self.candidates = candidates
+        self.select_margin = select_margin
+        self.agreement = agreement
+        self.ambiguity_margin = ambiguity_margin
         self._entries: dict[str, _Entry] = {}  # insertion order: the oldest is evicted first
         self._groups: dict[str, _Group] = {}
         self._keys = count(1)
@@ -197,7 +224,7 @@ class SemanticIndex:
             self._words_ready = True
         match = self.decide(g, text, np.asarray(vec, dtype=np.float32).reshape(-1), threshold)
         ce = self.verifier.cross
-        if ce is None:
+        if ce is None or match.ambiguous:
             return match
         # the cross-encoder judges the chosen entry (a forward pass: in a worker thread, on
         # the two texts, so entries added or removed meanwhile change nothing)
@@ -210,28 +237,54 @@ class SemanticIndex:
         t = self.threshold if threshold is None else threshold
         return Match(match.entry_id, match.similarity, p, p >= t)
 
+    def evidence(self, stored: str, request: Counter[str]) -> float:
+        """How much of the request's wording the stored prompt shares (``request``: the
+        request's ``grams``): a paraphrase keeps names, identifiers, case and phrasing of
+        the sentence it was written from, which a sentence embedding smooths away."""
+        return shared_wording(grams(stored), request)
+
     def decide(self, g: _Group, text: str, vec: np.ndarray, threshold: float | None) -> Match:
-        """Judge the nearest entry by cosine, and only it. Neither the candidate the verifier
-        likes best nor the nearest one no veto rejects: among near-identical stored prompts
-        both picked another prompt's entry more often (GPTCache's benchmark at the shipped
-        threshold: 72 and 47 wrong hits, against 32 for the nearest; README), and so did the
-        one sharing the most words (``TIE_MARGIN``: 49). A vetoed nearest entry is a miss,
-        even where a farther entry would pass: a miss is safe."""
+        """Judge the nearest entry by cosine: a miss when it fails (a vetoed nearest entry
+        is a miss, even where a farther one would pass: a miss is safe). When it passes,
+        the passing candidates within ``select_margin`` of it compete on ``evidence``: the
+        request was most likely written from the stored prompt whose words it kept. The
+        nearest, or the one worded like it that the request shares most with, serves;
+        where the wording picks a prompt worded otherwise (two stored prompts say about
+        the same thing and the two signals rank them differently) it is a miss
+        (``agreement``), or that prompt serves (``agreement=False``). Letting the
+        verifier's score pick among the candidates served another near-identical prompt's
+        entry more often (README)."""
         query = parse(text)
-        found = g.nearest(vec, CANDIDATES)
+        found = g.nearest(vec, self.candidates)
         entry_id, sim, row = found[0]
-        if TIE_MARGIN > 0 and len(found) > 1:
-            near = [c for c in found if c[1] >= sim - TIE_MARGIN]
-            entry_id, sim, row = max(
-                near, key=lambda c: (overlap(self._entries[c[0]].parsed, query), c[1]))
         t = self.threshold if threshold is None else threshold
-        chosen = self._entries[entry_id].parsed
-        s = score(chosen, query, sim, self._vectors, g.vecs[row], vec)
-        if s >= t and AMBIGUITY_MARGIN > 0:
-            for other, osim, orow in found:
-                parsed = self._entries[other].parsed
-                if (other != entry_id and osim >= sim - AMBIGUITY_MARGIN
-                        and parsed.norms != chosen.norms
-                        and score(parsed, query, osim, self._vectors, g.vecs[orow], vec) >= t):
-                    return Match(entry_id, sim, s, False)
-        return Match(entry_id, sim, s, s >= t)
+        nearest = self._entries[entry_id].parsed
+        s = score(nearest, query, sim, self._vectors, g.vecs[row], vec)
+        passes = s >= t
+        if not passes and not (self.verifier.cross is not None and  # it judges the nearest
+                               cross_applies(nearest, query, sim, self.verifier)):
+            return Match(entry_id, sim, s, False)
+        reach = max(self.select_margin, self.ambiguity_margin)
+        rivals = [(entry_id, sim, s)]
+        for other, osim, orow in found[1:]:
+            if osim >= sim - reach:
+                os = score(self._entries[other].parsed, query, osim, self._vectors,
+                           g.vecs[orow], vec)
+                if os >= t:
+                    rivals.append((other, osim, os))
+        if len(rivals) == 1:
+            return Match(entry_id, sim, s, passes)
+        chosen = rivals[0]
+        if self.select_margin > 0:
+            request = grams(text)
+            chosen = max((c for c in rivals if c[1] >= sim - self.select_margin),
+                         key=lambda c: (self.evidence(self._entries[c[0]].parsed.text, request),
+                                        c[1]))
+        norms = self._entries[chosen[0]].parsed.norms
+        if self.agreement and norms != nearest.norms:
+            return Match(entry_id, sim, s, False, ambiguous=True)
+        if self.ambiguity_margin > 0 and any(c[1] >= sim - self.ambiguity_margin and
+                                             self._entries[c[0]].parsed.norms != norms
+                                             for c in rivals):
+            return Match(chosen[0], chosen[1], chosen[2], False, ambiguous=True)
+        return Match(chosen[0], chosen[1], chosen[2], passes)
