@@ -38,12 +38,11 @@ log = logging.getLogger("switchyard.cache.semantic")
 
 ANN_MIN = 8192  # a group this large is searched through its HNSW graph
 CANDIDATES = 4  # entries the graph returns, re-scored by exact cosine
-# When the nearest entry passes and other candidates pass too, the embedding and the wording
-# must agree: the passing candidate (within this cosine of the nearest; 1: any of the
-# ``CANDIDATES``) whose wording the request shares most (``SemanticIndex.evidence``) must be
-# the nearest, or the same words; otherwise the request is ambiguous between two stored
-# prompts worded differently, and a miss. Chosen on the QQP train half by
-# bench/cache_retrieval.py, as right - 2 x wrong (README).
+# The embedding and the wording must agree: the candidate (within this cosine of the
+# nearest; 1: any of the ``CANDIDATES``) whose wording the request shares most
+# (``SemanticIndex.evidence``) must be the nearest, or worded the same; otherwise the
+# request is ambiguous between two stored prompts worded differently, and a miss. Chosen on
+# the QQP train half by bench/cache_retrieval.py, as right - 2 x wrong (README).
 SELECT_MARGIN = 1.0
 GRAM = 4  # characters per n-gram of the wording evidence
 
@@ -158,7 +157,7 @@ class SemanticIndex:
         """``candidates``: the nearest entries judged per lookup; ``select_margin``: how far
         in cosine below the nearest a passing candidate still competes on wording (0: the
         nearest alone decides); ``agreement``: a miss when the candidate the wording picks
-        is worded otherwise than the nearest (False: that candidate serves instead);
+        is worded otherwise than the nearest (False: that candidate is judged instead);
         ``ambiguity_margin``: a miss when another passing candidate this near the nearest
         is worded otherwise than the one chosen (0: off). The last two were measured on
         the QQP train half (README); what ships: agreement, no ambiguity margin."""
@@ -246,14 +245,15 @@ class SemanticIndex:
     def decide(self, g: _Group, text: str, vec: np.ndarray, threshold: float | None) -> Match:
         """Judge the nearest entry by cosine: a miss when it fails (a vetoed nearest entry
         is a miss, even where a farther one would pass: a miss is safe). When it passes,
-        the passing candidates within ``select_margin`` of it compete on ``evidence``: the
-        request was most likely written from the stored prompt whose words it kept. The
-        nearest, or the one worded like it that the request shares most with, serves;
-        where the wording picks a prompt worded otherwise (two stored prompts say about
-        the same thing and the two signals rank them differently) it is a miss
-        (``agreement``), or that prompt serves (``agreement=False``). Letting the
-        verifier's score pick among the candidates served another near-identical prompt's
-        entry more often (README)."""
+        the candidates within ``select_margin`` of it compete on ``evidence``: a request is
+        most likely about the stored prompt whose words it kept. The embedding and the
+        wording must agree: where the candidate the request shares most wording with is
+        worded otherwise than the nearest, passing or not, the request is ambiguous
+        between two stored prompts and it is a miss (``Match.ambiguous``); where it is
+        worded the same (a case variant: MiniLM reads lower case) and passes, it serves.
+        ``agreement=False``: the candidate the wording picks is judged instead, whatever
+        the nearest (measured, not shipped). Letting the verifier's score pick among the
+        candidates served another near-identical prompt's entry more often (README)."""
         query = parse(text)
         found = g.nearest(vec, self.candidates)
         entry_id, sim, row = found[0]
@@ -261,30 +261,39 @@ class SemanticIndex:
         nearest = self._entries[entry_id].parsed
         s = score(nearest, query, sim, self._vectors, g.vecs[row], vec)
         passes = s >= t
-        if not passes and not (self.verifier.cross is not None and  # it judges the nearest
-                               cross_applies(nearest, query, sim, self.verifier)):
+        if not passes and self.agreement and not (  # unless the cross-encoder judges it
+                self.verifier.cross is not None and
+                cross_applies(nearest, query, sim, self.verifier)):
             return Match(entry_id, sim, s, False)
         reach = max(self.select_margin, self.ambiguity_margin)
-        rivals = [(entry_id, sim, s)]
-        for other, osim, orow in found[1:]:
-            if osim >= sim - reach:
-                os = score(self._entries[other].parsed, query, osim, self._vectors,
-                           g.vecs[orow], vec)
-                if os >= t:
-                    rivals.append((other, osim, os))
-        if len(rivals) == 1:
+        near = [c for c in found if c[1] >= sim - reach]
+        if len(near) == 1:
             return Match(entry_id, sim, s, passes)
-        chosen = rivals[0]
+        chosen = (entry_id, sim, s)
         if self.select_margin > 0:
             request = grams(text)
-            chosen = max((c for c in rivals if c[1] >= sim - self.select_margin),
-                         key=lambda c: (self.evidence(self._entries[c[0]].parsed.text, request),
-                                        c[1]))
+            other, osim, orow = max(
+                (c for c in near if c[1] >= sim - self.select_margin),
+                key=lambda c: (self.evidence(self._entries[c[0]].parsed.text, request), c[1]))
+            if other != entry_id:
+                parsed = self._entries[other].parsed
+                if self.agreement and parsed.norms != nearest.norms:
+                    # the request's wording prefers a prompt worded otherwise, passing or not
+                    return Match(entry_id, sim, s, False, ambiguous=True)
+                os = score(parsed, query, osim, self._vectors, g.vecs[orow], vec)
+                if os >= t or not self.agreement:
+                    chosen = (other, osim, os)
+        rivals = [chosen]
+        if self.ambiguity_margin > 0:
+            for other, osim, orow in near:
+                if other != chosen[0] and osim >= sim - self.ambiguity_margin:
+                    os = score(self._entries[other].parsed, query, osim, self._vectors,
+                               g.vecs[orow], vec)
+                    if os >= t:
+                        rivals.append((other, osim, os))
         norms = self._entries[chosen[0]].parsed.norms
-        if self.agreement and norms != nearest.norms:
-            return Match(entry_id, sim, s, False, ambiguous=True)
-        if self.ambiguity_margin > 0 and any(c[1] >= sim - self.ambiguity_margin and
-                                             self._entries[c[0]].parsed.norms != norms
-                                             for c in rivals):
+        if any(self._entries[c[0]].parsed.norms != norms for c in rivals):
             return Match(chosen[0], chosen[1], chosen[2], False, ambiguous=True)
+        if chosen[0] != entry_id and not self.agreement:  # the wording's pick is judged
+            return Match(chosen[0], chosen[1], chosen[2], chosen[2] >= t)
         return Match(chosen[0], chosen[1], chosen[2], passes)
