@@ -14,7 +14,7 @@ wrong, which is why the rules for picking among near-identical entries are chose
 Each ``--margin`` is a value of ``SemanticIndex(select_margin=...)`` (0: the nearest entry
 alone decides; m > 0: on a hit, the passing candidates within m cosine of the nearest
 compete on wording); ``--agreement on`` (what ships): a miss when the one whose wording the
-request shares most is worded otherwise than the nearest, ``off``: that one serves; each
+request shares most is worded otherwise than the nearest, ``off``: that one is judged; each
 ``--ambiguity`` a value of ``ambiguity_margin`` (a miss when another passing candidate that
 near is worded otherwise). ``--evidence``
 names how wording is compared: ``chars`` (what ships: character 4-grams, case kept),
