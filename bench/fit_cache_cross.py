@@ -1,5 +1,5 @@
 """Fit the semantic cache's cross-encoder on the QQP TRAIN half and write
-plugins/cache/cross.npz (a LoRA delta over all-MiniLM-L6-v2 and a classification head).
+plugins/cache/cross_qqp.npz (a LoRA delta over all-MiniLM-L6-v2 and a classification head).
 
 The cross-encoder reads the two prompts together, ``[CLS] a [SEP] b [SEP]``, through
 MiniLM's six layers with low-rank adapters (LoRA, rank ``--rank``) on every attention
@@ -14,7 +14,13 @@ on the rest and scores the validation slice after each epoch; the slice's scores
 (``--choose``). No test half, no held-out set and no GPTCache pair is read.
 
     nice -n 5 python bench/fit_cache_cross.py --limit 2000 --epochs 1   # speed first
-    nice -n 5 python bench/fit_cache_cross.py --minutes 30 --epochs 2
+    python bench/fit_cache_cross.py --minutes 38 --epochs 2 --out /tmp/cross.npz \
+        --val-out /tmp/val.npz                          # what made cross_qqp.npz
+    python bench/fit_cache_cross.py --choose /tmp/val.npz --weights /tmp/cross.npz \
+        --floor-miss 0.01                               # one order, floor, calibration
+
+On 2 shared CPU cores (bfloat16 autocast: 1.7x faster than float32 there) the shipped file
+took 39 minutes: 2,157 steps of 32 pairs (1.9 passes over 36,227 pairs).
 """
 
 from __future__ import annotations

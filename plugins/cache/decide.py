@@ -507,17 +507,16 @@ def _array(v: Any) -> np.ndarray:
 
 def load_verifier(path: Path | None = None, cross: Path | None = None) -> Verifier:
     """The shipped verifier, or the file named by ``SWITCHYARD_CACHE_VERIFIER`` (one fitted
-    by ``bench/fit_cache_verifier.py --out``), or ``path``; each file is read once. With it
-    the shipped cross-encoder (``plugins/cache/cross.npz``, or ``cross``, or the file named
-    by ``SWITCHYARD_CACHE_CROSS``; ``off`` there: none), whose threshold then applies."""
+    by ``bench/fit_cache_verifier.py --out``), or ``path``; each file is read once. With a
+    cross-encoder only where one is asked for (``cross``, or the file that
+    ``SWITCHYARD_CACHE_CROSS`` names, such as ``plugins/cache/cross_qqp.npz``): its
+    threshold then applies. None is on by default (README: the one trained here loses the
+    held-out set's paraphrases)."""
     v = _load(path or Path(os.environ.get("SWITCHYARD_CACHE_VERIFIER") or VERIFIER_FILE))
     named = os.environ.get("SWITCHYARD_CACHE_CROSS", "")
-    ce = cross_encoder.shared(cross or (Path(named) if named and named.lower() not in
-                                        _OFF else cross_encoder.CROSS_FILE))
+    file = cross or (Path(named) if named else None)
+    ce = cross_encoder.shared(file) if file is not None else None
     return v if ce is None else replace(v, cross=ce, threshold=ce.threshold)
-
-
-_OFF = ("off", "0", "false", "no")
 
 
 @cache
