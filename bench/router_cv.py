@@ -10,7 +10,7 @@ training data chooses.
 
     python bench/router_cv.py --train /tmp/switchyard-eval/mmlu.train.jsonl \\
         --embedder minilm --embedder minilm-int8 --embedder minilm-int8:32 \\
-        --embedder distilled [--grid knn] [--json OUT]
+        --embedder distilled [--grid knn|words] [--seeds 3] [--json OUT]
 
 (``KIND:N``: int8 MiniLM capped at N tokens, ``--max-tokens N`` of ``train router``)
 """
@@ -31,14 +31,21 @@ from plugins.learn import data as datafile
 from plugins.learn.embed import EMBEDDERS, PromptEncoder
 from plugins.learn.evaluate import ROUTER_GRID, select_router
 
+KS = [100, 150, 200]
+# the word ridge's strength and share beside the kNN (plugins/learn/words.py)
+WORDS_GRID = [("knn", {"ks": KS})] + [("knn", {"ks": KS, "words": {"l2": l2, "share": s}})
+                                      for l2, s in ((10.0, 0.2), (20.0, 0.2), (20.0, 0.3), (40.0, 0.3))]
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--train", type=Path, default=Path("/tmp/switchyard-eval/mmlu.train.jsonl"))
     ap.add_argument("--embedder", action="append", required=True,
                     help=f"one of {', '.join(EMBEDDERS)}, optionally :N (a token cap)")
-    ap.add_argument("--grid", choices=["all", "knn"], default="all",
-                    help="knn: only the grid's kNN entries (the others never won on MMLU)")
+    ap.add_argument("--grid", choices=["all", "knn", "words"], default="all",
+                    help="knn: only the grid's kNN entries (the others never won on MMLU); "
+                    "words: the kNN over 100/150/200 alone and with the word ridge beside it "
+                    "(WORDS_GRID)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--fidelity", action="store_true")
     ap.add_argument("--cache", type=Path)
@@ -48,7 +55,8 @@ def main() -> None:
         sys.exit("router_cv: that is a test file; cross-validate on training data only")
     print(header(), flush=True)
     train = datafile.load(args.train)
-    grid = [g for g in ROUTER_GRID if args.grid == "all" or g[0] == "knn"]
+    grid = WORDS_GRID if args.grid == "words" else \
+        [g for g in ROUTER_GRID if args.grid == "all" or g[0] == "knn"]
     rows: list[dict[str, Any]] = []
     base: np.ndarray | None = None
     for spec in args.embedder:

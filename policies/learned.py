@@ -26,7 +26,9 @@ computed inside it, on the event loop, from the last ``ROUTE_CHARS`` characters 
 table look-up, no forward pass: about 1 ms; ``distilled`` routes about as well as ``minilm``),
 ``minilm`` or ``minilm-int8`` (one transformer forward pass, fp32 or int8 weights, about 130
 tokens at most), or ``distilled+int8`` (both vectors side by side); an LRU of recent prompts
-makes a retried or repeated prompt free. ``bench/learned_policy.py`` measures the decision's cost.
+makes a retried or repeated prompt free. A file trained with ``--model knn+words`` also reads
+the same characters' words (``plugins.learn.words``: a ridge regression beside the kNN, a few
+microseconds). ``bench/learned_policy.py`` measures the decision's cost.
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ class Learned:
             order = [c.name for c, _ in unknown]
             return Plan(order, "learned: no candidate is in the model file; cheapest first",
                         self.name, preds, rejected)
-        q_all = self.model.predict(self._vector(request.text)[None, :])[0]
+        q_all = self.model.predict(self._vector(request.text)[None, :], [route_text(request.text)])[0]
         q = np.array([q_all[j] for _, _, j in known])
         cost = np.array([p.cost_usd for _, p, _ in known])
         if self.cost_weight is not None:

@@ -21,6 +21,7 @@ from gateway import RegisterCommand, hookimpl
 from plugins.learn import data as datafile
 from plugins.learn.embed import DEFAULT_EMBEDDER, EMBEDDERS
 from plugins.learn.files import ModelFileError
+from plugins.learn.words import WORDS, WORDS_DEFAULT
 
 
 def _log(quiet: bool) -> Any:
@@ -43,8 +44,9 @@ def _fail(e: Exception) -> int:
 
 
 def _kind(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", choices=["auto", "knn", "logreg", "mf"], default="auto",
-                   help="the predictor (auto: chosen by 5-fold cross-validation on the training data)")
+    p.add_argument("--model", choices=["auto", "knn", "knn+words", "logreg", "mf"], default="auto",
+                   help="the predictor (auto: chosen by cross-validation on the training data; "
+                   "knn+words: the kNN beside a ridge regression on the prompt's words)")
     p.add_argument("--embedder", choices=list(EMBEDDERS), default=DEFAULT_EMBEDDER,
                    help="prompt vectors: MiniLM sentence embeddings (minilm: one forward pass "
                    "per new prompt, 10-50 ms; minilm-int8: the same model with int8 weights, "
@@ -64,7 +66,8 @@ def _params(kind: str, examples: int) -> tuple[str | None, dict[str, Any] | None
     defaults: dict[str, dict[str, Any]] = {
         "knn": {"ks": sorted({min(k, cap) for k in (100, 150, 200)})}, "logreg": {"l2": 30.0},
         "mf": {"rank": 16}}
-    return (None, None) if kind == "auto" else (kind, defaults[kind])
+    defaults["knn+words"] = {**defaults["knn"], WORDS: dict(WORDS_DEFAULT)}
+    return (None, None) if kind == "auto" else (kind.split("+")[0], defaults[kind])
 
 
 def configure_eval_router(p: argparse.ArgumentParser) -> None:
@@ -159,7 +162,8 @@ def run_train_router(args: argparse.Namespace) -> int:
         else:  # too few to cross-validate: the simplest
             kind, params = "knn", {"k": max(1, min(50, len(table) // 2))}
     model = RouterModel.fit(X, table.quality, table.cost, table.models, kind, params or {},
-                            folds=5 if len(table) >= 10 else 1, encoder=encoder)
+                            folds=5 if len(table) >= 10 else 1, encoder=encoder,
+                            prompts=table.prompts)
     model.meta["source"] = str(args.from_ledger or args.data)
     model.save(args.out)
     log(f"wrote {args.out}: {kind} {params} over {len(table)} prompts, models {table.models}")

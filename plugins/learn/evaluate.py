@@ -93,7 +93,8 @@ def select_router(train: Table, X: NDArray[np.float32],
     area, and the strong calls at half the gap), with more, AIQ."""
     tried: list[dict[str, Any]] = []
     for kind, params in grid:
-        runs = [_quality_of(train, out_of_fold(kind, params, X, train.quality, seed=seed))
+        runs = [_quality_of(train, out_of_fold(kind, params, X, train.quality, seed=seed,
+                                               prompts=train.prompts))
                 for seed in range(seeds)]
         row: dict[str, Any] = {"kind": kind, "params": params}
         if "apgr" in runs[0]:
@@ -134,8 +135,8 @@ def eval_router(train: Table, data: Table, *, kind: str | None = None,
     if kind is None:
         kind, params, tried = select_router(train, X_tr, log=log)
     model = RouterModel.fit(X_tr, train.quality, train.cost, train.models, kind, params, folds=1,
-                            encoder=encoder)
-    res = _quality_of(data, model.predict(X_te))
+                            encoder=encoder, prompts=train.prompts)
+    res = _quality_of(data, model.predict(X_te, data.prompts))
     pts = res.pop("points")
     out: dict[str, Any] = {
         "apgr": res.get("apgr"), "cpt50": res.get("cpt50"), "cpt80": res.get("cpt80"),
