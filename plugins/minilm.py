@@ -139,6 +139,16 @@ class MiniLM:
                             normalize_embeddings=True, show_progress_bar=False)
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
+    def encode_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]] | None:
+        """``encode(texts)`` and each text's output token vectors (``OnnxMiniLM.encode_tokens``),
+        from one forward pass over them as one batch, in the calling thread; None where the
+        model runs in sentence-transformers (torch). Added for the prompt compressor."""
+        model = self._load()
+        if not isinstance(model, OnnxMiniLM):
+            return None
+        pooled, tokens = model.encode_tokens(list(texts))
+        return pooled, tokens
+
     async def embed(self, text: str) -> np.ndarray:
         """One text's embedding, computed in the worker thread; concurrent callers on this
         loop share one ``encode``."""

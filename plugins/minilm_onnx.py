@@ -220,7 +220,27 @@ class OnnxMiniLM:
             out[idx] = self._batch([texts[i] for i in idx])
         return out
 
+    def encode_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """``encode(texts)`` and, from the same forward pass (one batch), each text's output
+        token vectors without [CLS], [SEP] and padding, each of unit length: what a
+        late-interaction score (ColBERT's MaxSim) reads. Added for the prompt compressor."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32), []
+        pooled, enc, out = self._forward(list(texts))
+        tokens = []
+        for e, t in zip(enc, out, strict=True):
+            keep = [i for i, (m, sp) in enumerate(zip(e.attention_mask, e.special_tokens_mask,
+                                                       strict=True)) if m and not sp]
+            v = t[keep]
+            tokens.append(v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12))
+        return pooled, tokens
+
     def _batch(self, texts: list[str]) -> np.ndarray:
+        return self._forward(texts)[0]
+
+    def _forward(self, texts: list[str]) -> tuple[np.ndarray, list[Any], np.ndarray]:
+        """One forward pass over ``texts`` as one batch: their pooled unit vectors, their
+        encodings, and the output token vectors (padded to the longest)."""
         enc = self.tokenizer.encode_batch(texts)
         feed = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
                 "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
@@ -230,4 +250,4 @@ class OnnxMiniLM:
         pooled = (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         unit: np.ndarray = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
-        return unit
+        return unit, enc, tokens

@@ -147,9 +147,14 @@ class Compressor:
 
     async def _cosines(self, embedder: MiniLM, plan: _Plan) -> _Cosines:
         """Batches through ``MiniLM.embed``: the question and every probe; then, unless the
-        probes are clear enough, the shortlist's whole units (those longer than their probe),
-        and the sentences of the ``sentences`` first units in that order (title + sentence),
-        which choose what a cut unit keeps."""
+        probes are clear enough, the shortlist's whole units, and the sentences of the
+        ``sentences`` first units in that order (title + sentence), which choose what a cut
+        unit keeps. These two passes read the model's output tokens too (their MaxSim to the
+        question's, ``rank.maxsim``), so each runs as one batch in a worker thread
+        (``MiniLM.encode_tokens``) rather than through ``embed``'s queue; where the tokens
+        cannot be read (sentence-transformers, an embedder without them), they go through
+        ``embed`` and cosines alone rank (the shortlist's units only where longer than their
+        probe)."""
         w = self.weights
         units = {i: plan.unit(i) for i in plan.probe}
         probes = [units[i].probe_text(w.probe_words) for i in plan.probe]
@@ -158,20 +163,41 @@ class Compressor:
         out = _Cosines(probe={i: float(v @ q) for i, v in zip(plan.probe, vecs[1:], strict=True)})
         out.ranked, short = rank.shortlist(plan.lexical, plan.probe,
                                            [out.probe[i] for i in plan.probe], w)
-        longer = [i for i, p in zip(plan.probe, probes, strict=True)
-                  if i in short and p != units[i].embed_text()]
-        whole = await asyncio.gather(*(embedder.embed(units[i].embed_text()) for i in longer))
         out.whole = {i: out.probe[i] for i in short}
-        out.whole.update({i: float(v @ q) for i, v in zip(longer, whole, strict=True)})
+        late = None
+        if short and w.maxsim > 0:
+            late = await asyncio.get_running_loop().run_in_executor(
+                self._pool, _token_pass, embedder, plan.question,
+                [units[i].embed_text() for i in short])
+        if late is not None:
+            q_tokens, pooled, tokens = late
+            out.whole = {i: rank.whole_score(float(v @ q), rank.maxsim(q_tokens, t), w)
+                         for i, v, t in zip(short, pooled, tokens, strict=True)}
+        else:
+            longer = [i for i, p in zip(plan.probe, probes, strict=True)
+                      if i in short and p != units[i].embed_text()]
+            whole = await asyncio.gather(*(embedder.embed(units[i].embed_text()) for i in longer))
+            out.whole.update({i: float(v @ q) for i, v in zip(longer, whole, strict=True)})
         if short and w.sentences > 0:
             order, _ = rank.fuse(plan.lexical, out.ranked, out.probe, out.whole, w)
             first = order[: w.sentences]
             texts = {i: units[i].sentence_texts() for i in first}
-            vecs = await asyncio.gather(*(embedder.embed(t) for i in first for t in texts[i]))
+            flat = [t for i in first for t in texts[i]]
+            got = None
+            if late is not None and w.sentence_maxsim > 0:
+                got = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, _encode_tokens, embedder, flat)
+            if got is not None:
+                q_tokens = late[0] if late is not None else np.zeros((0, q.shape[0]))
+                scores = [rank.sentence_score(float(v @ q), rank.maxsim(q_tokens, t), w)
+                          for v, t in zip(got[0], got[1], strict=True)]
+            else:
+                vecs = await asyncio.gather(*(embedder.embed(t) for t in flat))
+                scores = [float(v @ q) for v in vecs]
             at = 0
             for i in first:
                 n = len(texts[i])
-                out.sentence[i] = [float(v @ q) for v in vecs[at:at + n]]
+                out.sentence[i] = scores[at:at + n]
                 at += n
         return out
 
@@ -225,6 +251,27 @@ class Compressor:
         return Compressed(out, before, after, [f"messages[{k}].content" for k in sorted(changed)],
                           _labels(messages, plan.parts, changed),
                           (time.perf_counter() - t0) * 1e3, stages)
+
+
+def _encode_tokens(embedder: Any, texts: list[str]) -> tuple[np.ndarray, list[np.ndarray]] | None:
+    """``texts``' pooled vectors and output tokens in one forward pass
+    (``MiniLM.encode_tokens``), or None where ``embedder`` cannot give them."""
+    encode = getattr(embedder, "encode_tokens", None)
+    if encode is None:
+        return None
+    got: tuple[np.ndarray, list[np.ndarray]] | None = encode(texts)
+    return got
+
+
+def _token_pass(embedder: Any, question: str, texts: list[str],
+                ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]] | None:
+    """The question's output tokens, and ``texts``' pooled vectors and output tokens (one
+    forward pass each), or None where ``embedder`` cannot give them."""
+    q = _encode_tokens(embedder, [question])
+    units = _encode_tokens(embedder, texts) if q is not None else None
+    if q is None or units is None:
+        return None
+    return q[1][0], units[0], units[1]
 
 
 def _rewrite(seg: Segment, body: list[str], kept: list[int] | None) -> str:

@@ -13,15 +13,18 @@ going to the units that may be kept:
    by its title and first ``probe_words`` words, one batch (about 30 tokens each); its
    cosine to the question plus its lexical score ranks them.
 3. ``shortlist``: where the probe rank is unsure (its first leads its second by less than
-   ``confident``), the ``shortlist`` best of those embedded whole; their cosine puts them
-   first, in that order. Where it is sure (about half the NQ items), no second pass.
+   ``confident``), the ``shortlist`` best of those embedded whole; their cosine, fused with
+   their MaxSim to the question (``maxsim``: every question token's best cosine among the
+   unit's output tokens, read from the same forward pass), puts them first, in that order.
+   Where it is sure (about half the NQ items), no second pass.
 4. ``sentences``: where the probe was unsure, every sentence of the first ``sentences`` units
-   in that order embedded after its unit's title (``Unit.sentence_texts``), a third batch.
+   in that order embedded after its unit's title (``Unit.sentence_texts``), a third batch;
+   its output tokens' MaxSim to the question's (``sentence_maxsim``) scores each sentence.
 
 ``select`` then keeps units whole in that order while the word budget holds (the first one at
 most ``hedge_share`` of it when it leads the second by less than ``hedge_lead``) and cuts the
-first one that does not fit to its best sentences (their cosine to the question where pass 4
-ran, else BM25 against it; a bonus for what the question asks for, earlier sentences first on
+first one that does not fit to its best sentences (their MaxSim to the question where pass 4
+ran, their cosine where it ran without tokens, else BM25 against it; a bonus for what the question asks for, earlier sentences first on
 ties) within what is left. Kept text goes back
 in its original order. ``lean`` (the fine stage) drops function words from each sentence
 first: articles, forms of *be* and *have*, pronouns such as *it*, *this*, *that*, *which*,
@@ -137,12 +140,16 @@ class Weights:
     title: float = 0.25        # share of question terms in the unit's title
     probe_lexical: float = 1.0  # probe rank: probe cosine + this x lexical score
     cosine: float = 1.0        # shortlist rank: whole unit's cosine (title + text)...
+    maxsim: float = 0.5        # ...(its cosine and this x its MaxSim to the question, over
+                               # 1 + this, where the model's token vectors can be read)...
     probe: float = 0.0         # ...+ this x the probe's cosine...
     lexical: float = 0.0       # ...+ this x lexical score
     hedge_lead: float = 0.08   # the first unit leads the second by less than this (fused score):
     hedge_share: float = 0.8   # ...it keeps at most this share of the budget
     sentences: int = 3         # where the probe is unsure, the first units whose sentences are
                                # embedded (title + sentence) to choose the sentences of a cut
+    sentence_maxsim: float = 1.0  # a sentence's score: this share its MaxSim to the question,
+                                  # the rest its cosine (1: MaxSim alone), tokens permitting
     kind: float = 0.1          # a sentence holds what the question asks for (year, number, name)
     position: float = 0.05     # earlier sentences of a unit first
 
@@ -202,6 +209,32 @@ def lexical(question: str, units: Sequence[Unit], weights: Weights) -> np.ndarra
         out += weights.title * np.array([len(qset & set(terms(u.title))) / len(qset)
                                          for u in units])
     return out
+
+
+def maxsim(question: np.ndarray, unit: np.ndarray) -> float:
+    """Late interaction (ColBERT's MaxSim): each question token's best cosine among the
+    unit's output tokens, averaged over the question's tokens. Both are (tokens, dim) arrays
+    of unit rows from one MiniLM forward pass each (``MiniLM.encode_tokens``)."""
+    if not len(question) or not len(unit):
+        return 0.0
+    return float((question @ unit.T).max(axis=1).mean())
+
+
+def whole_score(cosine: float, late: float | None, weights: Weights) -> float:
+    """A shortlisted unit's score from its whole text: its cosine to the question, fused
+    with its MaxSim where that was read (``weights.maxsim``), on the cosine's scale."""
+    if late is None or weights.maxsim <= 0:
+        return cosine
+    return (cosine + weights.maxsim * late) / (1 + weights.maxsim)
+
+
+def sentence_score(cosine: float, late: float | None, weights: Weights) -> float:
+    """A sentence's score where its tokens were read: ``weights.sentence_maxsim`` of its
+    MaxSim, the rest its cosine."""
+    if late is None:
+        return cosine
+    share = min(1.0, max(0.0, weights.sentence_maxsim))
+    return (1 - share) * cosine + share * late
 
 
 def probed(lex: np.ndarray, weights: Weights) -> list[int]:

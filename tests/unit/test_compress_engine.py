@@ -233,3 +233,88 @@ def test_the_compressor_embeds_with_its_own_int8_minilm() -> None:
     assert (fp32 * int8).sum(axis=1).min() > 0.97
     assert not np.array_equal(fp32, int8)  # the int8 export, not the fp32 one
     assert np.allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-4)
+
+
+def test_maxsim_reads_each_question_token_s_best_match() -> None:
+    """``rank.maxsim``: every question token's best cosine among the unit's tokens, averaged;
+    ``rank.whole_score`` fuses it with the cosine on the cosine's scale (none read: the cosine)."""
+    import numpy as np
+
+    from plugins.compress import rank
+
+    eye = np.eye(4, dtype=np.float32)
+    question = eye[[0, 1]]                      # two tokens
+    both = eye[[0, 1, 2]]                       # a unit holding both
+    one = eye[[0, 3, 3]]                        # a unit holding one of them
+    assert rank.maxsim(question, both) == 1.0 and rank.maxsim(question, one) == 0.5
+    assert rank.maxsim(question, eye[:0]) == 0.0
+    w = rank.Weights()
+    assert w.maxsim == 0.5
+    assert rank.whole_score(0.6, None, w) == 0.6
+    assert rank.whole_score(0.6, 0.9, w) == pytest.approx((0.6 + 0.5 * 0.9) / 1.5)
+    assert rank.whole_score(0.6, 0.9, rank.Weights(maxsim=0.0)) == 0.6
+    assert w.sentence_maxsim == 1.0 and rank.sentence_score(0.6, 0.9, w) == 0.9
+    assert rank.sentence_score(0.6, None, w) == 0.6
+    assert rank.sentence_score(0.6, 0.9, rank.Weights(sentence_maxsim=0.5)) == pytest.approx(0.75)
+
+
+def test_encode_tokens_is_encode_with_the_output_tokens() -> None:
+    """``MiniLM.encode_tokens``: the same pooled vectors as ``encode`` from one pass, and each
+    text's output tokens (no [CLS]/[SEP], no padding), of unit length."""
+    import numpy as np
+
+    from plugins.compress.embedder import embedder
+
+    model = embedder()
+    texts = ["who designed the eiffel tower", GOLD[1]]
+    got = model.encode_tokens(texts)
+    assert got is not None
+    pooled, tokens = got
+    assert np.allclose(pooled, model.encode(texts), atol=1e-4)
+    ids = model._load().tokenizer.encode(texts[0])
+    assert tokens[0].shape == (len(ids.ids) - 2, model.dim)  # the question's tokens, no padding
+    assert all(np.allclose(np.linalg.norm(t, axis=1), 1.0, atol=1e-4) for t in tokens)
+
+
+async def test_the_shortlist_is_ranked_by_cosine_and_maxsim_together() -> None:
+    """Where the probe is unsure, the shortlist's order is its cosine fused with its MaxSim
+    (``weights.maxsim``): a unit a little behind by cosine but far ahead by MaxSim goes first;
+    with ``maxsim`` 0, or an embedder without token vectors, the cosine alone ranks."""
+    import numpy as np
+
+    from plugins.compress import rank
+
+    docs = [("Alpha", "alpha " * 60), ("Beta", "beta " * 60), ("Gamma", "gamma " * 60)]
+    q = np.array([1.0, 0, 0, 0], dtype=np.float32)
+    cos = {"Alpha": 0.60, "Beta": 0.55, "Gamma": 0.1}  # by cosine Alpha leads, narrowly
+    late = {"Alpha": 0.2, "Beta": 0.9, "Gamma": 0.1}    # by MaxSim Beta, far ahead
+
+    def vec(c: float) -> np.ndarray:
+        return np.array([c, np.sqrt(1 - c * c), 0, 0], dtype=np.float32)
+
+    class Fake:
+        dim = 4
+
+        async def embed(self, text: str) -> np.ndarray:
+            name = text.split("\n")[0]
+            return q if name not in cos else vec(cos[name] - 0.3)  # probes: all unsure
+
+        def encode_tokens(self, texts: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+            names = [t.split("\n")[0] for t in texts]
+            if names[0] not in cos:  # the question: one token, the question's vector
+                return np.stack([q]), [q[None, :]]
+            return (np.stack([vec(cos[n]) for n in names]),
+                    [np.stack([vec(late[n])]) for n in names])
+
+    class NoTokens(Fake):
+        encode_tokens = None  # type: ignore[assignment]
+
+    messages = eval_messages("which one", documents(docs, repeat=1))
+    for fake, weights, first in ((Fake(), rank.Weights(), "Beta"),
+                                 (Fake(), rank.Weights(maxsim=0.0), "Alpha"),
+                                 (NoTokens(), rank.Weights(), "Alpha")):
+        comp = Compressor(fake, min_words=50, weights=weights,  # type: ignore[arg-type]
+                          lean=False)
+        out = await comp.compress(messages, ratio=3.0)
+        kept = re.findall(r"Title: (\w+)", out.messages[0]["content"])
+        assert kept and kept[0] == first, (weights.maxsim, kept)
