@@ -101,6 +101,20 @@ def test_train_router_writes_the_file_the_policy_loads(files: dict[str, Path], c
     assert model.encoder.kind == "distilled" and model.predictor.state()[1]["k"] == 16  # a fifth of 80
 
 
+def test_train_router_knn_words_writes_the_ridge_beside_the_knn(files: dict[str, Path],
+                                                               capsys: Any) -> None:
+    path = files["dir"] / "router-words.npz"
+    code, _, _ = _run(capsys, "train", "router", "--data", str(files["train"]), "--out",
+                      str(path), "--model", "knn+words", "--cache", str(files["dir"]))
+    assert code == 0
+    model = RouterModel.load(path)
+    assert model.predictor.kind == "knn" and model.words is not None
+    assert model.meta["model"]["params"]["words"]["share"] == 0.2
+    q = model.predict(model.encoder.encode(["Omar has 7 apples and buys 3 bags of 3 more."]),
+                      ["Omar has 7 apples and buys 3 bags of 3 more."])
+    assert q[0, 0] < 0.5 < q[0, 1]  # the cheap model predicted to fail a word problem
+
+
 def test_with_three_models_the_router_beats_the_zero_router(files: dict[str, Path],
                                                             capsys: Any) -> None:
     """RouterBench's setting: each kind of prompt has its own cheapest good-enough model."""
