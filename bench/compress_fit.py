@@ -6,6 +6,8 @@ each combination of the weights below is run through the engine's own ``rank.fus
 ``rank.select`` (with ``rank.lean`` or without) at the shipped ratio, and scored as
 ``switchyard eval compress`` scores: does the kept text still hold a gold answer. Printed:
 the best combinations, with the MiniLM tokens each costs per item (probes + shortlist, p50).
+It ranks by pooled cosines alone (the engine with ``maxsim`` and ``sentence_maxsim`` at 0):
+the MaxSim on top of these weights is chosen by bench/compress_maxsim.py.
 
     python bench/nq_compress_items.py --split train --out /tmp/nq_train.jsonl
     python bench/compress_fit.py /tmp/nq_train.jsonl --cache /tmp/nq_train.vectors.npz

@@ -3,7 +3,9 @@ compression data set (``bench/nq_compress_items.py``, the TRAIN half for develop
 ``Compressor.compress`` as ``switchyard eval compress`` runs it, under one or more engine
 settings alternated item by item (the same load for each), with every MiniLM forward pass
 recorded: its batch size, its padded length and its CPU time, by pass (1st: question and
-probes, 2nd: the shortlist's whole units, 3rd: the first units' sentences).
+probes; then, where the probe is unsure, the question alone (its output tokens, for MaxSim),
+the shortlist's whole units, and the first units' sentences; with ``maxsim=0`` the question's
+pass is not run).
 
     python bench/compress_profile.py /tmp/nq_train.jsonl --limit 200 \\
         --engine shipped= --engine nosent=sentences=0
@@ -39,17 +41,18 @@ _calls: list[tuple[int, int, float]] = []  # (batch, padded length, CPU ms) of t
 
 
 def _record() -> None:
-    """Wrap ``OnnxMiniLM._batch`` to record each forward pass (the model's own thread)."""
-    inner = OnnxMiniLM._batch
+    """Wrap ``OnnxMiniLM._forward`` to record each forward pass (``encode``'s batches in the
+    model's thread, ``encode_tokens``' in the compressor's)."""
+    inner = OnnxMiniLM._forward
 
-    def batch(self: OnnxMiniLM, texts: list[str]) -> np.ndarray:
+    def forward(self: OnnxMiniLM, texts: list[str]) -> tuple[np.ndarray, list[Any], np.ndarray]:
         c0 = time.thread_time()
         out = inner(self, texts)
-        n = len(self.tokenizer.encode_batch(texts)[0].ids) if texts else 0  # padded
+        n = len(out[1][0].ids) if texts else 0  # padded
         _calls.append((len(texts), n, (time.thread_time() - c0) * 1e3))
         return out
 
-    OnnxMiniLM._batch = batch  # type: ignore[method-assign]
+    OnnxMiniLM._forward = forward  # type: ignore[method-assign]
 
 
 def engine(spec: str) -> tuple[str, Compressor]:
@@ -103,7 +106,7 @@ async def main_async(args: argparse.Namespace) -> None:
               f"CPU p50 {statistics.median(cpu):.1f} p90 {pct(cpu, .9):.1f} mean "
               f"{statistics.fmean(cpu):.1f}; wall p50 {statistics.median(s['wall']):.1f}; "
               f"second pass {np.mean(second):.1%}")
-        for j, label in enumerate(("probe", "whole", "sentences", "4th")):
+        for j, label in enumerate(("1st (probe)", "2nd", "3rd", "4th")):
             rows = [p[j] for p in s["passes"] if len(p) > j]
             if not rows:
                 continue
