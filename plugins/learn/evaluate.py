@@ -20,6 +20,7 @@ from plugins.learn.embed import DEFAULT_EMBEDDER, PromptEncoder, encode_cached
 from plugins.learn.features import judge_text
 from plugins.learn.judge import AnswerScorer
 from plugins.learn.router import RouterModel, best_tradeoff, out_of_fold, realised
+from plugins.learn.words import WORDS, WORDS_DEFAULT
 
 Arr = NDArray[np.float64]
 
@@ -27,6 +28,7 @@ Arr = NDArray[np.float64]
 ROUTER_GRID: list[tuple[str, dict[str, Any]]] = [
     ("knn", {"k": 25}), ("knn", {"k": 50}), ("knn", {"k": 100}), ("knn", {"k": 150}),
     ("knn", {"k": 200}), ("knn", {"ks": [100, 150, 200]}), ("knn", {"ks": [50, 100, 200, 400]}),
+    ("knn", {"ks": [100, 150, 200], WORDS: dict(WORDS_DEFAULT)}),  # `--model knn+words`
     ("logreg", {"l2": 30.0}), ("logreg", {"l2": 300.0}), ("mf", {"rank": 16}),
 ]
 CV_SEEDS = 3  # fold splits averaged: one split's APGR moves by about 0.005 with its seed
