@@ -29,7 +29,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,20 +80,53 @@ def export(path: Path, dest: Path) -> None:
             return self.bert(input_ids=input_ids, attention_mask=attention_mask,
                              token_type_ids=token_type_ids).last_hidden_state
 
-    ids = torch.ones(2, 8, dtype=torch.long)
-    axes = {name: {0: "batch", 1: "seq"} for name in (*INPUTS, "token_embeddings")}
+    export_onnx(_Body(), dest, "token_embeddings", {0: "batch", 1: "seq"})
+
+
+def write_atomic(dest: Path, write: Callable[[str], None], suffix: str) -> None:
+    """``write(tmp)`` into a temporary file beside ``dest``, then renamed to it: a process
+    starting meanwhile finds the whole file or none. ``suffix`` ends the temporary name
+    (``np.save`` appends ``.npy`` to a name without it)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".onnx.tmp")
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=suffix)
     os.close(fd)
     try:
-        with torch.no_grad():
-            torch.onnx.export(_Body(), (ids, ids, torch.zeros_like(ids)), tmp,
-                              input_names=list(INPUTS), output_names=["token_embeddings"],
-                              dynamic_axes=axes, opset_version=17, dynamo=False)
+        write(tmp)
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def export_onnx(module: Any, dest: Path, output: str, output_axes: dict[int, str]) -> None:
+    """Export a torch ``module`` that takes BERT's three ``INPUTS`` (batch and sequence axes
+    dynamic) and returns ``output`` to ``dest``, atomically."""
+    import torch
+
+    ids = torch.ones(2, 8, dtype=torch.long)
+    axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "seq"} for name in INPUTS}
+    axes[output] = output_axes
+
+    def write(tmp: str) -> None:
+        with torch.no_grad():
+            torch.onnx.export(module, (ids, ids, torch.zeros_like(ids)), tmp,
+                              input_names=list(INPUTS), output_names=[output],
+                              dynamic_axes=axes, opset_version=17, dynamo=False)
+
+    write_atomic(dest, write, ".onnx.tmp")
+
+
+def quantize_file(src: Path, dest: Path) -> None:
+    """``src`` with every MatMul that has constant weights in int8, one scale per output
+    column (ONNX Runtime's dynamic quantisation), written to ``dest`` atomically."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # a ModelProto, not the path: given a path, quantize_dynamic writes its shape-inferred
+    # copy beside the source under a fixed name, which processes starting together share
+    write_atomic(dest, lambda tmp: quantize_dynamic(
+        onnx.load(str(src)), tmp, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+        per_channel=True, extra_options={"MatMulConstBOnly": True}), ".onnx.tmp")
 
 
 def exported(path: Path) -> Path:
@@ -107,15 +140,7 @@ def exported(path: Path) -> Path:
 
 
 def _save_atomic(dest: Path, array: np.ndarray) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".tmp.npy")
-    os.close(fd)
-    try:
-        np.save(tmp, array, allow_pickle=False)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(dest, lambda tmp: np.save(tmp, array, allow_pickle=False), ".tmp.npy")
 
 
 def distilled(path: Path, batch: int = 1024) -> np.ndarray:
@@ -155,21 +180,8 @@ def quantized(path: Path) -> Path:
     dest = src.with_name(f"model.int8-{QUANT_VERSION}.onnx")
     if dest.exists():
         return dest
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     t0 = time.perf_counter()
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".onnx.tmp")
-    os.close(fd)
-    try:
-        # a ModelProto, not the path: given a path, quantize_dynamic writes its shape-inferred
-        # copy beside the source under a fixed name, which processes starting together share
-        quantize_dynamic(onnx.load(str(src)), tmp, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                         per_channel=True, extra_options={"MatMulConstBOnly": True})
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    quantize_file(src, dest)
     log.info("quantised %s to int8 in %.1f s", src, time.perf_counter() - t0)
     return dest
 

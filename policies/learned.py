@@ -26,8 +26,9 @@ computed inside it, on the event loop, from the last ``ROUTE_CHARS`` characters 
 table look-up, no forward pass: about 1 ms; ``distilled`` routes about as well as ``minilm``),
 ``minilm`` or ``minilm-int8`` (one transformer forward pass, fp32 or int8 weights, about 130
 tokens at most), or ``distilled+int8`` (both vectors side by side); an LRU of recent prompts
-makes a retried or repeated prompt free. A file trained with ``--model knn+words`` also reads
-the same characters' words (``plugins.learn.words``: a ridge regression beside the kNN, about
+makes a retried or repeated prompt free. A file trained with the word ridge (``--model
+knn+words``, or ``auto`` where cross-validation chooses it, as on MMLU) also reads the same
+characters' words (``plugins.learn.words``: a ridge regression beside the kNN, about
 0.15 ms more a decision). ``bench/learned_policy.py`` measures the decision's cost.
 """
 

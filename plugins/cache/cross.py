@@ -24,8 +24,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -65,6 +63,8 @@ def _export(base: Path, weights: Path, dest: Path) -> None:
     import torch
     from transformers import AutoModel
 
+    from plugins.minilm_onnx import export_onnx
+
     bert = AutoModel.from_pretrained(str(base), local_files_only=True,
                                      attn_implementation="eager").eval()
     with np.load(weights, allow_pickle=False) as z:
@@ -93,43 +93,16 @@ def _export(base: Path, weights: Path, dest: Path) -> None:
             pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
             return pooled @ head_w + head_b
 
-    ids = torch.ones(2, 8, dtype=torch.long)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    axes: dict[str, dict[int, str]] = {n: {0: "batch", 1: "seq"} for n in names}
-    axes["logit"] = {0: "batch"}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".onnx.tmp")
-    os.close(fd)
-    try:
-        with torch.no_grad():
-            torch.onnx.export(_Cross(), (ids, ids, torch.zeros_like(ids)), tmp,
-                              input_names=names, output_names=["logit"], dynamic_axes=axes,
-                              opset_version=17, dynamo=False)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    export_onnx(_Cross(), dest, "logit", {0: "batch"})
 
 
 def _quantized(src: Path) -> Path:
-    """``src`` with every MatMul's constant weights in int8, one scale per output column
-    (ONNX Runtime's dynamic quantisation, as ``plugins.minilm_onnx.quantized``), made once."""
-    dest = src.with_name("model.int8.onnx")
-    if dest.exists():
-        return dest
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """``src`` with int8 weights, as ``plugins.minilm_onnx.quantized`` makes them, once."""
+    from plugins.minilm_onnx import quantize_file
 
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".onnx.tmp")
-    os.close(fd)
-    try:
-        quantize_dynamic(onnx.load(str(src)), tmp, op_types_to_quantize=["MatMul"],
-                         weight_type=QuantType.QInt8, per_channel=True,
-                         extra_options={"MatMulConstBOnly": True})
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    dest = src.with_name("model.int8.onnx")
+    if not dest.exists():
+        quantize_file(src, dest)
     return dest
 
 

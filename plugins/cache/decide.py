@@ -543,17 +543,11 @@ def _load(path: Path) -> Verifier:
 
 def score(a: Parsed, b: Parsed, cosine: float, verifier: Verifier | None = None,
           va: np.ndarray | None = None, vb: np.ndarray | None = None) -> float:
-    """The decision's score in [0, 1]: the verifier's probability, cut by any veto.
-    ``va``, ``vb``: the two embeddings (a verifier fitted on them needs them). With a
-    cross-encoder, a pair no veto rejects whose cosine reaches its floor gets the
-    cross-encoder's probability instead (it runs here: never call this on the event loop
-    then); a vetoed pair, or one below the floor, or any pair where it cannot run, the
-    vector verifier's."""
+    """The decision's score in [0, 1]: the vector verifier's probability, cut by any veto.
+    ``va``, ``vb``: the two embeddings (a verifier fitted on them needs them). A verifier's
+    cross-encoder is not run here (this runs on the event loop): ``SemanticIndex.lookup``
+    runs it in a worker thread on the pair this chose, where ``cross_applies``."""
     v = verifier or load_verifier()
-    if v.cross is not None and cross_applies(a, b, cosine, v):
-        p = v.cross.probability(a.text, b.text)
-        if p is not None:
-            return p
     p = v.probability(features(a, b, cosine, align=v.reads_alignment), va, vb)
     return p * VETO_FACTOR if vetoes(a, b) else p
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import count
 from typing import Any
 
@@ -173,8 +173,6 @@ class SemanticIndex:
         self._groups: dict[str, _Group] = {}
         self._keys = count(1)
         self._words_ready = not self.verifier.reads_alignment
-        # what ``decide`` runs on the event loop: the vector verifier and the vetoes
-        self._vectors = replace(self.verifier, cross=None)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -259,7 +257,7 @@ class SemanticIndex:
         entry_id, sim, row = found[0]
         t = self.threshold if threshold is None else threshold
         nearest = self._entries[entry_id].parsed
-        s = score(nearest, query, sim, self._vectors, g.vecs[row], vec)
+        s = score(nearest, query, sim, self.verifier, g.vecs[row], vec)
         passes = s >= t
         if not passes and self.agreement and not (  # unless the cross-encoder judges it
                 self.verifier.cross is not None and
@@ -280,14 +278,14 @@ class SemanticIndex:
                 if self.agreement and parsed.norms != nearest.norms:
                     # the request's wording prefers a prompt worded otherwise, passing or not
                     return Match(entry_id, sim, s, False, ambiguous=True)
-                os = score(parsed, query, osim, self._vectors, g.vecs[orow], vec)
+                os = score(parsed, query, osim, self.verifier, g.vecs[orow], vec)
                 if os >= t or not self.agreement:
                     chosen = (other, osim, os)
         rivals = [chosen]
         if self.ambiguity_margin > 0:
             for other, osim, orow in near:
                 if other != chosen[0] and osim >= sim - self.ambiguity_margin:
-                    os = score(self._entries[other].parsed, query, osim, self._vectors,
+                    os = score(self._entries[other].parsed, query, osim, self.verifier,
                                g.vecs[orow], vec)
                     if os >= t:
                         rivals.append((other, osim, os))

@@ -183,15 +183,14 @@ class Compressor:
             first = order[: w.sentences]
             texts = {i: units[i].sentence_texts() for i in first}
             flat = [t for i in first for t in texts[i]]
-            got = None
+            scores: list[float] | None = None
             if late is not None and w.sentence_maxsim > 0:
                 got = await asyncio.get_running_loop().run_in_executor(
                     self._pool, _encode_tokens, embedder, flat)
-            if got is not None:
-                q_tokens = late[0] if late is not None else np.zeros((0, q.shape[0]))
-                scores = [rank.sentence_score(float(v @ q), rank.maxsim(q_tokens, t), w)
-                          for v, t in zip(got[0], got[1], strict=True)]
-            else:
+                if got is not None:
+                    scores = [rank.sentence_score(float(v @ q), rank.maxsim(late[0], t), w)
+                              for v, t in zip(got[0], got[1], strict=True)]
+            if scores is None:
                 vecs = await asyncio.gather(*(embedder.embed(t) for t in flat))
                 scores = [float(v @ q) for v in vecs]
             at = 0

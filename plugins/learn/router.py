@@ -136,12 +136,15 @@ class RouterModel:
                  oof: dict[str, Arr] | None = None, encoder: PromptEncoder | None = None,
                  words: WordRidge | None = None, share: float = 0.0) -> None:
         self._fitted = Fitted(predictor, words, share)
-        self.predictor = predictor
         self.encoder = encoder or PromptEncoder()
         self.models = list(model_names)
         self.mean_cost = np.asarray(mean_cost, dtype=np.float64)
         self.meta = dict(meta or {})
         self.oof = oof or {}
+
+    @property
+    def predictor(self) -> models.Predictor:
+        return self._fitted.predictor
 
     @property
     def words(self) -> WordRidge | None:

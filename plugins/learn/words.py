@@ -12,8 +12,9 @@ Why: MMLU's routing signal is mostly the subject and the question's kind, which 
 and word pairs name directly, where a sentence vector may blur them. Measured on MMLU's train
 half (six 5-fold splits, README "Cascades and the learned router: measured"): alone it routes
 worse than the distilled kNN (APGR 0.652, CPT(50 %) 30.5 % at l2 20, against 0.669 / 27.0 %); beside it
-(``share`` 0.2) 0.671 / 26.8 %, a gain within the splits' noise, so it is opt-in
-(``switchyard train router --model knn+words``), not what ``--model auto`` chooses among.
+(``share`` 0.2) 0.671 / 26.8 %, a gain within the splits' noise. ``--model auto`` cross-validates
+it with the rest (``plugins.learn.evaluate.ROUTER_GRID``) and chooses it on MMLU's train half;
+``switchyard train router --model knn+words`` asks for it directly.
 Scoring a prompt costs its regex split and a dictionary look-up per word.
 """
 
