@@ -29,6 +29,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,11 @@ def export_onnx(module: Any, dest: Path, output: str, output_axes: dict[int, str
     axes[output] = output_axes
 
     def write(tmp: str) -> None:
-        with torch.no_grad():
+        # the tracer's advisories (advanced indexing, constant folding) are about the graph,
+        # not the caller: under a warnings-as-errors filter (pytest's here, or -W error) they
+        # would fail the export, and the embedder would fall back to torch
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.onnx.export(module, (ids, ids, torch.zeros_like(ids)), tmp,
                               input_names=list(INPUTS), output_names=[output],
                               dynamic_axes=axes, opset_version=17, dynamo=False)
