@@ -146,6 +146,9 @@ class UsageRecord:
             h["x-switchyard-cache-similarity"] = f"{self.cache_similarity:.4f}"
         if self.cache_entry is not None:
             h["x-switchyard-cache-entry"] = self.cache_entry
+        why = ((self.decision or {}).get("cache") or {}).get("reason")
+        if why and self.cache in ("miss", "bypass"):
+            h["x-switchyard-cache-reason"] = why
         return h
 
 

@@ -276,6 +276,22 @@ def _differ(a: Parsed, b: Parsed) -> int:
     return len(set(a.content) ^ set(b.content))
 
 
+def _name_swapped(a: Parsed, b: Parsed) -> bool:
+    """One name put for another, the rest the same content words ("How do I sort a list in
+    Python" / "in JavaScript", "the capital of Austria" / "of Australia", "GATE exam CE" /
+    "EE"): each prompt has exactly one content word the other lacks, both are names
+    (capitalised inside the sentence, acronyms, alphanumerics), and neither extends the
+    other (two spellings of one name: "Arjun" / "Arjuna", "Bernoullis" / "Bernoulli's")."""
+    oa, ob = set(a.content) - set(b.content), set(b.content) - set(a.content)
+    if not (len(oa) == 1 and len(ob) == 1 and oa <= a.entities and ob <= b.entities):
+        return False
+    (x,), (y,) = oa, ob
+    return not (x.startswith(y) or y.startswith(x))
+
+
+NAMES_VETO = True  # the names check on (bench scripts turn it off to compare)
+
+
 def vetoes(a: Parsed, b: Parsed) -> list[str]:
     """The checks that say the two prompts ask different things, by name."""
     out = []
@@ -289,6 +305,8 @@ def vetoes(a: Parsed, b: Parsed) -> list[str]:
         out.append("direction")
     if _roles_swapped(a, b):
         out.append("roles")
+    if NAMES_VETO and _name_swapped(a, b):
+        out.append("names")
     return out
 
 

@@ -34,6 +34,18 @@ MODES: dict[str, tuple[bool, bool]] = {
     "read_only": (True, False), "refresh": (False, True),
 }
 HIT_BACKEND = "cache"  # the ledger's backend for a hit
+# why an answer is never reused (``keys.why_not_reusable``), for ``x-switchyard-cache-reason``
+NOT_REUSABLE = {
+    "temperature": "temperature above the cache's max_temperature {t:g}: answers vary",
+    "n": "n > 1: several completions are not stored",
+    "turns": "more than max_turns {turns} user turns",
+}
+
+
+def _why(rec: Any, reason: str) -> None:
+    """A miss's or a bypass's reason, in the record's decision (and so in the ledger and
+    the ``x-switchyard-cache-reason`` header)."""
+    rec.decision = {**(rec.decision or {}), "cache": {"reason": reason}}
 
 
 class Entries(Protocol):
@@ -193,17 +205,25 @@ class TieredCache:
         rec = x.record
         read, write, ttl, threshold = controls(x, cfg)
         rec.cache = "bypass"
-        if not (read or write) or why_not_reusable(x, cfg.max_temperature, cfg.max_turns):
+        if not (read or write):
+            _why(rec, "the request or its route turned the cache off")
+            return
+        not_reusable = why_not_reusable(x, cfg.max_temperature, cfg.max_turns)
+        if not_reusable:
+            _why(rec, NOT_REUSABLE[not_reusable].format(t=cfg.max_temperature,
+                                                        turns=cfg.max_turns))
             return
         k = keys(x, cfg.namespace, cfg.semantic and self.index is not None)
         notes = Notes(k, cfg, write, ttl)
         x.cache = notes
         if not read:
+            _why(rec, "refresh: not looked up; the answer is stored")
             return
         try:
             found = await self._find(x, notes, threshold)
         except Exception as e:  # noqa: BLE001 - the store is away: the backend answers
             self._failed(e)
+            _why(rec, "the cache store is unreachable")
             return
         self._failing = False
         if found is None:
@@ -225,20 +245,24 @@ class TieredCache:
         if entry is not None:
             return Found(entry, "hit-exact", 1.0, 1.0)
         if not semantic:
+            _why(x.record, "no stored answer for this exact request")
             return None
         assert self.index is not None and k.group is not None and k.text is not None
         notes.vec = await self.index.vector(k.text)
         for _ in range(3):  # a match whose entry expired is forgotten; the next may serve
             m = await self.index.lookup(k.group, k.text, notes.vec, threshold)
             if m is None:
+                _why(x.record, "nothing stored for this model, context and team yet")
                 return None
             x.record.cache_similarity = float(m.similarity)
             if not m.hit:
+                _why(x.record, getattr(m, "why", "") or "the nearest stored prompt does not serve")
                 return None
             entry, _ = await self.entries.get(m.entry_id)
             if entry is not None:
                 return Found(entry, "hit-semantic", float(m.similarity), float(m.score))
             self.index.remove(m.entry_id)
+        _why(x.record, "the nearest stored answers have expired")
         return None
 
     def _answer(self, x: Exchange, f: Found, cfg: CacheConfig) -> None:

@@ -30,6 +30,7 @@ from plugins.cache.decide import (
     load_verifier,
     parse,
     score,
+    vetoes,
     word_vectors,
 )
 from plugins.minilm import MiniLM
@@ -56,6 +57,19 @@ class Match:
     # another passing candidate is worded otherwise than the nearest and the request's
     # wording prefers it: a miss whatever a verifier says of the nearest
     ambiguous: bool = False
+    why: str = ""  # a miss's reason, for the client (``x-switchyard-cache-reason``)
+
+
+def miss_reason(stored: Parsed, query: Parsed, value: float, threshold: float,
+                judge: str = "score") -> str:
+    """Why the nearest entry does not serve: the vetoes that fired, or its score."""
+    vetoed = vetoes(stored, query)
+    if vetoed:
+        return f"the nearest stored prompt differs: {', '.join(vetoed)}"
+    return f"the nearest stored prompt's {judge} {value:.3f} is below {threshold:.3f}"
+
+
+AMBIGUOUS = "ambiguous: another stored prompt as near is worded more like the request"
 
 
 @dataclass(slots=True)
@@ -232,7 +246,8 @@ class SemanticIndex:
         if p is None:  # it cannot run here: the vector verifier's decision stands
             return match
         t = self.threshold if threshold is None else threshold
-        return Match(match.entry_id, match.similarity, p, p >= t)
+        why = "" if p >= t else miss_reason(stored, query, p, t, "cross-encoder score")
+        return Match(match.entry_id, match.similarity, p, p >= t, why=why)
 
     def evidence(self, stored: str, request: Counter[str]) -> float:
         """How much of the request's wording the stored prompt shares (``request``: the
@@ -262,11 +277,12 @@ class SemanticIndex:
         if not passes and self.agreement and not (  # unless the cross-encoder judges it
                 self.verifier.cross is not None and
                 cross_applies(nearest, query, sim, self.verifier)):
-            return Match(entry_id, sim, s, False)
+            return Match(entry_id, sim, s, False, why=miss_reason(nearest, query, s, t))
         reach = max(self.select_margin, self.ambiguity_margin)
         near = [c for c in found if c[1] >= sim - reach]
+        why = "" if passes else miss_reason(nearest, query, s, t)
         if len(near) == 1:
-            return Match(entry_id, sim, s, passes)
+            return Match(entry_id, sim, s, passes, why=why)
         chosen = (entry_id, sim, s)
         if self.select_margin > 0:
             request = grams(text)
@@ -277,7 +293,7 @@ class SemanticIndex:
                 parsed = self._entries[other].parsed
                 if self.agreement and parsed.norms != nearest.norms:
                     # the request's wording prefers a prompt worded otherwise, passing or not
-                    return Match(entry_id, sim, s, False, ambiguous=True)
+                    return Match(entry_id, sim, s, False, ambiguous=True, why=AMBIGUOUS)
                 os = score(parsed, query, osim, self.verifier, g.vecs[orow], vec)
                 if os >= t or not self.agreement:
                     chosen = (other, osim, os)
@@ -291,7 +307,9 @@ class SemanticIndex:
                         rivals.append((other, osim, os))
         norms = self._entries[chosen[0]].parsed.norms
         if any(self._entries[c[0]].parsed.norms != norms for c in rivals):
-            return Match(chosen[0], chosen[1], chosen[2], False, ambiguous=True)
+            return Match(chosen[0], chosen[1], chosen[2], False, ambiguous=True, why=AMBIGUOUS)
         if chosen[0] != entry_id and not self.agreement:  # the wording's pick is judged
-            return Match(chosen[0], chosen[1], chosen[2], chosen[2] >= t)
-        return Match(chosen[0], chosen[1], chosen[2], passes)
+            ok = chosen[2] >= t
+            return Match(chosen[0], chosen[1], chosen[2], ok, why="" if ok else miss_reason(
+                self._entries[chosen[0]].parsed, query, chosen[2], t))
+        return Match(chosen[0], chosen[1], chosen[2], passes, why=why)

@@ -192,6 +192,7 @@ def test_cache_control_no_cache_refreshes_and_no_store_bypasses(
         _ask(c)
         fresh = _ask(c, extra_headers={"Cache-Control": "no-cache"})
         assert fresh.headers["x-switchyard-cache"] == "bypass" and len(rec.requests) == 2
+        assert fresh.headers["x-switchyard-cache-reason"].startswith("refresh")
         hit = _ask(c)
         assert hit.headers["x-switchyard-cache"] == "hit-exact"
         assert hit.parse().id == fresh.parse().id, "the refreshed answer replaced the old one"
@@ -228,6 +229,7 @@ def test_only_reusable_answers_are_stored(
     with _gateway(tmp_path, upstream, cache={"max_turns": 2}) as gw, _client(gw) as c:
         warm = _ask(c, temperature=0.7)
         assert warm.headers["x-switchyard-cache"] == "bypass"
+        assert "max_temperature 0" in warm.headers["x-switchyard-cache-reason"]
         assert _ask(c, temperature=0.7).headers["x-switchyard-cache"] == "bypass"
         unset = c.chat.completions.with_raw_response.create(model="auto", messages=HELLO,
                                                              max_tokens=8)
@@ -235,7 +237,9 @@ def test_only_reusable_answers_are_stored(
         long = [{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"},
                 {"role": "user", "content": "three"}, {"role": "assistant", "content": "4"},
                 {"role": "user", "content": "five"}]
-        assert _ask(c, long).headers["x-switchyard-cache"] == "bypass"
+        too_long = _ask(c, long)
+        assert too_long.headers["x-switchyard-cache"] == "bypass"
+        assert too_long.headers["x-switchyard-cache-reason"] == "more than max_turns 2 user turns"
         assert len(rec.requests) == 4
 
 
@@ -291,6 +295,11 @@ def test_a_paraphrase_is_a_semantic_hit_and_a_near_miss_is_a_miss(
             near = _ask(c, _user("Show flights from Denver to Boston"))
             assert near.headers["x-switchyard-cache"] == "miss"
             assert float(near.headers["x-switchyard-cache-similarity"]) > 0.9
+            assert near.headers["x-switchyard-cache-reason"] == \
+                "the nearest stored prompt differs: direction"
+            assert "x-switchyard-cache-reason" not in hit.headers
+            reason = ledger_row(gw.app, near.headers["x-switchyard-request-id"])["decision"]
+            assert "direction" in str(reason)
             _ask(c, _user("Why did the teacher thank the student?"))
             swap = _ask(c, _user("Why did the student thank the teacher?"))
             assert swap.headers["x-switchyard-cache"] == "miss", "who thanked whom is swapped"
@@ -299,8 +308,12 @@ def test_a_paraphrase_is_a_semantic_hit_and_a_near_miss_is_a_miss(
                 "x-switchyard-cache"] == "miss", "another system prompt: another group"
             assert _ask(c, _user("How can I reset my password?"), model="other").headers[
                 "x-switchyard-cache"] == "miss", "another route: another group"
-            assert _ask(other, _user("How can I reset my password?")).headers[
-                "x-switchyard-cache"] == "miss", "another team never sees red's entries"
+            blue_miss = _ask(other, _user("How can I reset my password?"))
+            assert blue_miss.headers["x-switchyard-cache"] == "miss", \
+                "another team never sees red's entries"
+            assert blue_miss.headers["x-switchyard-cache-reason"] == \
+                "nothing stored for this model, context and team yet"
+            assert "x-switchyard-cache-similarity" not in blue_miss.headers
             assert len(rec.requests) == 8
 
 

@@ -20,6 +20,9 @@ NEAR_MISSES = [
     ("What should I eat before a run?", "What should I not eat before a run?"),
     ("What year did World War I end?", "What year did World War II end?"),
     ("Why did the teacher thank the student?", "Why did the student thank the teacher?"),
+    ("Best pizza places in Brooklyn", "Best pizza places in Manhattan"),
+    ("Which is a good rehab center near Edgar County IL?",
+     "Which is a good rehab center near Marshall County IL?"),
 ]
 PARAPHRASES = [
     ("How do I reset my password?", "I forgot my password, how can I reset it?"),
@@ -103,6 +106,32 @@ async def test_a_large_group_is_searched_through_its_graph_with_the_same_answers
     index.remove("pw")
     m = await index.lookup("g", "I forgot my password, how can I reset it?")
     assert m is not None and m.entry_id != "pw" and not m.hit
+
+
+def test_one_name_for_another_is_vetoed_two_spellings_of_one_are_not() -> None:
+    assert vetoes(parse("What is the capital of Austria?"),
+                  parse("What is the capital of Australia?")) == ["names"]
+    assert vetoes(parse("GATE exam CE cut-off marks"), parse("GATE exam EE cut-off marks")) == [
+        "names"]
+    assert vetoes(parse("How many names had Arjun?"), parse("How many names had Arjuna?")) == []
+    assert vetoes(parse("What is Bernoullis equation?"),
+                  parse("What is Bernoulli's equation?")) == []
+    # a name for a common word, or two words changed, is the verifier's to judge
+    assert vetoes(parse("Best hotels in Paris"), parse("Best hotels in town")) == []
+    assert vetoes(parse("Flights to Paris from Rome"), parse("Flights to Lyon from Milan")) == []
+
+
+async def test_a_miss_says_why(model: MiniLM) -> None:
+    index = SemanticIndex(model)
+    for i, text in enumerate(("Is 10 mg of melatonin safe for adults?",
+                              "How do I bake sourdough bread?")):
+        index.add("g", f"e{i}", text, await index.vector(text))
+    m = await index.lookup("g", "Is 100 mg of melatonin safe for adults?")
+    assert m is not None and not m.hit and m.why == "the nearest stored prompt differs: numbers"
+    m = await index.lookup("g", "What is the best sourdough starter to buy?")
+    assert m is not None and not m.hit and m.entry_id == "e1"
+    assert m.why.startswith("the nearest stored prompt's score ") and "below 0.667" in m.why
+    assert (await index.lookup("g", "How do I bake sourdough bread?")).why == ""  # type: ignore[union-attr]
 
 
 def test_a_rewording_whose_words_cross_a_to_by_chance_is_no_reversed_direction() -> None:
