@@ -15,6 +15,10 @@ it chooses nothing), the decisions from ``switchyard eval cache --out``:
     python bench/cache_label_audit.py --data /tmp/qqp_train.jsonl --decisions /tmp/train.out
     python bench/cache_label_audit.py ... --show      # the sampled pairs, to read them
 
+The verdicts were read on the decisions of commit 76ab262; a later decision serves other
+pairs and so draws another sample (the script says so): run the eval in a worktree of that
+commit (``git worktree add /tmp/at 76ab262``) to check them, or read the new sample.
+
 The sample is the one read for the file: 8,000 train pairs at random (``random.seed(13)``),
 their wrong hits in that order, 60 of them at random (``random.seed(2026)``). The file also
 keeps the verdicts on the band of the same 8,000 pairs whose plain MiniLM cosine is 0.975
