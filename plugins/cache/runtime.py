@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -146,8 +147,13 @@ class TieredCache:
     """The built-in cache: ``Entries`` (memory or Redis) and a semantic ``Index``."""
 
     def __init__(self, config: CacheConfig, routes: Mapping[str, CacheConfig],
-                 state: StateConfig, *, index: Index | None = None) -> None:
+                 state: StateConfig, *, index: Index | None = None,
+                 verifier: Path | None = None, cross_encoder: Path | None = None) -> None:
+        """``verifier``, ``cross_encoder``: files for the semantic tier's decision
+        (``cache.options``; None: the shipped verifier, no cross-encoder, unless the
+        environment variables of ``plugins.cache.decide.load_verifier`` name them)."""
         self.config, self.routes = config, dict(routes)
+        self._judges = (verifier, cross_encoder)
         used = [c for c in (config, *self.routes.values()) if c.enabled]
         self.semantic = any(c.semantic for c in used)
         self.index: Index | None = index
@@ -170,10 +176,13 @@ class TieredCache:
 
     async def start(self) -> None:
         if self.semantic and self.index is None:
+            from plugins.cache.decide import load_verifier
             from plugins.cache.semantic import SemanticIndex
             from plugins.minilm import MiniLM
 
-            self.index = SemanticIndex(MiniLM.shared(), max_entries=self.config.max_entries)
+            verifier = load_verifier(*self._judges)
+            self.index = SemanticIndex(MiniLM.shared(), max_entries=self.config.max_entries,
+                                       verifier=verifier)
         if self.index is not None:
             await self.index.vector("warm up")  # the model loads now, not on a request
         await self.entries.start()

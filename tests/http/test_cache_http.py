@@ -20,6 +20,7 @@ from fakes.openai_upstream import RecordingUpstream
 from http_helpers import ledger_row
 from support import LiveServer, make_settings, serve
 
+from gateway.errors import ConfigError
 from gateway.http.app import create_app
 
 GENEROUS = {"connect_s": 5.0, "first_token_s": 60.0, "total_s": 120.0}
@@ -315,6 +316,31 @@ def test_a_paraphrase_is_a_semantic_hit_and_a_near_miss_is_a_miss(
                 "nothing stored for this model, context and team yet"
             assert "x-switchyard-cache-similarity" not in blue_miss.headers
             assert len(rec.requests) == 8
+
+
+def test_cache_options_are_checked_at_start(tmp_path: Path,
+                                            upstream: tuple[RecordingUpstream, LiveServer]) -> None:
+    for options, says in (({"judge": "strict"}, "cache.options: unknown 'judge'"),
+                          ({"verifier": str(tmp_path / "none.json")}, "no file at"),
+                          ({"cross_encoder": 3}, "a file path, not 3")):
+        with pytest.raises(ConfigError) as e:
+            _gateway(tmp_path, upstream, cache={"semantic": True, "options": options})
+        assert any(says in msg for _, msg in e.value.errors), e.value.errors
+
+
+@pytest.mark.slow
+def test_the_cross_encoder_option_makes_the_decision_stricter(
+        tmp_path: Path, upstream: tuple[RecordingUpstream, LiveServer]) -> None:
+    stored, asked = "How many calories are in a banana?", "What is the calorie count of a banana?"
+    seen = {}
+    for options in ({}, {"cross_encoder": "qqp"}):
+        with _gateway(tmp_path, upstream, cache={"semantic": True, "options": options}) as gw, \
+                _client(gw) as c:
+            _ask(c, _user(stored))
+            seen[bool(options)] = _ask(c, _user(asked)).headers
+    assert seen[False]["x-switchyard-cache"] == "hit-semantic"
+    assert seen[True]["x-switchyard-cache"] == "miss"
+    assert "cross-encoder score" in seen[True]["x-switchyard-cache-reason"]
 
 
 # ---- two gateway processes sharing one Redis ---------------------------------------------

@@ -19,7 +19,7 @@ from plugins.minilm import MiniLM
 
 PARAPHRASE = ("How can I improve my English speaking skills?",
               "What should I do to speak English better?")
-NEAR_MISS = ("How can I learn Python quickly?", "How can I learn Java quickly?")
+NEAR_MISS = ("What are the side effects of ibuprofen?", "What are the side effects of aspirin?")
 
 
 @pytest.fixture(scope="module")
