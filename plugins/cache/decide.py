@@ -69,6 +69,8 @@ NUMBER_WORDS.update({w: float(20 + 10 * i) for i, w in enumerate(_TENS)})
 NUMBER_WORDS.update({w: float(i + 2) for i, w in enumerate(_ORDINALS)})
 NUMBER_WORDS.update({"hundred": 100.0, "thousand": 1e3, "million": 1e6, "billion": 1e9,
                      "dozen": 12.0})
+# a number only after "a", "one" or a number ("a thousand", "5 million")
+SCALES = frozenset({"hundred", "thousand", "million", "billion", "dozen"})
 # upper-case Roman numerals of two letters or more ("World War II", "Rocky IV")
 ROMAN = {"II": 2.0, "III": 3.0, "IV": 4.0, "VI": 6.0, "VII": 7.0, "VIII": 8.0, "IX": 9.0,
          "XI": 11.0, "XII": 12.0}
@@ -198,8 +200,13 @@ def parse(text: str) -> Parsed:
     content = []
     entities = set()
     first = True
+    prev: str | None = None
     for tok, norm in zip(toks, norms, strict=True):
         num = _number(tok, norm)
+        if num is not None and tok.lower() in SCALES and not (
+                prev is not None and (prev in ("a", "one") or _number(prev, prev) is not None)):
+            num = None  # "several thousand", "many million": as vague as "thousands"
+        prev = tok.lower()
         if num is not None:
             numbers.add(num)
         elif norm not in STOPWORDS and norm not in NEGATIONS:

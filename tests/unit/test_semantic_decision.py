@@ -121,6 +121,15 @@ def test_one_name_for_another_is_vetoed_two_spellings_of_one_are_not() -> None:
     assert vetoes(parse("Flights to Paris from Rome"), parse("Flights to Lyon from Milan")) == []
 
 
+def test_a_scale_word_is_a_number_only_after_a_number() -> None:
+    assert vetoes(parse("A builder for several thousand audio files"),
+                  parse("A builder for thousands of audio files")) == []
+    assert vetoes(parse("Is a thousand steps a day enough?"),
+                  parse("Is a hundred steps a day enough?")) == ["numbers"]
+    assert vetoes(parse("Is 5 million users a lot?"), parse("Is 5 billion users a lot?")) == [
+        "numbers"]
+
+
 async def test_a_miss_says_why(model: MiniLM) -> None:
     index = SemanticIndex(model)
     for i, text in enumerate(("Is 10 mg of melatonin safe for adults?",
