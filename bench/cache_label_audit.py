@@ -91,29 +91,50 @@ def main() -> int:
         print("the decisions give another sample than the one read (the decision changed): "
               "read it again with --show", file=sys.stderr)
         return 1
-    counts = {v: sum(1 for x in verdicts.values() if x == v) for v in LABELS}
-    n = len(verdicts)
-    # served pairs labelled duplicate that read as different questions count against
-    right_counts = {v: sum(1 for x in right_verdicts.values() if x == v) for v in LABELS}
-    right = (hits - wrong) * (1 - right_counts["different"] / len(right_verdicts))
     out: dict[str, object] = {
         "pairs": len(sub), "hits": hits, "wrong_hits": wrong,
-        "precision_by_labels": round((hits - wrong) / hits, 4), "read": n, "verdicts": counts,
-        "right_hits_read": len(right_verdicts), "right_hits_verdicts": right_counts}
+        "precision_by_labels": round((hits - wrong) / hits, 4)}
+    out.update(estimate(verdicts, right_verdicts, hits, wrong))
+    band = audit.get("band")
+    if band:
+        out["band"] = {"what": band["what"], "pairs": band["pairs"],
+                       "labelled_duplicates": band["labelled_duplicates"],
+                       "read": tally(band["verdicts"])}
+    second = audit.get("second_reader")
+    if second:
+        two = estimate(second["wrong_hits"], second["right_hits"], hits, wrong)
+        agree = {part: sum(1 for k, v in mine.items() if second[part].get(k) == v)
+                 for part, mine in (("wrong_hits", verdicts), ("right_hits", right_verdicts),
+                                    ("band", (band or {}).get("verdicts", {})))}
+        out["second_reader"] = {"how": second["how"], **two,
+                                "band_read": tally(second.get("band", {})),
+                                "agreement_with_first": agree}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def tally(verdicts: dict[str, str]) -> dict[str, int]:
+    return {v: sum(1 for x in verdicts.values() if x == v) for v in LABELS}
+
+
+def estimate(verdicts: dict[str, str], right_verdicts: dict[str, str], hits: int,
+             wrong: int) -> dict[str, object]:
+    """One reader's counts, and the precision if the pairs read as the same question (and
+    then the close ones too) counted right, with 95 % intervals; served pairs labelled
+    duplicate that read as different questions count against."""
+    counts, right_counts = tally(verdicts), tally(right_verdicts)
+    n = len(verdicts)
+    right = (hits - wrong) * (1 - right_counts["different"] / len(right_verdicts))
+    out: dict[str, object] = {"read": n, "verdicts": counts,
+                              "right_hits_read": len(right_verdicts),
+                              "right_hits_verdicts": right_counts}
     for name, k in (("same", counts["same"]),
                     ("same_or_unsure", counts["same"] + counts["unsure"])):
         lo, hi = wilson(k, n)
-        share = k / n
-        out[f"precision_if_{name}_right"] = round((right + share * wrong) / hits, 4)
+        out[f"precision_if_{name}_right"] = round((right + k / n * wrong) / hits, 4)
         out[f"precision_if_{name}_right_95"] = [round((right + lo * wrong) / hits, 4),
                                                 round((right + hi * wrong) / hits, 4)]
-    band = audit.get("band")
-    if band:
-        bc = {v: sum(1 for x in band["verdicts"].values() if x == v) for v in LABELS}
-        out["band"] = {"what": band["what"], "pairs": band["pairs"],
-                       "labelled_duplicates": band["labelled_duplicates"], "read": bc}
-    print(json.dumps(out, indent=2))
-    return 0
+    return out
 
 
 if __name__ == "__main__":
