@@ -146,8 +146,7 @@ class MiniLM:
         model = self._load()
         if not isinstance(model, OnnxMiniLM):
             return None
-        pooled, tokens = model.encode_tokens(list(texts))
-        return pooled, tokens
+        return model.encode_tokens(list(texts))
 
     async def embed(self, text: str) -> np.ndarray:
         """One text's embedding, computed in the worker thread; concurrent callers on this

@@ -296,9 +296,6 @@ def _name_swapped(a: Parsed, b: Parsed) -> bool:
     return not (x.startswith(y) or y.startswith(x))
 
 
-NAMES_VETO = True  # the names check on (bench scripts turn it off to compare)
-
-
 def vetoes(a: Parsed, b: Parsed) -> list[str]:
     """The checks that say the two prompts ask different things, by name."""
     out = []
@@ -312,7 +309,7 @@ def vetoes(a: Parsed, b: Parsed) -> list[str]:
         out.append("direction")
     if _roles_swapped(a, b):
         out.append("roles")
-    if NAMES_VETO and _name_swapped(a, b):
+    if _name_swapped(a, b):
         out.append("names")
     return out
 

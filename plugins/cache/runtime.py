@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from gateway import CacheConfig, Exchange, InvalidRequest, StateConfig
+from gateway import CacheConfig, Exchange, InvalidRequest, StateConfig, UsageRecord
 from plugins.cache.entries import Added, Entry, MemoryEntries
 from plugins.cache.keys import Keys, answer_reusable, keys, why_not_reusable
 
@@ -43,7 +43,7 @@ NOT_REUSABLE = {
 }
 
 
-def _why(rec: Any, reason: str) -> None:
+def _why(rec: UsageRecord, reason: str) -> None:
     """A miss's or a bypass's reason, in the record's decision (and so in the ledger and
     the ``x-switchyard-cache-reason`` header)."""
     rec.decision = {**(rec.decision or {}), "cache": {"reason": reason}}
